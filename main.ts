@@ -1,0 +1,70 @@
+// kexo's entry point and its only exit: parses the command line, runs one command, maps errors to
+// exit codes. First SIGTERM/SIGINT asks for a drain; a second one exits at once (130/143).
+import { parseCli, USAGE } from "./src/cli/args.ts";
+import { ConfigError, ExitCode, KexoError } from "./src/errors.ts";
+import { VERSION } from "./src/version.ts";
+
+const exitFor = { SIGINT: 130, SIGTERM: 143 } as const;
+
+async function main(argv: string[]): Promise<number> {
+  const args = parseCli(argv);
+  const env = process.env as Record<string, string | undefined>;
+  switch (args.command) {
+    case "help":
+      process.stdout.write(USAGE);
+      return ExitCode.ok;
+    case "version":
+      process.stdout.write(`kexo ${VERSION}\n`);
+      return ExitCode.ok;
+    case "check": {
+      const { checkCommand } = await import("./src/cli/check.ts");
+      return checkCommand(args, env);
+    }
+    case "dlq": {
+      const { dlqCommand } = await import("./src/cli/dlq.ts");
+      return dlqCommand(args, env);
+    }
+    case "inspect": {
+      const { inspectCommand } = await import("./src/cli/inspect.ts");
+      return inspectCommand(args, env);
+    }
+    case "run":
+    case "dev": {
+      const { runCommand } = await import("./src/cli/run.ts");
+      let signals = 0;
+      const signalled = new Promise<string>((resolve) => {
+        for (const sig of ["SIGTERM", "SIGINT"] as const) {
+          process.on(sig, () => {
+            if (++signals > 1) {
+              process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: "warn", msg: "second signal; exiting now", signal: sig }) + "\n");
+              process.exit(exitFor[sig]);
+            }
+            resolve(sig);
+          });
+        }
+      });
+      return runCommand(args, env, { signalled });
+    }
+  }
+}
+
+function report(err: unknown): number {
+  if (err instanceof ConfigError) {
+    process.stderr.write(`kexo: invalid configuration:\n${err.problems.map((p) => `  ${p.path}: ${p.message}`).join("\n")}\n`);
+    return err.exitCode;
+  }
+  if (err instanceof KexoError) {
+    process.stderr.write(`kexo: ${err.message}\n`);
+    return err.exitCode;
+  }
+  process.stderr.write(`kexo: unexpected error (a bug; please report it): ${(err as Error)?.stack ?? String(err)}\n`);
+  return ExitCode.bug;
+}
+
+let code: number;
+try {
+  code = await main(process.argv.slice(2));
+} catch (err) {
+  code = report(err);
+}
+process.exit(code);

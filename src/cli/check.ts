@@ -1,0 +1,47 @@
+// `kexo check`: validate config and handlers and print the plan; touches no network.
+import type { ResolvedHandler } from "../handlers/resolve.ts";
+import type { Args } from "./args.ts";
+import { printJson, printLine, table } from "./output.ts";
+import { loadPlan } from "./run.ts";
+
+export function planOf(handlers: ResolvedHandler[]) {
+  return handlers.map((h) => ({
+    name: h.name,
+    file: h.file,
+    topics: h.topics.map((t) => (typeof t === "string" ? t : t.toString())),
+    group: h.groupId,
+    order: h.order,
+    concurrency: h.concurrency,
+    retry: h.retry,
+    deadLetter: h.topics.map((t) => (typeof t === "string" ? h.deadLetterTopic(t) : h.deadLetterTopic("<topic>"))),
+    schema: h.def.schema !== undefined,
+    key: h.def.key !== undefined,
+  }));
+}
+
+export async function checkCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
+  const { config, handlers } = await loadPlan(args, env, false);
+  const plan = planOf(handlers);
+  if (args.flags.json) {
+    const { saslPassword: _p, ...safe } = { ...config, saslPassword: undefined, sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
+    printJson({ ok: true, config: safe, handlers: plan });
+    return 0;
+  }
+  printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${config.db} · http ${config.http.host}:${config.http.port}`);
+  printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${config.handlers}:\n`);
+  printLine(
+    table(
+      plan.map((p) => ({
+        handler: p.name,
+        topics: p.topics.join(","),
+        group: p.group,
+        order: p.order,
+        concurrency: p.concurrency,
+        retry: `${p.retry.attempts}× ${p.retry.initialDelayMs}–${p.retry.maxDelayMs} ms`,
+        "dead letters": [...new Set(p.deadLetter.map((d) => (d === false ? "off (retry forever)" : d)))].join(","),
+      })),
+      ["handler", "topics", "group", "order", "concurrency", "retry", "dead letters"],
+    ),
+  );
+  return 0;
+}

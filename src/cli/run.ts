@@ -1,0 +1,108 @@
+// `kexo run` and `kexo dev`: load config and handlers, start the worker, drain on the first signal.
+import { resolveConfig, type Config } from "../config/config.ts";
+import { ExitCode, KexoError } from "../errors.ts";
+import { EventBus } from "../events.ts";
+import { loadHandlers } from "../handlers/load.ts";
+import { registerKexoModule } from "../handlers/register.ts";
+import type { ResolvedHandler } from "../handlers/resolve.ts";
+import { createKafka } from "../kafka/client.ts";
+import { createLogger, type Logger } from "../log.ts";
+import { Worker } from "../worker.ts";
+import type { Args } from "./args.ts";
+import { printLine } from "./output.ts";
+
+export interface Lifecycle {
+  /** Resolves with the signal's name on the first SIGTERM or SIGINT. */
+  signalled: Promise<string>;
+}
+
+export async function loadPlan(args: Args, env: Record<string, string | undefined>, needBrokers: boolean) {
+  const config = resolveConfig(args.flags, env, { needBrokers });
+  registerKexoModule();
+  const handlers = await loadHandlers(config.handlers);
+  return { config, handlers };
+}
+
+function stringTopics(handlers: ResolvedHandler[]): string[] {
+  return [...new Set(handlers.flatMap((h) => h.topics.filter((t): t is string => typeof t === "string")))];
+}
+
+export async function runCommand(args: Args, env: Record<string, string | undefined>, life: Lifecycle): Promise<number> {
+  const dev = args.command === "dev";
+  const { config, handlers } = await loadPlan(args, env, !dev);
+  const log = createLogger({ level: config.logLevel });
+  let stopDev = () => {};
+  let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
+  if (dev) {
+    const { createMockCluster } = await import("../dev/mock-cluster.ts");
+    const cluster = createMockCluster();
+    stopDev = () => cluster.close();
+    for (const t of stringTopics(handlers)) cluster.createTopic(t, 4);
+    ensureTopics = async (topics) => topics.forEach((t) => cluster.createTopic(t, 4));
+    config.brokers = cluster.bootstrap.split(",");
+    log.info("development broker started", { brokers: cluster.bootstrap, topics: stringTopics(handlers) });
+  }
+  try {
+    return await runWorker(config, handlers, log, life, dev ? { ensureTopics, demo: args.flags.demo === true, args } : undefined);
+  } finally {
+    stopDev();
+  }
+}
+
+async function runWorker(
+  config: Config,
+  handlers: ResolvedHandler[],
+  log: Logger,
+  life: Lifecycle,
+  dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
+): Promise<number> {
+  const bus = new EventBus();
+  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: config.db });
+  let signal: string | undefined;
+  void life.signalled.then((s) => (signal = s));
+  const started = Worker.start({
+    handlers,
+    kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, sasl: config.sasl },
+    db: config.db,
+    http: config.http,
+    shutdownTimeoutMs: config.shutdownTimeoutMs,
+    log,
+    bus,
+    ensureTopics: dev?.ensureTopics,
+  });
+  // A signal before the group is joined: stop as soon as start returns, exit 0.
+  const first = await Promise.race([started.then((w) => ({ w })), life.signalled.then(() => ({ w: undefined }))]);
+  const worker = first.w ?? (await started);
+  if (signal) {
+    log.info("signal received while starting; stopping", { signal });
+    await worker.stop();
+    return ExitCode.ok;
+  }
+  log.info("running", { handlers: handlers.length, http: worker.address });
+  const demoAbort = new AbortController();
+  if (dev?.demo) {
+    const { runDemo } = await import("../dev/demo.ts");
+    const count = Number(dev.args.flags["demo-count"] ?? 1000);
+    void runDemo(createKafka({ brokers: config.brokers, clientId: "kexo-demo" }, log), bus, { count, json: dev.args.flags.json === true, out: printLine }, demoAbort.signal)
+      .then(() => {
+        if (!demoAbort.signal.aborted) {
+          printLine(`demo: all messages handled; try: curl http://${worker.address?.replace("0.0.0.0", "127.0.0.1")}/metrics  (Ctrl-C to stop)`);
+        }
+      })
+      .catch((err: unknown) => log.error("demo producer failed", { error: err }));
+  }
+  const outcome = await Promise.race([
+    life.signalled.then((s) => ({ signal: s, error: undefined })),
+    worker.failed.then((e) => ({ signal: undefined, error: e })),
+  ]);
+  demoAbort.abort();
+  if (outcome.error) {
+    log.error("stopping after a fatal error", { error: outcome.error });
+    await worker.stop().catch(() => {});
+    return outcome.error instanceof KexoError ? outcome.error.exitCode : ExitCode.transient;
+  }
+  log.info("signal received; draining", { signal: outcome.signal, timeoutMs: config.shutdownTimeoutMs });
+  const clean = await worker.stop();
+  log.info(clean ? "drained; exiting" : "shutdown timeout ran out; aborted handlers are redone on the next start", { clean });
+  return clean ? ExitCode.ok : ExitCode.transient;
+}

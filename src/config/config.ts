@@ -1,0 +1,179 @@
+// Configuration at the edge: raw values from flags, environment and a JSON file (in that order of
+// precedence, over defaults) → validated with valibot → one expanded Config. Every problem is
+// reported as `key (source): message`.
+import { readFileSync } from "node:fs";
+import { hostname } from "node:os";
+import * as v from "valibot";
+import { ConfigError, type Problem } from "../errors.ts";
+import { parseHostPort } from "../http/serve.ts";
+import { issuePath } from "../handlers/resolve.ts";
+import { type Level, levels } from "../log.ts";
+
+export interface Config {
+  brokers: string[];
+  handlers: string;
+  /** True when --handlers / KEXO_HANDLERS / the file named the directory. */
+  handlersGiven: boolean;
+  db: string;
+  http: { host: string; port: number };
+  logLevel: Level;
+  shutdownTimeoutMs: number;
+  clientId: string;
+  tls: boolean;
+  sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
+  configFile?: string;
+}
+
+/** Each setting: its flag, its environment variable, its key in the JSON file. */
+export const SETTINGS = {
+  brokers: { flag: "brokers", env: "KEXO_BROKERS" },
+  handlers: { flag: "handlers", env: "KEXO_HANDLERS" },
+  db: { flag: "db", env: "KEXO_DB" },
+  http: { flag: "http", env: "KEXO_HTTP" },
+  logLevel: { flag: "log-level", env: "KEXO_LOG_LEVEL" },
+  shutdownTimeout: { flag: "shutdown-timeout", env: "KEXO_SHUTDOWN_TIMEOUT" },
+  clientId: { flag: "client-id", env: "KEXO_CLIENT_ID" },
+  tls: { flag: "tls", env: "KEXO_TLS" },
+  saslMechanism: { flag: "sasl-mechanism", env: "KEXO_SASL_MECHANISM" },
+  saslUsername: { flag: "sasl-username", env: "KEXO_SASL_USERNAME" },
+  saslPassword: { flag: "sasl-password", env: "KEXO_SASL_PASSWORD" },
+} as const;
+export type SettingName = keyof typeof SETTINGS;
+
+export const DEFAULTS = {
+  handlers: "./handlers",
+  db: "file:kexo.db",
+  http: "0.0.0.0:9464",
+  logLevel: "info",
+  shutdownTimeout: "25000",
+} as const;
+
+const boolText = v.pipe(
+  v.string(),
+  v.toLowerCase(),
+  v.picklist(["true", "false", "1", "0", "yes", "no", "on", "off"], "must be true or false"),
+  v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
+);
+
+const Raw = v.object({
+  brokers: v.optional(
+    v.pipe(
+      v.string(),
+      v.transform((s) => s.split(",").map((b) => b.trim()).filter(Boolean)),
+      v.array(v.pipe(v.string(), v.regex(/^[^\s:]+:\d{1,5}$/, "each broker must be host:port"))),
+      v.minLength(1, "must list at least one host:port"),
+    ),
+  ),
+  handlers: v.pipe(v.string(), v.nonEmpty("must not be empty")),
+  db: v.pipe(v.string(), v.regex(/^(file:|libsql:\/\/|https?:\/\/|:memory:)/, "must be file:PATH, libsql://HOST or http(s)://HOST")),
+  http: v.pipe(
+    v.string(),
+    v.check((s) => parseHostPort(s) !== undefined, "must be HOST:PORT with a port from 0 to 65535 (0 picks a free port)"),
+    v.transform((s) => parseHostPort(s)!),
+  ),
+  logLevel: v.picklist(levels, `must be one of ${levels.join(", ")}`),
+  shutdownTimeout: v.pipe(
+    v.string(),
+    v.regex(/^\d+$/, "must be a whole number of milliseconds"),
+    v.transform(Number),
+    v.maxValue(3_600_000, "must be at most 3600000 (one hour)"),
+  ),
+  clientId: v.optional(v.pipe(v.string(), v.nonEmpty("must not be empty"))),
+  tls: v.optional(boolText),
+  saslMechanism: v.optional(v.pipe(v.string(), v.toLowerCase(), v.picklist(["plain", "scram-sha-256", "scram-sha-512"], "must be plain, scram-sha-256 or scram-sha-512"))),
+  saslUsername: v.optional(v.string()),
+  saslPassword: v.optional(v.string()),
+});
+
+type Sources = Partial<Record<SettingName, { value: string; from: string }>>;
+
+function readConfigFile(path: string, problems: Problem[]): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (err) {
+    problems.push({ path: "config", message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+    return {};
+  }
+  try {
+    const parsed: unknown = JSON.parse(text);
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
+      problems.push({ path: "config", message: `${path} must hold a JSON object` });
+      return {};
+    }
+    return parsed as Record<string, unknown>;
+  } catch (err) {
+    problems.push({ path: "config", message: `${path} is not valid JSON: ${(err as Error).message}` });
+    return {};
+  }
+}
+
+/**
+ * Resolves the configuration. `flags` holds the command line's values by flag name;
+ * `needBrokers` is false for commands that don't touch Kafka.
+ */
+export function resolveConfig(
+  flags: Record<string, string | boolean | undefined>,
+  env: Record<string, string | undefined>,
+  opts: { needBrokers: boolean },
+): Config {
+  const problems: Problem[] = [];
+  const configFile = (flags.config as string | undefined) ?? env.KEXO_CONFIG;
+  const file = configFile ? readConfigFile(configFile, problems) : {};
+  const known = new Set<string>(Object.values(SETTINGS).map((s) => s.flag));
+  for (const k of Object.keys(file)) {
+    if (!known.has(k)) problems.push({ path: `${k} (${configFile})`, message: `unknown key; known keys: ${[...known].join(", ")}` });
+  }
+  const sources: Sources = {};
+  const raw: Record<string, string> = {};
+  for (const [name, s] of Object.entries(SETTINGS) as [SettingName, (typeof SETTINGS)[SettingName]][]) {
+    const flag = flags[s.flag];
+    const fromFile = file[s.flag];
+    let picked: { value: string; from: string } | undefined;
+    if (flag !== undefined) picked = { value: String(flag), from: `--${s.flag}` };
+    else if (env[s.env] !== undefined && env[s.env] !== "") picked = { value: env[s.env]!, from: s.env };
+    else if (fromFile !== undefined) {
+      const value = Array.isArray(fromFile) ? fromFile.join(",") : typeof fromFile === "object" ? JSON.stringify(fromFile) : String(fromFile);
+      picked = { value, from: configFile! };
+    } else if (name in DEFAULTS) picked = { value: DEFAULTS[name as keyof typeof DEFAULTS], from: "default" };
+    if (picked) {
+      sources[name] = picked;
+      raw[name] = picked.value;
+    }
+  }
+  const parsed = v.safeParse(Raw, raw);
+  if (!parsed.success) {
+    for (const issue of parsed.issues) {
+      const name = (issuePath(issue).split(".")[0] ?? "") as SettingName;
+      const s = SETTINGS[name];
+      const src = sources[name]?.from;
+      problems.push({ path: s ? `${s.flag}${src && src !== `--${s.flag}` ? ` (${src})` : ""}` : name || "config", message: issue.message });
+    }
+  }
+  if (opts.needBrokers && (!parsed.success || !parsed.output.brokers) && !raw.brokers) {
+    problems.push({ path: "brokers", message: "required: pass --brokers host:port[,host:port…] or set KEXO_BROKERS" });
+  }
+  const out = parsed.success ? parsed.output : undefined;
+  let sasl: Config["sasl"];
+  if (out?.saslMechanism) {
+    if (!out.saslUsername) problems.push({ path: "sasl-username", message: `required with sasl-mechanism ${out.saslMechanism}` });
+    if (!out.saslPassword) problems.push({ path: "sasl-password", message: `required with sasl-mechanism ${out.saslMechanism}` });
+    sasl = { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" };
+  } else if (out && (out.saslUsername || out.saslPassword)) {
+    problems.push({ path: "sasl-mechanism", message: "required when a SASL username or password is set" });
+  }
+  if (problems.length > 0 || !out) throw new ConfigError(problems);
+  return {
+    brokers: out.brokers ?? [],
+    handlers: out.handlers,
+    handlersGiven: sources.handlers?.from !== "default",
+    db: out.db,
+    http: out.http,
+    logLevel: out.logLevel,
+    shutdownTimeoutMs: out.shutdownTimeout,
+    clientId: out.clientId ?? `kexo-${hostname()}`,
+    tls: out.tls ?? false,
+    sasl,
+    configFile,
+  };
+}

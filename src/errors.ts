@@ -1,0 +1,74 @@
+// Every error kexo raises on purpose: a code for scripts, an exit code for main.ts, and a message
+// that says what failed, the ids involved, the cause, and what to do.
+
+export const ExitCode = {
+  ok: 0,
+  bug: 1,
+  usage: 64,
+  unavailable: 69,
+  invariant: 70,
+  transient: 75,
+  config: 78,
+} as const;
+
+export class KexoError extends Error {
+  readonly code: string;
+  readonly exitCode: number;
+  constructor(code: string, message: string, opts: { exitCode?: number; cause?: unknown } = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = "KexoError";
+    this.code = code;
+    this.exitCode = opts.exitCode ?? ExitCode.bug;
+  }
+}
+
+/** One problem in config or a handler file, printed as `path: message`. */
+export interface Problem {
+  path: string;
+  message: string;
+}
+
+/** Invalid config or handler definitions: every problem is listed, exit 78. */
+export class ConfigError extends KexoError {
+  readonly problems: Problem[];
+  constructor(problems: Problem[]) {
+    super("invalid_config", problems.map((p) => `${p.path}: ${p.message}`).join("\n"), {
+      exitCode: ExitCode.config,
+    });
+    this.name = "ConfigError";
+    this.problems = problems;
+  }
+}
+
+export class UsageError extends KexoError {
+  constructor(message: string) {
+    super("usage", message, { exitCode: ExitCode.usage });
+    this.name = "UsageError";
+  }
+}
+
+/** The handler says: do not retry, dead-letter now (reason `permanent`). */
+export class PermanentError extends Error {
+  constructor(message: string, opts?: { cause?: unknown }) {
+    super(message, opts);
+    this.name = "PermanentError";
+  }
+}
+
+/** The message can't be decoded or validated for its handler (reason `poison`). */
+export class PoisonError extends Error {
+  constructor(message: string, opts?: { cause?: unknown }) {
+    super(message, opts);
+    this.name = "PoisonError";
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}
+
+export function errorType(err: unknown): string {
+  if (err instanceof Error) return err.name || err.constructor?.name || "Error";
+  return typeof err;
+}

@@ -1,0 +1,52 @@
+// The one typed event bus: processing reports here; logging, metrics and HTTP only subscribe.
+// Emitting with no listener costs one map lookup.
+
+export type Outcome = "processed" | "deduplicated" | "retried" | "dead_lettered" | "failed";
+
+export interface Events {
+  "message.handled": {
+    handler: string;
+    topic: string;
+    partition: number;
+    offset: string;
+    id: string;
+    outcome: Outcome;
+    seconds: number;
+    result?: unknown;
+  };
+  "message.started": { handler: string };
+  "message.finished": { handler: string };
+  "journal.committed": { seconds: number; writes: number };
+  "consumer.joining": { handler: string; group: string };
+  "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number };
+  "consumer.fetched": { handler: string; group: string; topic: string; partition: number; highWatermark: string };
+  "consumer.committed": { handler: string; group: string; topic: string; partition: number; offset: string };
+  "consumer.polled": { handler: string };
+  "consumer.crashed": { handler: string; group: string; error: unknown; restarting: boolean };
+  "consumer.stopped": { handler: string; group: string };
+  "outbox.pending": { count: number };
+  "worker.error": { handler?: string; error: unknown };
+}
+
+type Listener<K extends keyof Events> = (payload: Events[K]) => void;
+
+export class EventBus {
+  #listeners = new Map<keyof Events, Set<Listener<never>>>();
+
+  on<K extends keyof Events>(name: K, fn: Listener<K>): () => void {
+    let set = this.#listeners.get(name);
+    if (!set) this.#listeners.set(name, (set = new Set()));
+    set.add(fn as Listener<never>);
+    return () => set.delete(fn as Listener<never>);
+  }
+
+  has(name: keyof Events): boolean {
+    return (this.#listeners.get(name)?.size ?? 0) > 0;
+  }
+
+  emit<K extends keyof Events>(name: K, payload: Events[K]): void {
+    const set = this.#listeners.get(name);
+    if (!set) return;
+    for (const fn of set) (fn as Listener<K>)(payload);
+  }
+}

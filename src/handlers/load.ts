@@ -1,0 +1,47 @@
+// Loads handler files from a directory: every *.ts / *.js file default-exports one handler.
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { basename, extname, join, resolve } from "node:path";
+import { pathToFileURL } from "node:url";
+import { ConfigError, type Problem } from "../errors.ts";
+import { checkHandlerSet, resolveHandler, type ResolvedHandler } from "./resolve.ts";
+
+const HANDLER_FILE = /^[^.].*\.(ts|js|mts|mjs)$/;
+
+export function handlerFiles(dir: string): string[] {
+  return readdirSync(dir)
+    .filter((f) => HANDLER_FILE.test(f) && !/\.(test|spec|d)\.[mc]?[tj]s$/.test(f))
+    .sort()
+    .map((f) => join(dir, f));
+}
+
+/** Imports and validates every handler in `dir`; throws ConfigError listing every problem. */
+export async function loadHandlers(dir: string): Promise<ResolvedHandler[]> {
+  const abs = resolve(dir);
+  if (!existsSync(abs) || !statSync(abs).isDirectory()) {
+    throw new ConfigError([{ path: "handlers", message: `${dir} is not a directory; pass --handlers DIR with your handler files` }]);
+  }
+  const problems: Problem[] = [];
+  const handlers: ResolvedHandler[] = [];
+  const files = handlerFiles(abs);
+  if (files.length === 0) {
+    throw new ConfigError([{ path: "handlers", message: `${dir} holds no *.ts or *.js handler files` }]);
+  }
+  for (const file of files) {
+    let mod: { default?: unknown };
+    try {
+      mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
+    } catch (err) {
+      problems.push({ path: file, message: `failed to load: ${(err as Error).message ?? String(err)}` });
+      continue;
+    }
+    const h = resolveHandler(file, basename(file, extname(file)), mod.default, problems);
+    if (h) handlers.push(h);
+  }
+  return fromResolved(handlers, problems);
+}
+
+export function fromResolved(handlers: ResolvedHandler[], problems: Problem[] = []): ResolvedHandler[] {
+  checkHandlerSet(handlers, problems);
+  if (problems.length > 0) throw new ConfigError(problems);
+  return handlers;
+}

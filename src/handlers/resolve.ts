@@ -1,0 +1,112 @@
+// Turns a handler file's default export into a ResolvedHandler: validated, defaults applied,
+// group id derived. Every problem is reported as `FILE: field: message`.
+import * as v from "valibot";
+import type { Problem } from "../errors.ts";
+import { HANDLER, type Handler, type Order } from "../index.ts";
+
+export interface ResolvedHandler {
+  name: string;
+  file: string;
+  def: Handler<unknown>;
+  topics: (string | RegExp)[];
+  groupId: string;
+  order: Order;
+  concurrency: number;
+  retry: { attempts: number; initialDelayMs: number; maxDelayMs: number };
+  /** Dead-letter topic for a source topic, or false to retry forever. */
+  deadLetterTopic(topic: string): string | false;
+}
+
+export const DEFAULT_RETRY = { attempts: 5, initialDelayMs: 200, maxDelayMs: 30_000 };
+export const DEFAULT_CONCURRENCY = 16;
+
+const fn = v.custom<(...args: never[]) => unknown>((x) => typeof x === "function", "must be a function");
+const positiveInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(1, "must be at least 1"));
+const nonNegativeInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(0, "must be 0 or more"));
+
+const HandlerShape = v.object({
+  name: v.optional(v.pipe(v.string("must be a string"), v.regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'"))),
+  topics: v.pipe(
+    v.array(v.union([v.pipe(v.string(), v.nonEmpty()), v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
+    v.minLength(1, "must name at least one topic"),
+  ),
+  groupId: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"), v.maxLength(255, "must be at most 255 characters"))),
+  schema: v.optional(v.custom((x) => typeof x === "object" && x !== null && "~standard" in x, "must be a valibot schema")),
+  key: v.optional(fn),
+  order: v.optional(v.picklist(["partition", "key", "topic"], 'must be "partition", "key" or "topic"')),
+  concurrency: v.optional(positiveInt),
+  retry: v.optional(
+    v.strictObject({
+      attempts: v.optional(positiveInt),
+      initialDelayMs: v.optional(nonNegativeInt),
+      maxDelayMs: v.optional(nonNegativeInt),
+    }, "must be { attempts, initialDelayMs, maxDelayMs }"),
+  ),
+  deadLetter: v.optional(v.union([v.pipe(v.string(), v.nonEmpty()), v.literal(false)], "must be a topic name or false")),
+  setup: v.optional(fn),
+  handle: fn,
+});
+
+export function groupIdFor(name: string, topics: (string | RegExp)[]): string {
+  const parts = topics.map((t) => (typeof t === "string" ? t : t.source.replace(/[^A-Za-z0-9._-]+/g, "_")));
+  return `kexo-${name}-${parts.join("-")}`.slice(0, 255);
+}
+
+export function issuePath(issue: v.BaseIssue<unknown>): string {
+  return (issue.path ?? []).map((p) => String(p.key)).join(".");
+}
+
+/** Validates one handler file's default export; returns it resolved or pushes problems. */
+export function resolveHandler(file: string, defaultName: string, exported: unknown, problems: Problem[]): ResolvedHandler | undefined {
+  if (exported === undefined) {
+    problems.push({ path: file, message: "has no default export; export default defineHandler({ … })" });
+    return undefined;
+  }
+  if (typeof exported !== "object" || exported === null || !(HANDLER in exported)) {
+    problems.push({ path: file, message: "default export is not a handler; wrap it in defineHandler({ … }) from \"kexo\"" });
+    return undefined;
+  }
+  const parsed = v.safeParse(HandlerShape, exported);
+  if (!parsed.success) {
+    for (const issue of parsed.issues) problems.push({ path: `${file}: ${issuePath(issue) || "handler"}`, message: issue.message });
+    return undefined;
+  }
+  const def = exported as Handler<unknown>;
+  const order = def.order ?? "partition";
+  if (order === "topic" && def.topics.some((t) => t instanceof RegExp)) {
+    problems.push({ path: `${file}: topics`, message: 'a RegExp topic can not be used with order: "topic"; list the topics by name' });
+    return undefined;
+  }
+  const retry = { ...DEFAULT_RETRY, ...def.retry };
+  if (retry.maxDelayMs < retry.initialDelayMs) {
+    problems.push({ path: `${file}: retry.maxDelayMs`, message: "must be at least retry.initialDelayMs" });
+    return undefined;
+  }
+  const name = def.name ?? defaultName;
+  const deadLetter = def.deadLetter;
+  return {
+    name,
+    file,
+    def,
+    topics: def.topics,
+    groupId: def.groupId ?? groupIdFor(name, def.topics),
+    order,
+    concurrency: def.concurrency ?? DEFAULT_CONCURRENCY,
+    retry,
+    deadLetterTopic: (topic) => (deadLetter === false ? false : (deadLetter ?? `${topic}.dlq`)),
+  };
+}
+
+/** Cross-handler rules: unique names, never a shared group. */
+export function checkHandlerSet(handlers: ResolvedHandler[], problems: Problem[]): void {
+  const names = new Map<string, string>();
+  const groups = new Map<string, string>();
+  for (const h of handlers) {
+    const n = names.get(h.name);
+    if (n) problems.push({ path: `${h.file}: name`, message: `"${h.name}" is also the name of ${n}; give one a distinct name` });
+    names.set(h.name, h.file);
+    const g = groups.get(h.groupId);
+    if (g) problems.push({ path: `${h.file}: groupId`, message: `"${h.groupId}" is also the group of ${g}; two handlers never share a group` });
+    groups.set(h.groupId, h.file);
+  }
+}

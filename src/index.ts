@@ -1,0 +1,113 @@
+// The public API of kexo: what handler files import as "kexo". Everything here is a contract.
+import * as v from "valibot";
+import type { Logger } from "./log.ts";
+export { PermanentError } from "./errors.ts";
+export { v };
+
+/** A Kafka message as kafkajs gives it. */
+export interface KafkaMessage {
+  topic: string;
+  partition: number;
+  /** Offset as a decimal string. */
+  offset: string;
+  key: Buffer | null;
+  value: Buffer | null;
+  headers: Record<string, Buffer | undefined>;
+  /** Broker or producer timestamp, milliseconds as a decimal string. */
+  timestamp: string;
+  leaderEpoch?: number;
+}
+
+export type InValue = null | string | number | bigint | boolean | ArrayBuffer | Uint8Array | Date;
+export type InStatement = string | { sql: string; args?: InValue[] | Record<string, InValue> };
+
+export interface ResultSet {
+  columns: string[];
+  /** Each row as an object keyed by column name. */
+  rows: Record<string, unknown>[];
+  rowsAffected: number;
+  lastInsertRowid: bigint | undefined;
+}
+
+/** The journal database as handlers see it: the handler's own tables live beside kexo's journal. */
+export interface HandlerDb {
+  execute(stmt: InStatement): Promise<ResultSet>;
+  /** Runs the statements in order; all or none apply. */
+  batch(stmts: InStatement[]): Promise<ResultSet[]>;
+}
+
+export interface EmitMessage {
+  key?: string | Buffer | null;
+  value: string | Buffer | unknown;
+  headers?: Record<string, string | Buffer>;
+  partition?: number;
+}
+
+export interface HandlerContext {
+  readonly message: KafkaMessage;
+  /**
+   * The dedup id: header `kexo-id` if present, else the handler's business `key`, else
+   * `kafka-unique-id-{topic}-{partition}-{groupId}-{offset}`. Stable across redeliveries; pass
+   * `${ctx.id}:${stepName}` to external APIs as an idempotency key.
+   */
+  readonly id: string;
+  /** 1 on the first attempt. */
+  readonly attempt: number;
+  /**
+   * Runs `fn` once and records its JSON result. Once recorded (journal committed) it is never
+   * run again; the recorded result is returned instead. Failure window: a crash after `fn`
+   * finished but before the journal commit runs `fn` again on redelivery (at-least-once).
+   */
+  step<R>(name: string, fn: () => R | Promise<R>): Promise<R>;
+  /**
+   * Runs `fn` in a transaction of the journal database. Its writes commit atomically with a
+   * record of this call: after any crash they appear exactly once, and a recorded call returns
+   * its recorded result without running again. Keep `fn` to database work: other messages'
+   * transactions wait while it runs.
+   */
+  tx<R>(fn: (db: HandlerDb) => Promise<R>): Promise<R>;
+  /** Records an outbox message, published after this message's journal commit (at least once). */
+  emit(topic: string, msg: EmitMessage): void;
+  readonly log: Logger;
+  /** Aborted on shutdown timeout and when this message's partition is revoked. */
+  readonly signal: AbortSignal;
+}
+
+export interface RetryOptions {
+  /** Every attempt, including the first. */
+  attempts?: number;
+  initialDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+export type Order = "partition" | "key" | "topic";
+
+interface HandlerOptions<T> {
+  name?: string;
+  topics: (string | RegExp)[];
+  groupId?: string;
+  key?: (payload: T, message: KafkaMessage) => string;
+  order?: Order;
+  concurrency?: number;
+  retry?: RetryOptions;
+  deadLetter?: string | false;
+  setup?(db: HandlerDb): Promise<void> | void;
+  handle(payload: T, ctx: HandlerContext): unknown;
+}
+
+export const HANDLER = Symbol.for("kexo.handler");
+
+/** What defineHandler returns; the loader recognizes it by its brand. */
+export interface Handler<T = unknown> extends HandlerOptions<T> {
+  schema?: v.GenericSchema<unknown, T>;
+  readonly [HANDLER]: true;
+}
+
+export function defineHandler<S extends v.GenericSchema>(
+  def: HandlerOptions<v.InferOutput<S>> & { schema: S },
+): Handler<v.InferOutput<S>>;
+export function defineHandler(def: HandlerOptions<Buffer | null> & { schema?: undefined }): Handler<Buffer | null>;
+// deno-lint-ignore no-explicit-any
+export function defineHandler(def: HandlerOptions<any> & { schema?: v.GenericSchema }): Handler<any> {
+  return Object.assign(Object.create(null), def, { [HANDLER]: true as const }) as Handler<any>;
+}

@@ -1,0 +1,471 @@
+// The journal: dedup records, step results, partition progress, outbox and dead letters in one
+// embedded libSQL file, written through one connection with group commit.
+//
+// Invariants:
+// - Many messages' records share one transaction (group commit); durable() resolves only after
+//   the COMMIT that holds every write made before it was called.
+// - A handler's ctx.tx runs inside a SAVEPOINT together with the row that records it, so its
+//   writes and its record commit or vanish together, whatever else shares the transaction. While
+//   a savepoint is open, every other write waits in #queue: nothing of another message may be
+//   rolled back with it, and COMMIT never lands between a tx's writes and its record.
+import { mkdirSync } from "node:fs";
+import { dirname, resolve } from "node:path";
+import Database from "libsql";
+import { ConfigError, ExitCode, KexoError } from "../errors.ts";
+import type { EventBus } from "../events.ts";
+import type { HandlerDb } from "../index.ts";
+import { createHandlerDb } from "./handler-db.ts";
+import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
+
+type Conn = InstanceType<typeof Database>;
+
+export interface MessageRecord {
+  handler: string;
+  id: string;
+  status: "completed" | "dead_lettered";
+  topic: string;
+  partition: number;
+  offset: string;
+  attempts: number;
+  result?: string | null;
+  error?: string | null;
+}
+
+export interface DeadLetterRecord {
+  handler: string;
+  groupId: string;
+  messageId: string;
+  topic: string;
+  partition: number;
+  offset: string;
+  key: Buffer | null;
+  value: Buffer | null;
+  headers: Record<string, Buffer>;
+  reason: string;
+  error: string;
+  errorType: string;
+  attempts: number;
+  failedAt: string;
+  dlqTopic: string;
+}
+
+export interface OutboxRecord {
+  handler: string;
+  messageId: string;
+  topic: string;
+  key: Buffer | null;
+  value: Buffer | null;
+  headers: Record<string, Buffer>;
+  partition?: number;
+}
+
+export interface JournalOptions {
+  /** file:PATH, file:///ABS, or :memory: */
+  url: string;
+  bus?: EventBus;
+  /** Longest a write waits for its group commit. */
+  commitIntervalMs?: number;
+  /** Commit as soon as this many writes are pending. */
+  maxPendingWrites?: number;
+}
+
+export interface ProgressEntry {
+  groupId: string;
+  topic: string;
+  partition: number;
+  nextOffset: bigint;
+}
+
+/**
+ * Lets a consumer write partition progress once per commit instead of once per message. Every
+ * write made before `progress()` is called is already executed on the connection (writes never
+ * wait in the queue while the lock is free), so progress never runs ahead of the completions it
+ * covers.
+ */
+export interface CommitHook {
+  progress(): ProgressEntry[];
+  committed(entries: ProgressEntry[]): void;
+}
+
+interface Waiter {
+  resolve(): void;
+  reject(err: unknown): void;
+}
+
+export function journalPath(url: string): string {
+  if (url === ":memory:" || url === "file::memory:") return ":memory:";
+  if (/^(libsql|https?|wss?):\/\//.test(url)) {
+    throw new ConfigError([
+      { path: "db", message: `remote journal ${url.split("?")[0]} is not supported by this build; use file:PATH` },
+    ]);
+  }
+  if (!url.startsWith("file:")) {
+    throw new ConfigError([{ path: "db", message: `expected file:PATH, file:///ABSOLUTE/PATH or :memory:, got "${url}"` }]);
+  }
+  const rest = url.slice("file:".length).split("?")[0] ?? "";
+  return rest.startsWith("//") ? decodeURIComponent(new URL(url).pathname) : rest;
+}
+
+export class Journal {
+  readonly path: string;
+  readonly handlerDb: HandlerDb;
+  #conn: Conn;
+  #bus: EventBus | undefined;
+  #interval: number;
+  #maxPending: number;
+  #inTx = false;
+  #held = false;
+  #queue: (() => void)[] = [];
+  #pendingWrites = 0;
+  #waiters: Waiter[] = [];
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #failed: unknown;
+  #closed = false;
+  #hooks = new Set<CommitHook>();
+  #s: ReturnType<typeof prepareAll>;
+
+  private constructor(path: string, conn: Conn, opts: JournalOptions) {
+    this.path = path;
+    this.#conn = conn;
+    this.#bus = opts.bus;
+    this.#interval = opts.commitIntervalMs ?? 4;
+    this.#maxPending = opts.maxPendingWrites ?? 4000;
+    this.#s = prepareAll(conn);
+    this.handlerDb = createHandlerDb(conn);
+  }
+
+  static open(opts: JournalOptions): Journal {
+    const path = journalPath(opts.url);
+    let conn: Conn;
+    try {
+      if (path !== ":memory:") mkdirSync(dirname(resolve(path)), { recursive: true });
+      conn = new Database(path);
+      conn.exec("PRAGMA busy_timeout = 10000");
+      if (path !== ":memory:") conn.exec("PRAGMA journal_mode = WAL");
+      // FULL: a committed journal row survives power loss, because Kafka offsets follow it.
+      conn.exec("PRAGMA synchronous = FULL");
+      conn.exec(SCHEMA);
+      const row = conn.prepare("SELECT value FROM kexo_meta WHERE key = 'schema_version'").get() as
+        | { value: string }
+        | undefined;
+      if (row && Number(row.value) > SCHEMA_VERSION) {
+        throw new KexoError(
+          "journal_too_new",
+          `journal ${path} has schema version ${row.value}, newer than this kexo (${SCHEMA_VERSION}); upgrade kexo`,
+          { exitCode: ExitCode.config },
+        );
+      }
+      conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('schema_version', ?)").run(
+        String(SCHEMA_VERSION),
+      );
+    } catch (err) {
+      if (err instanceof KexoError) throw err;
+      throw new KexoError(
+        "journal_unavailable",
+        `cannot open journal ${path}: ${(err as Error).message}; check the --db path and its permissions`,
+        { exitCode: ExitCode.unavailable, cause: err },
+      );
+    }
+    return new Journal(path, conn, opts);
+  }
+
+  // ---- reads (see committed and pending writes of this connection) ----
+
+  lookup(handler: string, id: string): { status: string; result: string | null; attempts: number } | undefined {
+    return this.#s.lookup.get(handler, id) as { status: string; result: string | null; attempts: number } | undefined;
+  }
+
+  steps(handler: string, id: string): Map<string, string> {
+    const rows = this.#s.steps.all(handler, id) as { name: string; result: string }[];
+    return new Map(rows.map((r) => [r.name, r.result]));
+  }
+
+  progress(groupId: string): Map<string, bigint> {
+    const rows = this.#s.progress.all(groupId) as { topic: string; partition: number; next_offset: number }[];
+    return new Map(rows.map((r) => [`${r.topic}:${r.partition}`, BigInt(r.next_offset)]));
+  }
+
+  /** Raw read access for the CLI (dlq list, inspect). */
+  query<T>(sql: string, ...args: unknown[]): T[] {
+    return this.#conn.prepare(sql).all(...args) as T[];
+  }
+
+  run(sql: string, ...args: unknown[]): number {
+    return this.#conn.prepare(sql).run(...args).changes;
+  }
+
+  // ---- writes (group-committed) ----
+
+  recordStep(handler: string, id: string, name: string, resultJson: string): void {
+    this.#write(() => this.#s.step.run(handler, id, name, resultJson, Date.now()));
+  }
+
+  finish(rec: MessageRecord, outbox: OutboxRecord[] = []): void {
+    this.#write(() => {
+      this.#s.finish.run(
+        rec.handler,
+        rec.id,
+        rec.status,
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        rec.attempts,
+        rec.result ?? null,
+        rec.error ?? null,
+        Date.now(),
+      );
+      for (const o of outbox) {
+        this.#s.outbox.run(
+          o.handler,
+          o.messageId,
+          o.topic,
+          o.key,
+          o.value,
+          encodeHeaders(o.headers),
+          o.partition ?? null,
+          Date.now(),
+        );
+      }
+    });
+  }
+
+  deadLetter(rec: DeadLetterRecord, message: MessageRecord): void {
+    this.#write(() => {
+      this.#s.deadLetter.run(
+        rec.handler,
+        rec.groupId,
+        rec.messageId,
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        rec.key,
+        rec.value,
+        encodeHeaders(rec.headers),
+        rec.reason,
+        rec.error,
+        rec.errorType,
+        rec.attempts,
+        rec.failedAt,
+        rec.dlqTopic,
+      );
+    });
+    this.finish(message);
+  }
+
+  setProgress(groupId: string, topic: string, partition: number, nextOffset: bigint): void {
+    this.#write(() => this.#s.setProgress.run(groupId, topic, partition, nextOffset, Date.now()));
+  }
+
+  /**
+   * Runs a handler's ctx.tx body in a savepoint with its record `name`. A recorded call returns
+   * its recorded JSON without running. `fn` sees every committed and pending journal write.
+   */
+  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>): Promise<R> {
+    await this.#acquire();
+    try {
+      this.#ensureTx();
+      const recorded = this.#s.stepGet.get(handler, id, name) as { result: string } | undefined;
+      if (recorded) return JSON.parse(recorded.result) as R;
+      this.#conn.exec("SAVEPOINT kexo_tx");
+      try {
+        const result = await fn(this.handlerDb);
+        this.#s.step.run(handler, id, name, JSON.stringify(result ?? null), Date.now());
+        this.#conn.exec("RELEASE kexo_tx");
+        this.#pendingWrites++;
+        return result;
+      } catch (err) {
+        this.#conn.exec("ROLLBACK TO kexo_tx");
+        this.#conn.exec("RELEASE kexo_tx");
+        throw err;
+      }
+    } finally {
+      this.#release();
+    }
+  }
+
+  addCommitHook(hook: CommitHook): () => void {
+    this.#hooks.add(hook);
+    return () => this.#hooks.delete(hook);
+  }
+
+  /** Asks for a commit soon, for hooks whose progress moved without a journal write. */
+  requestCommit(): void {
+    if (!this.#failed && !this.#closed) this.#schedule();
+  }
+
+  /** Resolves once every write made before this call is committed to disk. */
+  durable(): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    if (!this.#inTx && this.#queue.length === 0 && !this.#held) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      this.#waiters.push({ resolve, reject });
+      this.#schedule();
+    });
+  }
+
+  /** Commits what is pending now (or as soon as an open ctx.tx ends). */
+  flush(): Promise<void> {
+    const p = this.durable();
+    if (this.#inTx || this.#held) this.#write(() => this.#commit());
+    return p;
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    await this.flush().catch(() => {});
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#conn.close();
+  }
+
+  get pendingWrites(): number {
+    return this.#pendingWrites + this.#queue.length;
+  }
+
+  // ---- internals ----
+
+  #ensureTx(): void {
+    if (this.#failed) throw this.#failed;
+    if (this.#closed) throw new KexoError("journal_closed", "journal is closed", { exitCode: ExitCode.invariant });
+    if (!this.#inTx) {
+      this.#conn.exec("BEGIN IMMEDIATE");
+      this.#inTx = true;
+    }
+  }
+
+  #write(fn: () => void): void {
+    const run = () => {
+      this.#ensureTx();
+      fn();
+      this.#pendingWrites++;
+      if (this.#pendingWrites >= this.#maxPending) this.#commit();
+      else this.#schedule();
+    };
+    if (this.#held) this.#queue.push(run);
+    else run();
+  }
+
+  #schedule(): void {
+    if (this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      if (this.#held) this.#queue.push(() => this.#commit());
+      else this.#commit();
+    }, this.#interval);
+  }
+
+  #commit(): void {
+    if (this.#failed || this.#closed) return;
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    const progress: [CommitHook, ProgressEntry[]][] = [];
+    for (const hook of this.#hooks) {
+      const entries = hook.progress();
+      if (entries.length > 0) progress.push([hook, entries]);
+    }
+    if (!this.#inTx && progress.length === 0) {
+      for (const w of waiters) w.resolve();
+      return;
+    }
+    const started = performance.now();
+    const writes = this.#pendingWrites;
+    try {
+      if (!this.#inTx) {
+        this.#conn.exec("BEGIN IMMEDIATE");
+        this.#inTx = true;
+      }
+      const now = Date.now();
+      for (const [, entries] of progress) {
+        for (const e of entries) this.#s.setProgress.run(e.groupId, e.topic, e.partition, e.nextOffset, now);
+      }
+      this.#conn.exec("COMMIT");
+    } catch (err) {
+      // Nothing from this transaction may be acknowledged; kexo stops and redoes it on restart.
+      try {
+        this.#conn.exec("ROLLBACK");
+      } catch {
+        // already rolled back by the engine
+      }
+      this.#failed = new KexoError(
+        "journal_commit_failed",
+        `journal commit failed (${this.path}): ${(err as Error).message}; kexo stops so that no offset runs ahead of the journal`,
+        { exitCode: ExitCode.transient, cause: err },
+      );
+      for (const w of waiters) w.reject(this.#failed);
+      this.#bus?.emit("worker.error", { error: this.#failed });
+      return;
+    } finally {
+      this.#inTx = false;
+      this.#pendingWrites = 0;
+    }
+    this.#bus?.emit("journal.committed", { seconds: (performance.now() - started) / 1000, writes });
+    for (const [hook, entries] of progress) hook.committed(entries);
+    for (const w of waiters) w.resolve();
+  }
+
+  #acquire(): Promise<void> {
+    if (!this.#held) {
+      this.#held = true;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => {
+      this.#queue.push(() => {
+        this.#held = true;
+        resolve();
+      });
+    });
+  }
+
+  #release(): void {
+    this.#held = false;
+    // Run queued writes in order until the next tx takes the lock again.
+    while (!this.#held && this.#queue.length > 0) {
+      const next = this.#queue.shift()!;
+      try {
+        next();
+      } catch (err) {
+        this.#failed ??= err;
+        this.#bus?.emit("worker.error", { error: err });
+      }
+    }
+  }
+}
+
+function prepareAll(conn: Conn) {
+  return {
+    lookup: conn.prepare("SELECT status, result, attempts FROM kexo_messages WHERE handler = ? AND id = ?"),
+    steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
+    stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),
+    step: conn.prepare(
+      "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at) VALUES (?, ?, ?, ?, ?)",
+    ),
+    finish: conn.prepare(
+      `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    progress: conn.prepare("SELECT topic, partition, next_offset FROM kexo_progress WHERE group_id = ?"),
+    setProgress: conn.prepare(
+      `INSERT INTO kexo_progress (group_id, topic, partition, next_offset, updated_at) VALUES (?, ?, ?, ?, ?)
+       ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at`,
+    ),
+    outbox: conn.prepare(
+      `INSERT INTO kexo_outbox (handler, message_id, topic, key, value, headers, partition, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+    deadLetter: conn.prepare(
+      `INSERT INTO kexo_dead_letters (handler, group_id, message_id, topic, partition, "offset", key, value, headers, reason, error, error_type, attempts, failed_at, dlq_topic)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+    ),
+  };
+}
+
+export function encodeHeaders(headers: Record<string, Buffer>): string {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(headers)) out[k] = v.toString("base64");
+  return JSON.stringify(out);
+}
+
+export function decodeHeaders(json: string): Record<string, Buffer> {
+  const out: Record<string, Buffer> = {};
+  for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string>)) out[k] = Buffer.from(v, "base64");
+  return out;
+}

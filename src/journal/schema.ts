@@ -1,0 +1,81 @@
+// The journal's tables. Names start with kexo_ so they never meet a handler's own tables.
+// Bump SCHEMA_VERSION and add a migration step when a released table changes.
+
+export const SCHEMA_VERSION = 1;
+
+export const SCHEMA = `
+CREATE TABLE IF NOT EXISTS kexo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+
+-- One row per handled message, keyed by the dedup id (ctx.id). status: completed | dead_lettered.
+-- Only 'completed' deduplicates: a dead letter was never completed, so a replay runs again.
+CREATE TABLE IF NOT EXISTS kexo_messages (
+  handler TEXT NOT NULL,
+  id TEXT NOT NULL,
+  status TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  "offset" INTEGER NOT NULL,
+  attempts INTEGER NOT NULL,
+  result TEXT,
+  error TEXT,
+  finished_at INTEGER NOT NULL,
+  PRIMARY KEY (handler, id)
+) WITHOUT ROWID;
+
+-- Recorded ctx.step and ctx.tx results; a recorded one never runs again.
+CREATE TABLE IF NOT EXISTS kexo_steps (
+  handler TEXT NOT NULL,
+  id TEXT NOT NULL,
+  name TEXT NOT NULL,
+  result TEXT NOT NULL,
+  recorded_at INTEGER NOT NULL,
+  PRIMARY KEY (handler, id, name)
+) WITHOUT ROWID;
+
+-- Per partition: every offset below next_offset is done (completed, deduplicated or dead-lettered).
+-- The source of truth for where a partition resumes; Kafka's committed offset follows it.
+CREATE TABLE IF NOT EXISTS kexo_progress (
+  group_id TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (group_id, topic, partition)
+) WITHOUT ROWID;
+
+-- Messages recorded by ctx.emit, written in the same transaction as the completion.
+CREATE TABLE IF NOT EXISTS kexo_outbox (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  handler TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  key BLOB,
+  value BLOB,
+  headers TEXT NOT NULL,
+  partition INTEGER,
+  created_at INTEGER NOT NULL
+);
+
+-- Every dead letter kexo wrote, for kexo dlq list/show/replay.
+CREATE TABLE IF NOT EXISTS kexo_dead_letters (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  handler TEXT NOT NULL,
+  group_id TEXT NOT NULL,
+  message_id TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  "offset" INTEGER NOT NULL,
+  key BLOB,
+  value BLOB,
+  headers TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  error TEXT NOT NULL,
+  error_type TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  failed_at TEXT NOT NULL,
+  dlq_topic TEXT NOT NULL,
+  replayed_at TEXT,
+  replayed_to TEXT
+);
+CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handler, seq);
+`;

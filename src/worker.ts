@@ -1,0 +1,169 @@
+// The worker: opens the journal, runs handler setup, starts one consumer per handler and the HTTP
+// endpoint, and drains them on stop. It never exits the process; main.ts does.
+import { ExitCode, KexoError } from "./errors.ts";
+import { EventBus } from "./events.ts";
+import type { ResolvedHandler } from "./handlers/resolve.ts";
+import { createApp } from "./http/app.ts";
+import { type HttpServer, serve } from "./http/serve.ts";
+import { createKafka, type KafkaSettings } from "./kafka/client.ts";
+import { type ConsumerOptions, HandlerConsumer } from "./kafka/consumer.ts";
+import { Publisher } from "./kafka/publisher.ts";
+import { Journal } from "./journal/journal.ts";
+import type { Logger } from "./log.ts";
+
+export interface WorkerOptions {
+  handlers: ResolvedHandler[];
+  kafka: KafkaSettings;
+  db: string;
+  http?: { host: string; port: number };
+  shutdownTimeoutMs: number;
+  log: Logger;
+  consumer?: Partial<ConsumerOptions>;
+  /** Creates missing dead-letter topics where the broker allows it (dev broker: mock API). */
+  ensureTopics?(topics: string[]): Promise<void>;
+  bus?: EventBus;
+}
+
+/** Event-loop liveness: a tick that stops for this long means the process is stalled. */
+const LOOP_TTL_MS = 10_000;
+
+export class Worker {
+  readonly bus: EventBus;
+  readonly journal: Journal;
+  readonly consumers: HandlerConsumer[] = [];
+  /** Resolves with the error that makes the worker unable to go on (exit 75 / 70). */
+  readonly failed: Promise<KexoError>;
+  #opts: WorkerOptions;
+  #http: HttpServer | undefined;
+  #publisher: Publisher | undefined;
+  #draining = false;
+  #lastTick = Date.now();
+  #ticker: ReturnType<typeof setInterval>;
+  #fail!: (err: KexoError) => void;
+  #lastError: string | undefined;
+
+  private constructor(opts: WorkerOptions, journal: Journal, bus: EventBus) {
+    this.#opts = opts;
+    this.journal = journal;
+    this.bus = bus;
+    this.failed = new Promise((resolve) => (this.#fail = resolve));
+    this.#ticker = setInterval(() => (this.#lastTick = Date.now()), 1000);
+    bus.on("worker.error", ({ error }) => {
+      this.#lastError = error instanceof Error ? error.message : String(error);
+      if (error instanceof KexoError && error.exitCode !== ExitCode.bug) this.#fail(error);
+      else this.#fail(new KexoError("worker_failed", `worker failed: ${this.#lastError}`, { exitCode: ExitCode.transient, cause: error }));
+    });
+  }
+
+  get address(): string | undefined {
+    return this.#http?.address;
+  }
+
+  static async start(opts: WorkerOptions): Promise<Worker> {
+    const bus = opts.bus ?? new EventBus();
+    const journal = Journal.open({ url: opts.db, bus });
+    const worker = new Worker(opts, journal, bus);
+    try {
+      await worker.#setupHandlers();
+      worker.#startHttp();
+      await worker.#startConsumers();
+    } catch (err) {
+      await worker.#close();
+      throw err;
+    }
+    return worker;
+  }
+
+  async #setupHandlers(): Promise<void> {
+    for (const h of this.#opts.handlers) {
+      if (!h.def.setup) continue;
+      try {
+        await h.def.setup(this.journal.handlerDb);
+      } catch (err) {
+        throw new KexoError("handler_setup_failed", `${h.file}: setup: ${(err as Error).message ?? String(err)}; fix the handler's setup(db)`, {
+          exitCode: ExitCode.config,
+          cause: err,
+        });
+      }
+    }
+  }
+
+  #startHttp(): void {
+    const http = this.#opts.http;
+    if (!http) return;
+    const app = createApp({
+      live: () => {
+        const quiet = Date.now() - this.#lastTick;
+        return quiet > LOOP_TTL_MS ? { ok: false, reason: `event loop stalled for ${quiet} ms` } : { ok: true };
+      },
+      ready: () => {
+        const reasons: string[] = [];
+        if (this.#draining) reasons.push("draining");
+        for (const c of this.consumers) {
+          const s = c.status();
+          if (s.blocked) reasons.push(`${s.handler}: blocked: ${s.blocked}`);
+          else if (!s.joined) reasons.push(`${s.handler}: not joined to group ${s.group}`);
+        }
+        if (this.consumers.length < this.#opts.handlers.length) reasons.push("starting");
+        return { ok: reasons.length === 0, reasons };
+      },
+      status: () => ({ handlers: this.consumers.map((c) => c.status()), lastError: this.#lastError }),
+    });
+    try {
+      this.#http = serve(app, http.host, http.port);
+    } catch (err) {
+      throw new KexoError("http_unavailable", `cannot listen on ${http.host}:${http.port}: ${(err as Error).message}; pick another --http address`, {
+        exitCode: ExitCode.unavailable,
+        cause: err,
+      });
+    }
+    this.#opts.log.info("http listening", { address: this.#http.address });
+  }
+
+  async #startConsumers(): Promise<void> {
+    const { log } = this.#opts;
+    const kafka = createKafka(this.#opts.kafka, log);
+    this.#publisher = new Publisher(kafka);
+    const dlqTopics = new Set<string>();
+    for (const h of this.#opts.handlers) {
+      for (const t of h.topics) {
+        if (typeof t !== "string") continue;
+        const d = h.deadLetterTopic(t);
+        if (d) dlqTopics.add(d);
+      }
+    }
+    if (dlqTopics.size > 0 && this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    for (const h of this.#opts.handlers) {
+      if (this.#draining) return;
+      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher }, this.#opts.consumer);
+      this.consumers.push(consumer);
+      try {
+        await consumer.start();
+      } catch (err) {
+        throw new KexoError(
+          "broker_unavailable",
+          `handler ${h.name}: cannot join group ${h.groupId} on ${this.#opts.kafka.brokers.join(",")}: ${(err as Error).message}; check --brokers and that the broker is up`,
+          { exitCode: ExitCode.unavailable, cause: err },
+        );
+      }
+    }
+  }
+
+  /** Drains: returns true when every in-flight message finished within the shutdown timeout. */
+  async stop(): Promise<boolean> {
+    if (this.#draining) return false;
+    this.#draining = true;
+    this.#opts.log.info("draining", { timeoutMs: this.#opts.shutdownTimeoutMs });
+    const results = await Promise.all(this.consumers.map((c) => c.stop(this.#opts.shutdownTimeoutMs)));
+    await this.#close();
+    return results.every(Boolean);
+  }
+
+  async #close(): Promise<void> {
+    this.#draining = true;
+    clearInterval(this.#ticker);
+    await this.#publisher?.close();
+    await this.#http?.close().catch(() => {});
+    await this.journal.close();
+  }
+}
