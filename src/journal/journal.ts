@@ -171,6 +171,15 @@ export class Journal {
 
   // ---- reads (see committed and pending writes of this connection) ----
 
+  /**
+   * Writes wait in a queue while a ctx.tx savepoint is open. Before a read that must see them
+   * (dedup lookup, recorded steps), await this: it resolves once the writes queued so far ran.
+   */
+  settled(): Promise<void> | undefined {
+    if (this.#queue.length === 0) return undefined;
+    return new Promise((resolve) => this.#queue.push(resolve));
+  }
+
   lookup(handler: string, id: string): { status: string; result: string | null; attempts: number } | undefined {
     return this.#s.lookup.get(handler, id) as { status: string; result: string | null; attempts: number } | undefined;
   }

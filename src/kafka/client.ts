@@ -1,5 +1,7 @@
 // The kafkajs client: brokers, TLS/SASL, and kafkajs's own logs routed into kexo's JSON lines.
 import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from "kafkajs";
+// @ts-expect-error: kafkajs's internal request queue has no type declarations.
+import RequestQueue from "kafkajs/src/network/requestQueue/index.js";
 import type { Logger } from "../log.ts";
 
 export interface KafkaSettings {
@@ -9,22 +11,28 @@ export interface KafkaSettings {
   sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
 }
 
-let warningFilterInstalled = false;
+let warningSilenced = false;
 
 /**
- * kafkajs's request queue sets timers with negative delays under Bun, Deno and Node ≥ 23
- * (tulios/kafkajs#1751). The warning is harmless and repeats for every throttled request, so it
- * alone is dropped; every other process warning still prints.
+ * kafkajs's request queue schedules its throttle check with `throttledUntil - Date.now()`, a
+ * negative delay when it isn't throttled (tulios/kafkajs#1751); Bun, Deno and Node ≥ 23 print a
+ * TimeoutNegativeWarning for each. A negative delay already means "as soon as possible", so this
+ * clamps it to 0 for that one method only: same behaviour, no warning, other warnings untouched.
  */
 export function silenceTimeoutNegativeWarning(): void {
-  if (warningFilterInstalled) return;
-  warningFilterInstalled = true;
-  const original = process.emitWarning.bind(process);
-  process.emitWarning = ((warning: string | Error, ...rest: unknown[]) => {
-    const name = typeof warning === "string" ? (typeof rest[0] === "string" ? rest[0] : (rest[0] as { type?: string })?.type) : warning.name;
-    if (name === "TimeoutNegativeWarning") return;
-    return (original as (...a: unknown[]) => void)(warning, ...rest);
-  }) as typeof process.emitWarning;
+  if (warningSilenced) return;
+  warningSilenced = true;
+  const proto = (RequestQueue as { prototype: { scheduleCheckPendingRequests(this: unknown): void } }).prototype;
+  const original = proto.scheduleCheckPendingRequests;
+  proto.scheduleCheckPendingRequests = function (this: unknown) {
+    const realSetTimeout = globalThis.setTimeout;
+    globalThis.setTimeout = ((fn: () => void, ms?: number) => realSetTimeout(fn, Math.max(0, ms ?? 0))) as typeof setTimeout;
+    try {
+      original.call(this);
+    } finally {
+      globalThis.setTimeout = realSetTimeout;
+    }
+  };
 }
 
 const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
@@ -37,6 +45,8 @@ const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
 export function createKafka(settings: KafkaSettings, log: Logger): Kafka {
   silenceTimeoutNegativeWarning();
   const kafkaLog = log.child({ component: "kafkajs" });
+  // kafkajs's partitioner notice is for users migrating from kafkajs 1.x; kexo never was one.
+  process.env.KAFKAJS_NO_PARTITIONER_WARNING = "1";
   const config: KafkaConfig = {
     clientId: settings.clientId,
     brokers: settings.brokers,

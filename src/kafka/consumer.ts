@@ -264,11 +264,9 @@ export class HandlerConsumer {
       for (const m of batch.messages) {
         if (this.#stopping || rebalancing || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
         const offset = BigInt(m.offset);
-        if (offset < state.next) {
-          // Done in the journal already: Kafka's offset lagged behind it (crash between the two).
-          resolveOffset(m.offset);
-          continue;
-        }
+        // Below the journal's progress the message is done already (Kafka's offset lagged behind
+        // the journal, or was rewound): it is reported as deduplicated, never run again.
+        const below = offset < state.next;
         const message = toMessage(batch.topic, batch.partition, m);
         this.#inflight++;
         let verdict;
@@ -279,12 +277,12 @@ export class HandlerConsumer {
             log: this.#log,
             dlq: this.#dlq,
             blocked: (reason) => (this.#blocked = reason),
-          }, this.#abort.signal);
+          }, this.#abort.signal, below);
         } finally {
           this.#inflight--;
         }
         if (verdict !== "done") break;
-        state.next = offset + 1n;
+        if (offset >= state.next) state.next = offset + 1n;
         resolveOffset(m.offset);
         this.#journal.requestCommit();
       }

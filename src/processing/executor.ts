@@ -67,11 +67,16 @@ function toBuffer(x: string | Buffer | unknown): Buffer {
   return Buffer.from(JSON.stringify(x));
 }
 
+/**
+ * `below`: the journal's partition progress is past this offset, so the message is done (completed
+ * or dead-lettered) and must not run again; it is only reported, with its recorded result.
+ */
 export async function execute(
   handler: ResolvedHandler,
   message: KafkaMessage,
   deps: ExecutorDeps,
   signal: AbortSignal,
+  below = false,
 ): Promise<Verdict> {
   const { journal, bus } = deps;
   const started = performance.now();
@@ -104,11 +109,20 @@ export async function execute(
       id = messageId(message, handler.groupId, key);
     }
   } catch (err) {
+    if (below) {
+      report(id, "deduplicated");
+      return "done";
+    }
     return deadLetter(handler, message, deps, signal, id, "poison", err, 1, report);
   }
 
+  await journal.settled();
   const done = journal.lookup(handler.name, id);
-  if (done?.status === "completed") {
+  if (done?.status === "completed" || below) {
+    if (done?.status !== "completed") {
+      report(id, "deduplicated");
+      return "done";
+    }
     const result = done.result === null ? undefined : JSON.parse(done.result);
     deps.log.debug("message deduplicated", { handler: handler.name, id, offset: message.offset, result });
     report(id, "deduplicated", result);

@@ -1,0 +1,62 @@
+// The development broker for tests (librdkafka's mock cluster in this process, real TCP to it),
+// plus a kafkajs client for producing test data and reading dead letters.
+import { Kafka, logLevel } from "kafkajs";
+import { createMockCluster, type MockCluster } from "../../src/dev/mock-cluster.ts";
+import { silenceTimeoutNegativeWarning } from "../../src/kafka/client.ts";
+
+export interface TestBroker {
+  cluster: MockCluster;
+  brokers: string;
+  kafka: Kafka;
+  produce(topic: string, messages: { key?: string | Buffer | null; value: string | Buffer | null; headers?: Record<string, string | Buffer>; partition?: number }[]): Promise<void>;
+  /** Reads a whole topic from the beginning (with a fresh group), until `count` records or the timeout. */
+  readAll(topic: string, count: number, timeoutMs?: number): Promise<{ key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; partition: number; offset: string }[]>;
+  close(): Promise<void>;
+}
+
+export async function startBroker(topics: Record<string, number> = {}): Promise<TestBroker> {
+  silenceTimeoutNegativeWarning();
+  const cluster = createMockCluster();
+  for (const [t, n] of Object.entries(topics)) cluster.createTopic(t, n);
+  const kafka = new Kafka({ clientId: "kexo-test", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
+  const producer = kafka.producer();
+  let connected = false;
+  let readers = 0;
+  return {
+    cluster,
+    brokers: cluster.bootstrap,
+    kafka,
+    async produce(topic, messages) {
+      if (!connected) {
+        await producer.connect();
+        connected = true;
+      }
+      for (let i = 0; i < messages.length; i += 1000) {
+        await producer.send({ topic, acks: -1, messages: messages.slice(i, i + 1000) });
+      }
+    },
+    async readAll(topic, count, timeoutMs = 20_000) {
+      const consumer = kafka.consumer({ groupId: `kexo-test-reader-${process.pid}-${++readers}`, sessionTimeout: 6000, heartbeatInterval: 500 });
+      const out: Awaited<ReturnType<TestBroker["readAll"]>> = [];
+      await consumer.connect();
+      await consumer.subscribe({ topics: [topic], fromBeginning: true });
+      let done!: () => void;
+      const finished = new Promise<void>((r) => (done = r));
+      await consumer.run({
+        eachMessage: async ({ partition, message }) => {
+          const headers: Record<string, Buffer> = {};
+          for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = Buffer.isBuffer(v) ? v : Buffer.from(String(v));
+          out.push({ key: message.key, value: message.value, headers, partition, offset: message.offset });
+          if (out.length >= count) done();
+        },
+      });
+      await Promise.race([finished, new Promise((r) => setTimeout(r, timeoutMs))]);
+      await consumer.disconnect();
+      return out;
+    },
+    async close() {
+      if (connected) await producer.disconnect();
+      cluster.close();
+    },
+  };
+}

@@ -1,0 +1,91 @@
+// Runs kexo as a real child process (bun main.ts …, or the compiled binary) and watches its JSON
+// log lines, so tests can wait for a moment and SIGKILL it there.
+import { join } from "node:path";
+import { waitUntil } from "./wait.ts";
+
+export const ROOT = join(import.meta.dir, "..", "..");
+export const BUN = process.execPath;
+
+export interface LogLine {
+  level: string;
+  msg: string;
+  [k: string]: unknown;
+}
+
+export class WorkerProcess {
+  readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
+  readonly lines: LogLine[] = [];
+  readonly raw: string[] = [];
+  stdout = "";
+  #exit: Promise<number>;
+
+  constructor(args: string[], opts: { env?: Record<string, string>; cwd?: string; cmd?: string[] } = {}) {
+    const cmd = opts.cmd ?? [BUN, join(ROOT, "main.ts")];
+    this.proc = Bun.spawn([...cmd, ...args], {
+      cwd: opts.cwd ?? ROOT,
+      env: { ...process.env, ...opts.env },
+      stdin: "ignore",
+      stdout: "pipe",
+      stderr: "pipe",
+    });
+    void this.#read(this.proc.stderr, (line) => {
+      this.raw.push(line);
+      try {
+        this.lines.push(JSON.parse(line) as LogLine);
+      } catch {
+        // not JSON: kept in raw only
+      }
+      if (process.env.KEXO_TEST_VERBOSE) process.stderr.write(`[worker ${this.proc.pid}] ${line}\n`);
+    });
+    void this.#read(this.proc.stdout, (line) => (this.stdout += line + "\n"));
+    this.#exit = this.proc.exited;
+  }
+
+  async #read(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
+    const decoder = new TextDecoder();
+    let buf = "";
+    for await (const chunk of stream) {
+      buf += decoder.decode(chunk, { stream: true });
+      let i: number;
+      while ((i = buf.indexOf("\n")) >= 0) {
+        onLine(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+      }
+    }
+    if (buf) onLine(buf);
+  }
+
+  find(pred: (l: LogLine) => boolean): LogLine | undefined {
+    return this.lines.find(pred);
+  }
+
+  waitForLog(what: string, pred: (l: LogLine) => boolean, timeoutMs = 30_000): Promise<LogLine> {
+    return waitUntil(what, () => {
+      const hit = this.lines.find(pred);
+      if (hit) return hit;
+      if (this.proc.exitCode !== null) throw new Error(`worker exited with ${this.proc.exitCode}: ${this.raw.slice(-5).join("\n")}`);
+      return undefined;
+    }, { timeoutMs });
+  }
+
+  /** The HTTP address from the `http listening` log line, with 0.0.0.0 made reachable. */
+  async httpAddress(): Promise<string> {
+    const l = await this.waitForLog("http listening", (l) => l.msg === "http listening");
+    return String(l.address).replace("0.0.0.0", "127.0.0.1");
+  }
+
+  waitJoined(count = 1, timeoutMs = 40_000): Promise<unknown> {
+    return waitUntil(`${count} group join(s)`, () => {
+      if (this.proc.exitCode !== null) throw new Error(`worker exited with ${this.proc.exitCode}: ${this.raw.slice(-5).join("\n")}`);
+      return this.lines.filter((l) => l.msg === "joined group").length >= count || undefined;
+    }, { timeoutMs });
+  }
+
+  kill(signal: NodeJS.Signals | number = "SIGKILL"): void {
+    this.proc.kill(signal);
+  }
+
+  exited(): Promise<number> {
+    return this.#exit;
+  }
+}
