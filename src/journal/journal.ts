@@ -15,6 +15,7 @@ import { ConfigError, ExitCode, KexoError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
 import { createHandlerDb } from "./handler-db.ts";
+import { toJson } from "./json.ts";
 import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 
 type Conn = InstanceType<typeof Database>;
@@ -278,7 +279,7 @@ export class Journal {
       this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
-        this.#s.step.run(handler, id, name, JSON.stringify(result ?? null), Date.now());
+        this.#s.step.run(handler, id, name, toJson(result, `ctx.tx result (${name})`), Date.now());
         this.#conn.exec("RELEASE kexo_tx");
         this.#pendingWrites++;
         return result;

@@ -7,6 +7,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
 import type { Journal, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
+import { toJson } from "../journal/json.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
 
@@ -149,10 +150,9 @@ export async function execute(
     if (ok) {
       let json: string;
       try {
-        json = JSON.stringify(result ?? null);
+        json = toJson(result, "the handler's result");
       } catch (err) {
-        return deadLetter(handler, message, deps, signal, id, "permanent",
-          new PermanentError(`handler result is not JSON-serializable: ${errorMessage(err)}`), attempt, report);
+        return deadLetter(handler, message, deps, signal, id, "permanent", err, attempt, report);
       }
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
@@ -217,7 +217,7 @@ function createContext(
       const hit = steps.get(key);
       if (hit !== undefined) return JSON.parse(hit) as R;
       const result = await fn();
-      const json = JSON.stringify(result ?? null);
+      const json = toJson(result, `ctx.step("${name}") result`);
       steps.set(key, json);
       deps.journal.recordStep(handler.name, id, key, json);
       return result;

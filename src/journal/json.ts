@@ -1,0 +1,19 @@
+// How step, tx and handler results are stored: JSON, with bigints (libSQL row ids, counters)
+// stored as numbers when exact and as strings otherwise. What JSON can't hold is a permanent
+// error: retrying produces the same value again.
+import { PermanentError } from "../errors.ts";
+
+function replacer(_key: string, value: unknown): unknown {
+  if (typeof value === "bigint") {
+    return value <= BigInt(Number.MAX_SAFE_INTEGER) && value >= BigInt(Number.MIN_SAFE_INTEGER) ? Number(value) : value.toString();
+  }
+  return value;
+}
+
+export function toJson(value: unknown, what: string): string {
+  try {
+    return JSON.stringify(value ?? null, replacer) ?? "null";
+  } catch (err) {
+    throw new PermanentError(`${what} is not JSON-serializable: ${(err as Error).message}`, { cause: err });
+  }
+}
