@@ -153,15 +153,17 @@ export function resolveConfig(
   if (opts.needBrokers && (!parsed.success || !parsed.output.brokers) && !raw.brokers) {
     problems.push({ path: "brokers", message: "required: pass --brokers host:port[,host:port…] or set KEXO_BROKERS" });
   }
-  const out = parsed.success ? parsed.output : undefined;
-  let sasl: Config["sasl"];
-  if (out?.saslMechanism) {
-    if (!out.saslUsername) problems.push({ path: "sasl-username", message: `required with sasl-mechanism ${out.saslMechanism}` });
-    if (!out.saslPassword) problems.push({ path: "sasl-password", message: `required with sasl-mechanism ${out.saslMechanism}` });
-    sasl = { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" };
-  } else if (out && (out.saslUsername || out.saslPassword)) {
+  // Cross-field rules read the raw values, so they are reported together with the others.
+  if (raw.saslMechanism) {
+    if (!raw.saslUsername) problems.push({ path: "sasl-username", message: `required with sasl-mechanism ${raw.saslMechanism}` });
+    if (!raw.saslPassword) problems.push({ path: "sasl-password", message: `required with sasl-mechanism ${raw.saslMechanism}` });
+  } else if (raw.saslUsername || raw.saslPassword) {
     problems.push({ path: "sasl-mechanism", message: "required when a SASL username or password is set" });
   }
+  const out = parsed.success ? parsed.output : undefined;
+  const sasl: Config["sasl"] = out?.saslMechanism
+    ? { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" }
+    : undefined;
   if (problems.length > 0 || !out) throw new ConfigError(problems);
   return {
     brokers: out.brokers ?? [],

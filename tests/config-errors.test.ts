@@ -1,0 +1,122 @@
+// Bad config and bad handler files never start a worker: exit 78 with every problem printed as
+// `path: message`, naming the field, the file and where a value came from. Precedence is
+// flag > environment > config file > default.
+import { describe, expect, test } from "bun:test";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { tempDir } from "./support/tmp.ts";
+import { BUN, ROOT } from "./support/worker.ts";
+
+function kexo(args: string[], env: Record<string, string> = {}, cwd = ROOT) {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
+  const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), ...args], { cwd, env: { ...clean, ...env }, stdin: "ignore" });
+  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+function handlerDir(files: Record<string, string>): string {
+  const dir = tempDir();
+  for (const [name, text] of Object.entries(files)) writeFileSync(join(dir, name), text);
+  return dir;
+}
+
+const GOOD = `import { defineHandler, v } from "kexo";
+export default defineHandler({ topics: ["t"], schema: v.object({ a: v.string() }), handle: async () => {} });`;
+
+describe("invalid handler files", () => {
+  test("each problem names its file and field; exit 78", () => {
+    const dir = handlerDir({
+      "no-topics.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [], handle: async () => {} });`,
+      "bad-retry.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["a"], retry: { attempts: 0 }, concurrency: 1.5, handle: async () => {} } as never);`,
+      "not-handler.ts": `export default { topics: ["x"] };`,
+      "no-default.ts": `export const x = 1;`,
+      "throws.ts": `throw new Error("boom at import");`,
+      "regex-topic.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [/a.*/], order: "topic", handle: async () => {} });`,
+      "good.ts": GOOD,
+      "dup.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ name: "good", topics: ["t2"], handle: async () => {} });`,
+    });
+    const r = kexo(["check", "--handlers", dir]);
+    expect(r.code).toBe(78);
+    const f = (name: string) => join(dir, name);
+    expect(r.stderr).toContain(`${f("no-topics.ts")}: topics: must name at least one topic`);
+    expect(r.stderr).toContain(`${f("bad-retry.ts")}: retry.attempts: must be at least 1`);
+    expect(r.stderr).toContain(`${f("bad-retry.ts")}: concurrency: must be an integer`);
+    expect(r.stderr).toContain(`${f("not-handler.ts")}: default export is not a handler`);
+    expect(r.stderr).toContain(`${f("no-default.ts")}: has no default export`);
+    expect(r.stderr).toContain(`${f("throws.ts")}: failed to load: boom at import`);
+    expect(r.stderr).toContain(`${f("regex-topic.ts")}: topics: a RegExp topic can not be used with order: "topic"`);
+    expect(r.stderr).toContain(`${f("good.ts")}: name: "good" is also the name of ${f("dup.ts")}`);
+  });
+
+  test("a missing or empty handlers directory is a config error", () => {
+    expect(kexo(["check", "--handlers", "/nonexistent/kexo"]).stderr).toContain("handlers: /nonexistent/kexo is not a directory");
+    const r = kexo(["check", "--handlers", tempDir()]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain("holds no *.ts or *.js handler files");
+  });
+
+  test("a failing setup(db) names the file; exit 78", () => {
+    const dir = handlerDir({
+      "bad-setup.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["t"], setup: async (db) => { await db.execute("CREATE TABLE oops (") }, handle: async () => {} });`,
+    });
+    const r = kexo(["run", "--brokers", "127.0.0.1:1", "--handlers", dir, "--db", `file:${join(tempDir(), "j.db")}`, "--http", "127.0.0.1:0"]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(`${join(dir, "bad-setup.ts")}: setup:`);
+  });
+});
+
+describe("invalid config", () => {
+  const dir = handlerDir({ "good.ts": GOOD });
+
+  test("run without brokers", () => {
+    const r = kexo(["run", "--handlers", dir]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain("brokers: required");
+  });
+
+  test("every bad value is reported with its source", () => {
+    const config = join(tempDir(), "kexo.json");
+    writeFileSync(config, JSON.stringify({ "log-level": "loud", frobnicate: 1 }));
+    const r = kexo(["check", "--handlers", dir, "--config", config, "--http", "nope", "--brokers", "a:1,b"], {
+      KEXO_SHUTDOWN_TIMEOUT: "soon",
+      KEXO_DB: "postgres://x",
+      KEXO_SASL_USERNAME: "u",
+    });
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain("http: must be HOST:PORT");
+    expect(r.stderr).toContain("brokers: each broker must be host:port");
+    expect(r.stderr).toContain("shutdown-timeout (KEXO_SHUTDOWN_TIMEOUT): must be a whole number of milliseconds");
+    expect(r.stderr).toContain("db (KEXO_DB): must be file:PATH");
+    expect(r.stderr).toContain(`log-level (${config}): must be one of debug, info, warn, error, silent`);
+    expect(r.stderr).toContain(`frobnicate (${config}): unknown key`);
+    expect(r.stderr).toContain("sasl-mechanism: required when a SASL username or password is set");
+  });
+
+  test("an unreadable or non-JSON config file", () => {
+    expect(kexo(["check", "--handlers", dir, "--config", "/nonexistent.json"]).stderr).toContain("config: cannot read /nonexistent.json: ENOENT");
+    const bad = join(tempDir(), "bad.json");
+    writeFileSync(bad, "{ nope");
+    const r = kexo(["check", "--handlers", dir, "--config", bad]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(`config: ${bad} is not valid JSON`);
+  });
+
+  test("usage errors exit 64", () => {
+    expect(kexo(["frob"]).code).toBe(64);
+    expect(kexo(["check", "--no-such-flag"]).code).toBe(64);
+  });
+
+  test("precedence: flag > env > config file > default, and secrets are redacted", () => {
+    const config = join(tempDir(), "kexo.json");
+    writeFileSync(config, JSON.stringify({ brokers: ["file:1"], db: "file:from-file.db", http: "127.0.0.1:1111", "client-id": "from-file", "sasl-mechanism": "plain", "sasl-username": "u", "sasl-password": "hunter2" }));
+    const r = kexo(["check", "--json", "--handlers", dir, "--config", config, "--http", "127.0.0.1:2222"], { KEXO_HTTP: "127.0.0.1:3333", KEXO_DB: "file:from-env.db" });
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain("hunter2");
+    const out = JSON.parse(r.stdout);
+    expect(out.config.http).toEqual({ host: "127.0.0.1", port: 2222 });
+    expect(out.config.db).toBe("file:from-env.db");
+    expect(out.config.brokers).toEqual(["file:1"]);
+    expect(out.config.clientId).toBe("from-file");
+    expect(out.config.shutdownTimeoutMs).toBe(25000);
+    expect(out.handlers[0]).toMatchObject({ name: "good", topics: ["t"], group: "kexo-good-t", order: "partition", deadLetter: ["t.dlq"] });
+  });
+});
