@@ -195,6 +195,15 @@ export class Journal {
     return new Map(rows.map((r) => [`${r.topic}:${r.partition}`, BigInt(r.next_offset)]));
   }
 
+  getMeta(key: string): string | undefined {
+    return (this.#s.metaGet.get(key) as { value: string } | undefined)?.value;
+  }
+
+  /** Group-committed; null deletes. */
+  setMeta(key: string, value: string | null): void {
+    this.#write(() => (value === null ? this.#s.metaDelete.run(key) : this.#s.metaSet.run(key, value)));
+  }
+
   /** Raw read access for the CLI (dlq list, inspect). */
   query<T>(sql: string, ...args: unknown[]): T[] {
     return this.#conn.prepare(sql).all(...args) as T[];
@@ -443,6 +452,9 @@ export class Journal {
 
 function prepareAll(conn: Conn) {
   return {
+    metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
+    metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
+    metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
     lookup: conn.prepare("SELECT status, result, attempts FROM kexo_messages WHERE handler = ? AND id = ?"),
     steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
     stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),

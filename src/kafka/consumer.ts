@@ -15,6 +15,7 @@ import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute } from "../processing/executor.ts";
+import { rejoinAs } from "./membership.ts";
 
 export interface ConsumerOptions {
   sessionTimeoutMs: number;
@@ -135,7 +136,13 @@ export class HandlerConsumer {
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
     });
     this.#consumer = consumer;
-    consumer.on(consumer.events.GROUP_JOIN, (e) => this.#onJoin(e.payload.memberAssignment, e.payload.groupId));
+    const memberKey = `member:${this.handler.groupId}`;
+    const previous = this.#journal.getMeta(memberKey);
+    if (previous) rejoinAs(this.handler.groupId, previous);
+    consumer.on(consumer.events.GROUP_JOIN, (e) => {
+      if (e.payload.memberId !== this.#journal.getMeta(memberKey)) this.#journal.setMeta(memberKey, e.payload.memberId);
+      this.#onJoin(e.payload.memberAssignment, e.payload.groupId);
+    });
     consumer.on(consumer.events.REBALANCING, () => {
       this.#joined = false;
     });
@@ -184,7 +191,12 @@ export class HandlerConsumer {
     this.#removeHook();
     const consumer = this.#consumer;
     if (consumer) {
-      await Promise.race([consumer.disconnect().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
+      const left = await Promise.race([
+        consumer.disconnect().then(() => true, () => false),
+        new Promise<boolean>((r) => setTimeout(() => r(false), 5000)),
+      ]);
+      // Left the group cleanly: the next start joins as a new member, nothing to rejoin as.
+      if (left) this.#journal.setMeta(`member:${this.handler.groupId}`, null);
     }
     this.#joined = false;
     this.#bus.emit("consumer.stopped", { handler: this.handler.name, group: this.handler.groupId });
