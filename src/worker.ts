@@ -7,6 +7,7 @@ import { createApp } from "./http/app.ts";
 import { type HttpServer, serve } from "./http/serve.ts";
 import { createKafka, type KafkaSettings } from "./kafka/client.ts";
 import { type ConsumerOptions, HandlerConsumer } from "./kafka/consumer.ts";
+import { PROGRESS_TOPIC, ProgressLog } from "./kafka/progress-log.ts";
 import { Publisher } from "./kafka/publisher.ts";
 import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
@@ -36,6 +37,7 @@ export class Worker {
   #opts: WorkerOptions;
   #http: HttpServer | undefined;
   #publisher: Publisher | undefined;
+  #progressLog: ProgressLog | undefined;
   #draining = false;
   #lastTick = Date.now();
   #ticker: ReturnType<typeof setInterval>;
@@ -132,21 +134,21 @@ export class Worker {
         if (d) dlqTopics.add(d);
       }
     }
-    if (dlqTopics.size > 0 && this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    if (this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    const progressLog = (this.#progressLog = new ProgressLog(kafka, log, this.#opts.kafka.clientId));
+    const unavailable = (what: string, err: unknown) =>
+      new KexoError(
+        "broker_unavailable",
+        `${what} on ${this.#opts.kafka.brokers.join(",")}: ${(err as Error).message}; check --brokers and that the broker is up`,
+        { exitCode: ExitCode.unavailable, cause: err },
+      );
+    const starts: Promise<void>[] = [progressLog.start().catch((err: unknown) => Promise.reject(unavailable(`cannot read ${PROGRESS_TOPIC}`, err)))];
     for (const h of this.#opts.handlers) {
-      if (this.#draining) return;
-      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher }, this.#opts.consumer);
+      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog }, this.#opts.consumer);
       this.consumers.push(consumer);
-      try {
-        await consumer.start();
-      } catch (err) {
-        throw new KexoError(
-          "broker_unavailable",
-          `handler ${h.name}: cannot join group ${h.groupId} on ${this.#opts.kafka.brokers.join(",")}: ${(err as Error).message}; check --brokers and that the broker is up`,
-          { exitCode: ExitCode.unavailable, cause: err },
-        );
-      }
+      starts.push(consumer.start().catch((err: unknown) => Promise.reject(unavailable(`handler ${h.name}: cannot join group ${h.groupId}`, err))));
     }
+    await Promise.all(starts);
   }
 
   /** Drains: returns true when every in-flight message finished within the shutdown timeout. */
@@ -155,6 +157,7 @@ export class Worker {
     this.#draining = true;
     this.#opts.log.info("draining", { timeoutMs: this.#opts.shutdownTimeoutMs });
     const results = await Promise.all(this.consumers.map((c) => c.stop(this.#opts.shutdownTimeoutMs)));
+    await this.#progressLog?.stop();
     await this.#close();
     return results.every(Boolean);
   }

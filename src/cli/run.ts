@@ -6,6 +6,7 @@ import { loadHandlers } from "../handlers/load.ts";
 import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
+import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
@@ -38,6 +39,7 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
     const cluster = createMockCluster();
     stopDev = () => cluster.close();
     for (const t of stringTopics(handlers)) cluster.createTopic(t, 4);
+    cluster.createTopic(PROGRESS_TOPIC, 1);
     ensureTopics = async (topics) => topics.forEach((t) => cluster.createTopic(t, 4));
     config.brokers = cluster.bootstrap.split(",");
     log.info("development broker started", { brokers: cluster.bootstrap, topics: stringTopics(handlers) });

@@ -16,6 +16,7 @@ import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute } from "../processing/executor.ts";
 import { rejoinAs } from "./membership.ts";
+import type { ProgressLog } from "./progress-log.ts";
 
 export interface ConsumerOptions {
   sessionTimeoutMs: number;
@@ -40,6 +41,8 @@ interface PartitionState {
   durable: bigint;
   /** What this epoch last committed to Kafka (-1: nothing yet). */
   committed: bigint;
+  /** Resolves once the progress log was read: `next` then covers a previous owner's work. */
+  ready: Promise<void>;
 }
 
 export interface ConsumerStatus {
@@ -63,6 +66,7 @@ export class HandlerConsumer {
   #bus: EventBus;
   #log: Logger;
   #dlq: DeadLetterPublisher;
+  #progressLog: ProgressLog | undefined;
   #opts: ConsumerOptions;
   #consumer: Consumer | undefined;
   #epoch = 0;
@@ -84,7 +88,7 @@ export class HandlerConsumer {
 
   constructor(
     handler: ResolvedHandler,
-    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher },
+    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog },
     opts: Partial<ConsumerOptions> = {},
   ) {
     this.handler = handler;
@@ -93,6 +97,7 @@ export class HandlerConsumer {
     this.#bus = deps.bus;
     this.#log = deps.log.child({ handler: handler.name, group: handler.groupId });
     this.#dlq = deps.dlq;
+    this.#progressLog = deps.progressLog;
     this.#opts = { ...DEFAULT_CONSUMER_OPTIONS, ...opts };
     const hook: CommitHook = {
       progress: () => this.#progressToJournal(),
@@ -181,12 +186,7 @@ export class HandlerConsumer {
         await Promise.race([drained, new Promise((r) => setTimeout(r, 2000))]);
       }
     }
-    try {
-      await this.#journal.flush();
-      await this.#commitOffsets();
-    } catch (err) {
-      this.#log.warn("final offset commit failed; the journal still has the progress", { error: err });
-    }
+    await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
     clearTimeout(this.#commitTimer);
     this.#removeHook();
     const consumer = this.#consumer;
@@ -208,13 +208,27 @@ export class HandlerConsumer {
   #onJoin(assignment: Record<string, number[]>, groupId: string): void {
     const epoch = ++this.#epoch;
     const progress = this.#journal.progress(groupId);
-    this.#parts = new Map();
+    const parts = new Map<string, PartitionState>();
+    const log = this.#progressLog;
+    // A previous owner that could not commit its last offsets published them to the progress log.
+    const ready = log
+      ? log.caughtUp().then(() => {
+          for (const p of parts.values()) {
+            const theirs = log.get(groupId, p.topic, p.partition);
+            if (theirs !== undefined && theirs > p.next) {
+              this.#log.info("resuming after the previous owner's progress", { topic: p.topic, partition: p.partition, next: theirs.toString() });
+              p.next = theirs;
+            }
+          }
+        })
+      : Promise.resolve();
     for (const [topic, partitions] of Object.entries(assignment)) {
       for (const partition of partitions) {
         const next = progress.get(key(topic, partition)) ?? -1n;
-        this.#parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: -1n });
+        parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: -1n, ready });
       }
     }
+    this.#parts = parts;
     this.#assignment = assignment;
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
@@ -264,6 +278,7 @@ export class HandlerConsumer {
     });
     if (!state || this.#stopping) return;
     this.#activeBatches++;
+    await state.ready;
     let rebalancing = false;
     // kafkajs heartbeats only between batches; a long batch must heartbeat itself.
     const beat = setInterval(() => {
@@ -305,12 +320,33 @@ export class HandlerConsumer {
       throw err;
     } finally {
       clearInterval(beat);
+      // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
+      // progress log, where the partition's next owner looks.
+      await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
       if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
     }
   }
 
   // ---- progress and commits ----
+
+  /** Journal durable, then offsets committed; if Kafka refuses (rebalance), progress published. */
+  async #settle(): Promise<void> {
+    await this.#journal.flush();
+    try {
+      await this.#commitOffsets();
+    } catch (err) {
+      const log = this.#progressLog;
+      if (!log) throw err;
+      const records = [...this.#parts.values()]
+        .filter((p) => p.durable >= 0n && p.durable > p.committed)
+        .map((p) => ({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, next: p.durable }));
+      await log.publish(records);
+      this.#log.info("offset commit refused; progress published for the next owner", {
+        partitions: records.map((r) => `${r.topic}/${r.partition}@${r.next}`),
+      });
+    }
+  }
 
   #progressToJournal(): ProgressEntry[] {
     const out: ProgressEntry[] = [];

@@ -3,6 +3,7 @@
 import { Kafka, logLevel } from "kafkajs";
 import { createMockCluster, type MockCluster } from "../../src/dev/mock-cluster.ts";
 import { silenceTimeoutNegativeWarning } from "../../src/kafka/client.ts";
+import { PROGRESS_TOPIC } from "../../src/kafka/progress-log.ts";
 
 export interface TestBroker {
   cluster: MockCluster;
@@ -17,6 +18,7 @@ export interface TestBroker {
 export async function startBroker(topics: Record<string, number> = {}): Promise<TestBroker> {
   silenceTimeoutNegativeWarning();
   const cluster = createMockCluster();
+  cluster.createTopic(PROGRESS_TOPIC, 1);
   for (const [t, n] of Object.entries(topics)) cluster.createTopic(t, n);
   const kafka = new Kafka({ clientId: "kexo-test", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
   const producer = kafka.producer();

@@ -1,0 +1,131 @@
+// The progress log: a compacted Kafka topic where an instance records a partition's journaled
+// progress when Kafka refused its offset commit (a rebalance had begun). The next owner reads the
+// log to its end on assignment and skips what the previous owner already did, so a graceful
+// rebalance handles no message twice even when every instance has its own journal.
+//
+// Why a topic: the development broker rejects OffsetCommit as soon as a group starts joining,
+// while real Kafka accepts commits until it syncs; a produce is accepted in either. The previous
+// owner publishes before its batch returns, so before it rejoins, so before the new owner is
+// assigned the partition: the new owner's read to the end always sees it.
+import { randomUUID } from "node:crypto";
+import type { Consumer, Kafka, Producer } from "kafkajs";
+import type { Logger } from "../log.ts";
+
+export const PROGRESS_TOPIC = "__kexo_progress";
+
+export interface ProgressRecord {
+  groupId: string;
+  topic: string;
+  partition: number;
+  next: bigint;
+}
+
+const keyOf = (groupId: string, topic: string, partition: number) => `${groupId}\u0000${topic}\u0000${partition}`;
+
+export class ProgressLog {
+  #kafka: Kafka;
+  #log: Logger;
+  #clientId: string;
+  #consumer: Consumer | undefined;
+  #producer: Producer | undefined;
+  #producerReady: Promise<void> | undefined;
+  #latest = new Map<string, bigint>();
+  /** Next offset to read, per partition of the progress topic. */
+  #position = new Map<number, bigint>();
+  #joined: Promise<void>;
+  #onJoined!: () => void;
+
+  constructor(kafka: Kafka, log: Logger, clientId: string) {
+    this.#kafka = kafka;
+    this.#log = log.child({ component: "progress-log" });
+    this.#clientId = clientId;
+    this.#joined = new Promise((r) => (this.#onJoined = r));
+  }
+
+  /** Starts tailing the log (its own throwaway group: every instance reads all of it). */
+  async start(): Promise<void> {
+    const consumer = this.#kafka.consumer({
+      groupId: `kexo-progress-${this.#clientId}-${randomUUID()}`,
+      sessionTimeout: 6000,
+      heartbeatInterval: 500,
+      maxWaitTimeInMs: 100,
+    });
+    this.#consumer = consumer;
+    consumer.on(consumer.events.GROUP_JOIN, () => this.#onJoined());
+    await consumer.connect();
+    await consumer.subscribe({ topics: [PROGRESS_TOPIC], fromBeginning: true });
+    await consumer.run({
+      autoCommit: false,
+      eachBatch: async ({ batch }) => {
+        for (const m of batch.messages) {
+          if (m.key && m.value) {
+            const key = m.key.toString();
+            const next = BigInt(JSON.parse(m.value.toString()).next as string);
+            if (next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, next);
+          }
+          this.#position.set(batch.partition, BigInt(m.offset) + 1n);
+        }
+        if (batch.messages.length === 0) {
+          const hw = BigInt(batch.highWatermark);
+          if (hw > (this.#position.get(batch.partition) ?? 0n)) this.#position.set(batch.partition, hw);
+        }
+      },
+    });
+  }
+
+  /**
+   * Resolves once everything published before this call has been read (or after `timeoutMs`,
+   * logged: processing goes on with the journal and Kafka's offsets alone).
+   */
+  async caughtUp(timeoutMs = 15_000): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    try {
+      await Promise.race([this.#joined, new Promise((_, no) => setTimeout(() => no(new Error("progress log not joined")), timeoutMs))]);
+      const admin = this.#kafka.admin();
+      await admin.connect();
+      let ends: { partition: number; high: string }[];
+      try {
+        ends = await admin.fetchTopicOffsets(PROGRESS_TOPIC);
+      } finally {
+        await admin.disconnect();
+      }
+      while (ends.some((e) => (this.#position.get(e.partition) ?? 0n) < BigInt(e.high))) {
+        if (Date.now() > deadline) throw new Error("timed out reading the progress log to its end");
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    } catch (err) {
+      this.#log.warn("progress log not read to its end; relying on the journal and Kafka offsets", { error: err });
+    }
+  }
+
+  get(groupId: string, topic: string, partition: number): bigint | undefined {
+    return this.#latest.get(keyOf(groupId, topic, partition));
+  }
+
+  /** Resolves once every record is acknowledged by all in-sync replicas. */
+  async publish(records: ProgressRecord[]): Promise<void> {
+    if (records.length === 0) return;
+    this.#producer ??= this.#kafka.producer({ allowAutoTopicCreation: true });
+    this.#producerReady ??= this.#producer.connect().catch((err: unknown) => {
+      this.#producerReady = undefined;
+      throw err;
+    });
+    await this.#producerReady;
+    await this.#producer.send({
+      topic: PROGRESS_TOPIC,
+      acks: -1,
+      messages: records.map((r) => ({
+        key: keyOf(r.groupId, r.topic, r.partition),
+        value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString() }),
+      })),
+    });
+    for (const r of records) {
+      const key = keyOf(r.groupId, r.topic, r.partition);
+      if (r.next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, r.next);
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all([this.#consumer?.disconnect().catch(() => {}), this.#producerReady ? this.#producer?.disconnect().catch(() => {}) : undefined]);
+  }
+}

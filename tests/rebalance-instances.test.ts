@@ -1,0 +1,95 @@
+// Guarantee 7: instances with the same handlers share partitions through the consumer group; on
+// graceful rebalances (instances joining, and leaving with SIGTERM) no message is handled twice,
+// even though every instance has its own journal.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import Database from "libsql";
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { startBroker, type TestBroker } from "./support/broker.ts";
+import { tempDir } from "./support/tmp.ts";
+import { sleep, waitUntil } from "./support/wait.ts";
+import { WorkerProcess } from "./support/worker.ts";
+
+const TOPIC = "rebalance-in";
+const COUNT = 20_000;
+let broker: TestBroker;
+let dir: string;
+
+beforeAll(async () => {
+  broker = await startBroker({ [TOPIC]: 8 });
+  dir = tempDir();
+  await Bun.write(
+    join(dir, "handlers", "shared.ts"),
+    `import { defineHandler, v } from "kexo";
+export default defineHandler({
+  topics: ["${TOPIC}"],
+  schema: v.object({ n: v.number() }),
+  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (n INTEGER NOT NULL)"); },
+  async handle(p, ctx) {
+    await new Promise((r) => setTimeout(r, 1));
+    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (n) VALUES (?)", args: [p.n] }));
+  },
+});`,
+  );
+});
+
+afterAll(async () => {
+  await broker?.close();
+});
+
+function effects(db: string): number[] {
+  if (!existsSync(db)) return [];
+  const c = new Database(db, { readonly: true });
+  try {
+    return (c.prepare("SELECT n FROM effects").all() as { n: number }[]).map((r) => r.n);
+  } catch {
+    return [];
+  } finally {
+    c.close();
+  }
+}
+
+test("three instances joining and leaving during a 20k stream: every message handled exactly once overall", async () => {
+  const dbs = ["a", "b", "c"].map((n) => join(dir, `${n}.db`));
+  const start = (db: string) =>
+    new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+  const total = () => dbs.reduce((sum, db) => sum + effects(db).length, 0);
+
+  const a = start(dbs[0]!);
+  await a.waitJoined();
+  let produced = 0;
+  const producing = (async () => {
+    while (produced < COUNT) {
+      const batch = Array.from({ length: 500 }, (_, i) => ({ key: String((produced + i) % 64), value: JSON.stringify({ n: produced + i }) }));
+      await broker.produce(TOPIC, batch);
+      produced += batch.length;
+      await sleep(150);
+    }
+  })();
+
+  await sleep(1500);
+  const b = start(dbs[1]!);
+  await b.waitJoined();
+  const c = start(dbs[2]!);
+  await c.waitJoined();
+  await waitUntil("A joined the rebalances", () => a.lines.filter((l) => l.msg === "joined group").length >= 2 || undefined);
+  a.kill("SIGTERM");
+  expect(await a.exited()).toBe(0);
+  await waitUntil("B and C rebalanced after A left", () => b.lines.filter((l) => l.msg === "joined group").length >= 3 || undefined, { timeoutMs: 40_000 });
+  b.kill("SIGTERM");
+  expect(await b.exited()).toBe(0);
+  await producing;
+  await waitUntil(`${COUNT} effects`, () => total() >= COUNT || undefined, { timeoutMs: 90_000 });
+  await sleep(1000);
+  c.kill("SIGTERM");
+  expect(await c.exited()).toBe(0);
+
+  const seen = new Map<number, number>();
+  for (const db of dbs) for (const n of effects(db)) seen.set(n, (seen.get(n) ?? 0) + 1);
+  const perInstance = dbs.map((db) => effects(db).length);
+  console.log(`effects per instance: ${perInstance.join(", ")}`);
+  expect(perInstance.every((n) => n > 0)).toBe(true);
+  const twice = [...seen.entries()].filter(([, c]) => c > 1);
+  expect(twice.length).toBe(0);
+  expect(seen.size).toBe(COUNT);
+}, 240_000);
