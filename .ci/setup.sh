@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ ! -x node_modules/.bin/bun ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: installing npm packages (npm ci)" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  echo "setup: installing npm packages (npm install)" >&2
+  # npm ci rejects the lock this registry mirror produces (platform-only optional deps of deno);
+  # npm install honours the same lock.
+  npm install --no-audit --no-fund --loglevel=error
 fi
 
 if ! ldconfig -p 2>/dev/null | grep -q 'librdkafka\.so\.1 '; then
