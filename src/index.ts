@@ -38,9 +38,20 @@ export interface HandlerDb {
 
 export interface EmitMessage {
   key?: string | Buffer | null;
+  /** With `schema`: the object to encode (Avro record, Protobuf message, JSON Schema document). */
   value: string | Buffer | unknown;
   headers?: Record<string, string | Buffer>;
   partition?: number;
+  /**
+   * Encode `value` in the Confluent wire format with a registered schema (needs --schema-registry):
+   * `{ id }`, or `{ subject }` (its latest version, looked up again after a minute) or
+   * `{ subject, version }`. Protobuf values are encoded as the schema's first message.
+   * `emit` stays synchronous: the encoding happens when `handle` returns, before the journal
+   * records the outbox. A value that doesn't match, or an unknown subject or id, dead-letters the
+   * message (reason `permanent`); an unreachable registry makes the message wait, without running
+   * `handle` again, until it answers.
+   */
+  schema?: { id: number } | { subject: string; version?: number | "latest" };
 }
 
 export interface HandlerContext {
@@ -82,12 +93,29 @@ export interface RetryOptions {
 
 export type Order = "partition" | "key" | "topic";
 
+/**
+ * How a message's value becomes the handler's payload:
+ * - "json" (the default with a `schema`): strict UTF-8, then JSON.
+ * - "avro", "protobuf", "json-schema": the Confluent wire format (magic byte 0, 4-byte schema id,
+ *   body; Protobuf with message indexes), decoded with the writer's schema fetched from the schema
+ *   registry (--schema-registry; required) and cached. Avro gives avsc's values, Protobuf a plain
+ *   object (int64 as decimal strings, enums by name, defaults filled in), JSON Schema the validated
+ *   JSON. An unknown schema id or a body that doesn't decode is poison (dead letter, reason
+ *   `poison`); an unreachable registry is waited for with the retry backoff, without using up
+ *   attempts: the message is not at fault.
+ * - "raw" (the default without a `schema`): the value's Buffer (or null), as Kafka delivered it.
+ * Then, when the handler has a `schema`, the decoded payload is validated by it.
+ */
+export type PayloadFormat = "json" | "avro" | "protobuf" | "json-schema" | "raw";
+
 interface HandlerOptions<T> {
   name?: string;
   topics: (string | RegExp)[];
   groupId?: string;
   key?: (payload: T, message: KafkaMessage) => string;
   order?: Order;
+  /** Payload format; see PayloadFormat. */
+  format?: PayloadFormat;
   concurrency?: number;
   retry?: RetryOptions;
   deadLetter?: string | false;
@@ -106,7 +134,10 @@ export interface Handler<T = unknown> extends HandlerOptions<T> {
 export function defineHandler<S extends v.GenericSchema>(
   def: HandlerOptions<v.InferOutput<S>> & { schema: S },
 ): Handler<v.InferOutput<S>>;
-export function defineHandler(def: HandlerOptions<Buffer | null> & { schema?: undefined }): Handler<Buffer | null>;
+export function defineHandler(
+  def: HandlerOptions<unknown> & { schema?: undefined; format: "json" | "avro" | "protobuf" | "json-schema" },
+): Handler<unknown>;
+export function defineHandler(def: HandlerOptions<Buffer | null> & { schema?: undefined; format?: "raw" }): Handler<Buffer | null>;
 // deno-lint-ignore no-explicit-any
 export function defineHandler(def: HandlerOptions<any> & { schema?: v.GenericSchema }): Handler<any> {
   return Object.assign(Object.create(null), def, { [HANDLER]: true as const }) as Handler<any>;

@@ -18,6 +18,9 @@ const OPTIONS = {
   "sasl-mechanism": { type: "string" },
   "sasl-username": { type: "string" },
   "sasl-password": { type: "string" },
+  "schema-registry": { type: "string" },
+  "schema-registry-username": { type: "string" },
+  "schema-registry-password": { type: "string" },
   json: { type: "boolean" },
   demo: { type: "boolean" },
   "demo-count": { type: "string" },
@@ -61,6 +64,9 @@ Flags (each also an environment variable; flag > env > --config file > default):
   --sasl-mechanism M        KEXO_SASL_MECHANISM    plain | scram-sha-256 | scram-sha-512
   --sasl-username U         KEXO_SASL_USERNAME
   --sasl-password P         KEXO_SASL_PASSWORD
+  --schema-registry URL     KEXO_SCHEMA_REGISTRY   for handlers with format avro, protobuf, json-schema
+  --schema-registry-username U  KEXO_SCHEMA_REGISTRY_USERNAME  (basic auth)
+  --schema-registry-password P  KEXO_SCHEMA_REGISTRY_PASSWORD
 `;
 
 export function parseCli(argv: string[]): Args {

@@ -11,6 +11,7 @@ export function planOf(handlers: ResolvedHandler[]) {
     topics: h.topics.map((t) => (typeof t === "string" ? t : t.toString())),
     group: h.groupId,
     order: h.order,
+    format: h.format,
     concurrency: h.concurrency,
     retry: h.retry,
     deadLetter: h.topics.map((t) => (typeof t === "string" ? h.deadLetterTopic(t) : h.deadLetterTopic("<topic>"))),
@@ -24,6 +25,7 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
   const plan = planOf(handlers);
   if (args.flags.json) {
     const { saslPassword: _p, ...safe } = { ...config, saslPassword: undefined, sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
+    if (safe.schemaRegistry?.password !== undefined) safe.schemaRegistry = { ...safe.schemaRegistry, password: "[redacted]" };
     printJson({ ok: true, config: safe, handlers: plan });
     return 0;
   }

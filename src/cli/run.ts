@@ -8,6 +8,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
 import { createLogger, type Logger } from "../log.ts";
+import { attachRegistry } from "../registry/attach.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
 import { printLine } from "./output.ts";
@@ -21,6 +22,7 @@ export async function loadPlan(args: Args, env: Record<string, string | undefine
   const config = resolveConfig(args.flags, env, { needBrokers });
   registerKexoModule();
   const handlers = await loadHandlers(config.handlers);
+  attachRegistry(handlers, config.schemaRegistry);
   return { config, handlers };
 }
 
@@ -59,7 +61,7 @@ async function runWorker(
   dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
 ): Promise<number> {
   const bus = new EventBus();
-  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: config.db });
+  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: config.db, schemaRegistry: config.schemaRegistry?.url });
   let signal: string | undefined;
   void life.signalled.then((s) => (signal = s));
   const started = Worker.start({

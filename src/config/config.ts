@@ -21,6 +21,8 @@ export interface Config {
   clientId: string;
   tls: boolean;
   sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
+  /** Credentials live in their own settings, never in the URL, so the URL can be logged. */
+  schemaRegistry?: { url: string; username?: string; password?: string };
   configFile?: string;
 }
 
@@ -37,6 +39,9 @@ export const SETTINGS = {
   saslMechanism: { flag: "sasl-mechanism", env: "KEXO_SASL_MECHANISM" },
   saslUsername: { flag: "sasl-username", env: "KEXO_SASL_USERNAME" },
   saslPassword: { flag: "sasl-password", env: "KEXO_SASL_PASSWORD" },
+  schemaRegistry: { flag: "schema-registry", env: "KEXO_SCHEMA_REGISTRY" },
+  schemaRegistryUsername: { flag: "schema-registry-username", env: "KEXO_SCHEMA_REGISTRY_USERNAME" },
+  schemaRegistryPassword: { flag: "schema-registry-password", env: "KEXO_SCHEMA_REGISTRY_PASSWORD" },
 } as const;
 export type SettingName = keyof typeof SETTINGS;
 
@@ -83,6 +88,16 @@ const Raw = v.object({
   saslMechanism: v.optional(v.pipe(v.string(), v.toLowerCase(), v.picklist(["plain", "scram-sha-256", "scram-sha-512"], "must be plain, scram-sha-256 or scram-sha-512"))),
   saslUsername: v.optional(v.string()),
   saslPassword: v.optional(v.string()),
+  schemaRegistry: v.optional(
+    v.pipe(
+      v.string(),
+      v.url("must be a URL such as http://registry:8081"),
+      v.check((s) => /^https?:$/.test(new URL(s).protocol), "must be an http:// or https:// URL"),
+      v.check((s) => !new URL(s).username && !new URL(s).password, "must not carry credentials; set KEXO_SCHEMA_REGISTRY_USERNAME and KEXO_SCHEMA_REGISTRY_PASSWORD"),
+    ),
+  ),
+  schemaRegistryUsername: v.optional(v.string()),
+  schemaRegistryPassword: v.optional(v.string()),
 });
 
 type Sources = Partial<Record<SettingName, { value: string; from: string }>>;
@@ -160,6 +175,12 @@ export function resolveConfig(
   } else if (raw.saslUsername || raw.saslPassword) {
     problems.push({ path: "sasl-mechanism", message: "required when a SASL username or password is set" });
   }
+  if ((raw.schemaRegistryUsername !== undefined) !== (raw.schemaRegistryPassword !== undefined)) {
+    const missing = raw.schemaRegistryUsername === undefined ? "schema-registry-username" : "schema-registry-password";
+    problems.push({ path: missing, message: "required: the schema registry's username and password go together" });
+  } else if (raw.schemaRegistryUsername !== undefined && !raw.schemaRegistry) {
+    problems.push({ path: "schema-registry", message: "required when schema registry credentials are set" });
+  }
   const out = parsed.success ? parsed.output : undefined;
   const sasl: Config["sasl"] = out?.saslMechanism
     ? { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" }
@@ -176,6 +197,9 @@ export function resolveConfig(
     clientId: out.clientId ?? `kexo-${hostname()}`,
     tls: out.tls ?? false,
     sasl,
+    schemaRegistry: out.schemaRegistry
+      ? { url: out.schemaRegistry, username: out.schemaRegistryUsername, password: out.schemaRegistryPassword }
+      : undefined,
     configFile,
   };
 }

@@ -2,7 +2,8 @@
 // group id derived. Every problem is reported as `FILE: field: message`.
 import * as v from "valibot";
 import type { Problem } from "../errors.ts";
-import { HANDLER, type Handler, type Order } from "../index.ts";
+import { HANDLER, type Handler, type Order, type PayloadFormat } from "../index.ts";
+import type { PayloadRegistry } from "../registry/registry.ts";
 
 export interface ResolvedHandler {
   name: string;
@@ -11,6 +12,10 @@ export interface ResolvedHandler {
   topics: (string | RegExp)[];
   groupId: string;
   order: Order;
+  /** The handler's `format`; without one, "json" with a schema and "raw" without. */
+  format: PayloadFormat;
+  /** The schema registry (--schema-registry), when configured: decodes registry formats, encodes emits. */
+  registry?: PayloadRegistry;
   concurrency: number;
   retry: { attempts: number; initialDelayMs: number; maxDelayMs: number };
   /** Dead-letter topic for a source topic, or false to retry forever. */
@@ -24,6 +29,10 @@ const fn = v.custom<(...args: never[]) => unknown>((x) => typeof x === "function
 const positiveInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(1, "must be at least 1"));
 const nonNegativeInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(0, "must be 0 or more"));
 
+export const PAYLOAD_FORMATS = ["json", "avro", "protobuf", "json-schema", "raw"] as const;
+/** Formats whose values are decoded through the schema registry. */
+export const REGISTRY_FORMATS: readonly PayloadFormat[] = ["avro", "protobuf", "json-schema"];
+
 const HandlerShape = v.object({
   name: v.optional(v.pipe(v.string("must be a string"), v.regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'"))),
   topics: v.pipe(
@@ -34,6 +43,7 @@ const HandlerShape = v.object({
   schema: v.optional(v.custom((x) => typeof x === "object" && x !== null && "~standard" in x, "must be a valibot schema")),
   key: v.optional(fn),
   order: v.optional(v.picklist(["partition", "key", "topic"], 'must be "partition", "key" or "topic"')),
+  format: v.optional(v.picklist(PAYLOAD_FORMATS, `must be ${PAYLOAD_FORMATS.map((f) => `"${f}"`).join(", ")}`)),
   concurrency: v.optional(positiveInt),
   retry: v.optional(
     v.strictObject({
@@ -77,6 +87,11 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
     problems.push({ path: `${file}: topics`, message: 'a RegExp topic can not be used with order: "topic"; list the topics by name' });
     return undefined;
   }
+  const format = def.format ?? (def.schema ? "json" : "raw");
+  if (format === "raw" && def.schema) {
+    problems.push({ path: `${file}: format`, message: '"raw" hands the handler the value\'s bytes, so it can not be combined with schema; drop one' });
+    return undefined;
+  }
   const retry = { ...DEFAULT_RETRY, ...def.retry };
   if (retry.maxDelayMs < retry.initialDelayMs) {
     problems.push({ path: `${file}: retry.maxDelayMs`, message: "must be at least retry.initialDelayMs" });
@@ -91,6 +106,7 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
     topics: def.topics,
     groupId: def.groupId ?? groupIdFor(name, def.topics),
     order,
+    format,
     concurrency: def.concurrency ?? DEFAULT_CONCURRENCY,
     retry,
     deadLetterTopic: (topic) => (deadLetter === false ? false : (deadLetter ?? `${topic}.dlq`)),

@@ -7,6 +7,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
 import type { Journal, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
+import { RegistryUnavailableError, type SchemaRef } from "../registry/registry.ts";
 import { toJson } from "../journal/json.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
@@ -68,6 +69,50 @@ function toBuffer(x: string | Buffer | unknown): Buffer {
   return Buffer.from(JSON.stringify(x));
 }
 
+/** An emitted record whose value is encoded with a registered schema once `handle` returned. */
+interface PendingEncode {
+  record: OutboxRecord;
+  schema: SchemaRef;
+  value: unknown;
+}
+
+/**
+ * Runs a schema-registry call until the registry answers. An unreachable registry is not the
+ * message's fault, so waiting uses up no attempts (an outage must not dead-letter a topic's worth
+ * of messages as exhausted): it follows the handler's backoff, marks the consumer blocked (readyz
+ * 503) meanwhile, and throws AbortedError on shutdown or revoke. Other errors pass through.
+ */
+async function untilRegistryAnswers<T>(
+  call: () => T | Promise<T>,
+  handler: ResolvedHandler,
+  message: KafkaMessage,
+  deps: ExecutorDeps,
+  signal: AbortSignal,
+  onWait: () => void,
+): Promise<T> {
+  let waited = false;
+  try {
+    for (let tries = 1; ; tries++) {
+      try {
+        return await call();
+      } catch (err) {
+        if (!(err instanceof RegistryUnavailableError)) throw err;
+        const delay = backoff(tries, handler.retry.initialDelayMs, handler.retry.maxDelayMs);
+        deps.log.warn("schema registry unavailable; the message waits and retries", {
+          handler: handler.name, topic: message.topic, partition: message.partition, offset: message.offset,
+          tries, nextTryInMs: delay, error: err.message,
+        });
+        waited = true;
+        deps.blocked?.(err.message);
+        onWait();
+        await sleep(delay, signal);
+      }
+    }
+  } finally {
+    if (waited) deps.blocked?.(undefined);
+  }
+}
+
 /**
  * `below`: the journal's partition progress is past this offset, so the message is done (completed
  * or dead-lettered) and must not run again; it is only reported, with its recorded result.
@@ -96,7 +141,9 @@ export async function execute(
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
   try {
-    payload = decodePayload(handler, message);
+    const decode = () => decodePayload(handler, message);
+    // Below the progress the message is done: no need to wait for a registry to report it.
+    payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
       try {
@@ -110,6 +157,7 @@ export async function execute(
       id = messageId(message, handler.groupId, key);
     }
   } catch (err) {
+    if (err instanceof AbortedError) return "aborted";
     if (below) {
       report(id, "deduplicated");
       return "done";
@@ -134,7 +182,8 @@ export async function execute(
   for (let attempt = 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
-    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)));
+    const encodes: PendingEncode[] = [];
+    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes);
     bus.emit("message.started", { handler: handler.name });
     let result: unknown;
     let failure: unknown;
@@ -148,6 +197,19 @@ export async function execute(
       bus.emit("message.finished", { handler: handler.name });
     }
     if (ok) {
+      // emit() is synchronous, so registry encoding happens here, before the journal records the
+      // outbox: it stores the encoded bytes, and `handle` is not run again while the registry is away.
+      try {
+        for (const e of encodes) {
+          e.record.value = await untilRegistryAnswers(() => handler.registry!.encode(e.schema, e.value), handler, message, deps, signal, () => {});
+        }
+      } catch (err) {
+        if (err instanceof AbortedError) {
+          report(id, "failed");
+          return "aborted";
+        }
+        return deadLetter(handler, message, deps, signal, id, "permanent", err, attempt, report);
+      }
       let json: string;
       try {
         json = toJson(result, "the handler's result");
@@ -196,6 +258,7 @@ function createContext(
   attempt: number,
   outbox: OutboxRecord[],
   recorded: () => Map<string, string>,
+  encodes: PendingEncode[],
 ): HandlerContext {
   const seen = new Map<string, number>();
   // The n-th call of a name in one run is `name`, `name#2`, …: a loop of steps keeps stable keys.
@@ -230,15 +293,20 @@ function createContext(
       const headers: Record<string, Buffer> = {};
       for (const [k, v] of Object.entries(msg.headers ?? {})) headers[k] = toBuffer(v);
       headers["kexo-id"] = Buffer.from(`${id}:emit:${outbox.length + 1}`);
-      outbox.push({
+      if (msg.schema && !handler.registry) {
+        throw new PermanentError(`ctx.emit to ${topic} with a schema needs a schema registry: pass --schema-registry URL or set KEXO_SCHEMA_REGISTRY`);
+      }
+      const record: OutboxRecord = {
         handler: handler.name,
         messageId: id,
         topic,
         key: msg.key === undefined || msg.key === null ? null : toBuffer(msg.key),
-        value: msg.value === null ? null : toBuffer(msg.value),
+        value: msg.value === null || msg.schema ? null : toBuffer(msg.value),
         headers,
         partition: msg.partition,
-      });
+      };
+      if (msg.schema) encodes.push({ record, schema: msg.schema, value: msg.value });
+      outbox.push(record);
     },
   };
 }
