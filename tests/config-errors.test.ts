@@ -120,3 +120,43 @@ describe("invalid config", () => {
     expect(out.handlers[0]).toMatchObject({ name: "good", topics: ["t"], group: "kexo-good-t", order: "partition", deadLetter: ["t.dlq"] });
   });
 });
+
+describe("schema registry config", () => {
+  const avro = `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["t"], format: "avro", handle: async () => {} });`;
+
+  test("a registry format without a registry, a bad format, and raw with a schema name the file and field", () => {
+    const dir = handlerDir({
+      "avro.ts": avro,
+      "xml.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["t2"], format: "xml", handle: async () => {} } as never);`,
+      "raw.ts": `import { defineHandler, v } from "kexo";\nexport default defineHandler({ topics: ["t3"], format: "raw", schema: v.string(), handle: async () => {} } as never);`,
+    });
+    const r = kexo(["check", "--handlers", dir]);
+    expect(r.code).toBe(78);
+    expect(r.stderr).toContain(`${join(dir, "xml.ts")}: format: must be "json", "avro", "protobuf", "json-schema", "raw"`);
+    expect(r.stderr).toContain(`${join(dir, "raw.ts")}: format: "raw" hands the handler the value's bytes`);
+    const alone = handlerDir({ "avro.ts": avro });
+    const a = kexo(["check", "--handlers", alone]);
+    expect(a.code).toBe(78);
+    expect(a.stderr).toContain(`${join(alone, "avro.ts")}: format: "avro" values are decoded through a schema registry: pass --schema-registry URL`);
+  });
+
+  test("credentials go in their own settings, in pairs, and are redacted", () => {
+    const dir = handlerDir({ "avro.ts": avro });
+    const inUrl = kexo(["check", "--handlers", dir, "--schema-registry", "http://u:hunter2@registry:8081"]);
+    expect(inUrl.code).toBe(78);
+    expect(inUrl.stderr).toContain("schema-registry: must not carry credentials");
+    const half = kexo(["check", "--handlers", dir], { KEXO_SCHEMA_REGISTRY: "http://registry:8081", KEXO_SCHEMA_REGISTRY_USERNAME: "u" });
+    expect(half.code).toBe(78);
+    expect(half.stderr).toContain("schema-registry-password: required");
+    const ok = kexo(["check", "--json", "--handlers", dir], {
+      KEXO_SCHEMA_REGISTRY: "http://registry:8081",
+      KEXO_SCHEMA_REGISTRY_USERNAME: "u",
+      KEXO_SCHEMA_REGISTRY_PASSWORD: "hunter2",
+    });
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).not.toContain("hunter2");
+    const out = JSON.parse(ok.stdout);
+    expect(out.config.schemaRegistry).toEqual({ url: "http://registry:8081", username: "u", password: "[redacted]" });
+    expect(out.handlers[0]).toMatchObject({ name: "avro", format: "avro" });
+  });
+});

@@ -22,7 +22,7 @@ export async function loadPlan(args: Args, env: Record<string, string | undefine
   const config = resolveConfig(args.flags, env, { needBrokers });
   registerKexoModule();
   const handlers = await loadHandlers(config.handlers);
-  attachRegistry(handlers, config.schemaRegistry);
+  await attachRegistry(handlers, config.schemaRegistry);
   return { config, handlers };
 }
 

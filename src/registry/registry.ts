@@ -9,6 +9,7 @@
 // - PermanentError (encode only): the emitted value or schema reference is wrong; retrying can't help.
 import { SchemaRegistry } from "@kafkajs/confluent-schema-registry";
 import { errorMessage, PermanentError, PoisonError } from "../errors.ts";
+import { RegistryUnavailableError } from "./unavailable.ts";
 import { readFrame, readIndexes, writeFrame } from "./wire.ts";
 
 export type RegistryFormat = "avro" | "protobuf" | "json-schema";
@@ -20,14 +21,6 @@ export interface RegistrySettings {
   url: string;
   username?: string;
   password?: string;
-}
-
-/** The registry could not be asked; the message waits, it is not at fault. */
-export class RegistryUnavailableError extends Error {
-  constructor(message: string, opts?: { cause?: unknown }) {
-    super(message, opts);
-    this.name = "RegistryUnavailableError";
-  }
 }
 
 const FORMAT_OF_TYPE: Record<string, RegistryFormat> = { AVRO: "avro", PROTOBUF: "protobuf", JSON: "json-schema" };
