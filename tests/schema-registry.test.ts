@@ -168,9 +168,14 @@ test("registry formats are decoded, validated, dead-lettered as poison when unde
   // More waits than the handler's 3 attempts: an outage uses up none of them.
   await waitUntil("the message waiting for the registry", () => waits() >= 4, { timeoutMs: 30_000 });
   expect(seen("json")).toHaveLength(1);
+  const readyzUrl = `http://${await worker.httpAddress()}/readyz`;
+  const readyz = await fetch(readyzUrl);
+  expect(readyz.status).toBe(503);
+  expect(await readyz.text()).toContain(`schema registry ${registry.url}: cannot fetch schema id ${ids.json2}`);
   registry.start();
   await waitUntil("the waiting message handled", () => seen("json").length >= 2, { timeoutMs: 20_000 });
   expect(seen("json")).toEqual([{ orderId: "j-1", amount: 4 }, { orderId: "j-2", amount: 5 }]);
+  expect((await fetch(readyzUrl)).status).toBe(200);
   expect(worker.lines.filter((l) => l.msg === "message dead-lettered" && l.handler === "jsonschema")).toHaveLength(1);
   // Every request carried the credentials (the registry answers 401 otherwise, which would block).
   expect(worker.lines.some((l) => String(l.error ?? "").includes("Unauthorized"))).toBe(false);

@@ -38,11 +38,12 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
         topics: p.topics.join(","),
         group: p.group,
         order: p.order,
+        format: p.format,
         concurrency: p.concurrency,
         retry: `${p.retry.attempts}× ${p.retry.initialDelayMs}–${p.retry.maxDelayMs} ms`,
         "dead letters": [...new Set(p.deadLetter.map((d) => (d === false ? "off (retry forever)" : d)))].join(","),
       })),
-      ["handler", "topics", "group", "order", "concurrency", "retry", "dead letters"],
+      ["handler", "topics", "group", "order", "format", "concurrency", "retry", "dead letters"],
     ),
   );
   return 0;

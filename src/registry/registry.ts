@@ -128,7 +128,9 @@ export class PayloadRegistry {
       const hint = status === 401 || status === 403
         ? "check KEXO_SCHEMA_REGISTRY_USERNAME / KEXO_SCHEMA_REGISTRY_PASSWORD"
         : "is the registry up? kexo retries";
-      throw new RegistryUnavailableError(`schema registry ${this.url}: cannot ${what}: ${errorMessage(err)}; ${hint}`, { cause: err });
+      // mappersmith reports a connection failure as a status-400 answer carrying the socket error.
+      const cause = errorMessage(err).replace(/^kexo - Error, status 400: /, "");
+      throw new RegistryUnavailableError(`schema registry ${this.url}: cannot ${what}: ${cause}; ${hint}`, { cause: err });
     }
   }
 }
