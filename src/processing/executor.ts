@@ -3,7 +3,7 @@
 // answers "done" (progress may pass this offset once the journal is durable) or "aborted".
 import { errorMessage, errorType, PermanentError, PoisonError } from "../errors.ts";
 import type { EventBus, Outcome } from "../events.ts";
-import type { ResolvedHandler } from "../handlers/resolve.ts";
+import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
 import type { Journal, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
@@ -143,8 +143,10 @@ export async function execute(
   let id = messageId(message, handler.groupId, undefined);
   try {
     const decode = () => decodePayload(handler, message);
-    // Below the progress the message is done: no need to wait for a registry to report it.
-    payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+    // JSON and raw decode synchronously (the hot path). Registry formats may wait for the registry,
+    // except below the progress: the message is done, no need to wait to report it.
+    if (!REGISTRY_FORMATS.includes(handler.format)) payload = decode();
+    else payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
       try {
