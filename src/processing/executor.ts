@@ -135,7 +135,7 @@ export async function execute(
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
     const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)));
-    bus.emit("message.started", { handler: handler.name });
+    bus.emit("message.started", { handler: handler.name, id });
     let result: unknown;
     let failure: unknown;
     let ok = false;
@@ -145,7 +145,7 @@ export async function execute(
     } catch (err) {
       failure = err;
     } finally {
-      bus.emit("message.finished", { handler: handler.name });
+      bus.emit("message.finished", { handler: handler.name, id });
     }
     if (ok) {
       let json: string;
