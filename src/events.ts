@@ -14,12 +14,17 @@ export interface Events {
     seconds: number;
     result?: unknown;
   };
-  "message.started": { handler: string };
-  "message.finished": { handler: string };
+  /** One attempt of the handler's `handle` begins / ends (`id` pairs them). */
+  "message.started": { handler: string; id: string };
+  "message.finished": { handler: string; id: string };
   "journal.committed": { seconds: number; writes: number };
   "consumer.joining": { handler: string; group: string };
   "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number };
-  "consumer.fetched": { handler: string; group: string; topic: string; partition: number; highWatermark: string };
+  /** `position`: the fetch reached this offset (every offset below was delivered or skipped). */
+  "consumer.fetched": { handler: string; group: string; topic: string; partition: number; highWatermark: string; position?: string };
+  "consumer.rebalancing": { handler: string; group: string };
+  /** The group coordinator answered a heartbeat: the broker is reachable. */
+  "consumer.heartbeat": { handler: string; group: string };
   "consumer.committed": { handler: string; group: string; topic: string; partition: number; offset: string };
   "consumer.polled": { handler: string };
   "consumer.crashed": { handler: string; group: string; error: unknown; restarting: boolean };

@@ -3,6 +3,7 @@
 import { ExitCode, KexoError } from "./errors.ts";
 import { EventBus } from "./events.ts";
 import type { ResolvedHandler } from "./handlers/resolve.ts";
+import type { Hono } from "hono";
 import { createApp } from "./http/app.ts";
 import { type HttpServer, serve } from "./http/serve.ts";
 import { createKafka, type KafkaSettings } from "./kafka/client.ts";
@@ -11,6 +12,8 @@ import { PROGRESS_TOPIC, ProgressLog } from "./kafka/progress-log.ts";
 import { Publisher } from "./kafka/publisher.ts";
 import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
+import { Liveness, type LivenessOptions } from "./health/liveness.ts";
+import { createMetrics, type Metrics } from "./metrics/metrics.ts";
 
 export interface WorkerOptions {
   handlers: ResolvedHandler[];
@@ -23,6 +26,8 @@ export interface WorkerOptions {
   /** Creates missing dead-letter topics where the broker allows it (dev broker: mock API). */
   ensureTopics?(topics: string[]): Promise<void>;
   bus?: EventBus;
+  /** Poll and handler time-to-live, broker grace (see health/liveness.ts). */
+  liveness?: Partial<LivenessOptions>;
 }
 
 /** Event-loop liveness: a tick that stops for this long means the process is stalled. */
@@ -32,10 +37,13 @@ export class Worker {
   readonly bus: EventBus;
   readonly journal: Journal;
   readonly consumers: HandlerConsumer[] = [];
+  readonly metrics: Metrics;
+  #liveness: Liveness;
   /** Resolves with the error that makes the worker unable to go on (exit 75 / 70). */
   readonly failed: Promise<KexoError>;
   #opts: WorkerOptions;
   #http: HttpServer | undefined;
+  #app: Hono | undefined;
   #publisher: Publisher | undefined;
   #progressLog: ProgressLog | undefined;
   #draining = false;
@@ -48,6 +56,8 @@ export class Worker {
     this.#opts = opts;
     this.journal = journal;
     this.bus = bus;
+    this.metrics = createMetrics(bus);
+    this.#liveness = new Liveness(bus, opts.liveness);
     this.failed = new Promise((resolve) => (this.#fail = resolve));
     this.#ticker = setInterval(() => (this.#lastTick = Date.now()), 1000);
     bus.on("worker.error", ({ error }) => {
@@ -55,6 +65,11 @@ export class Worker {
       if (error instanceof KexoError && error.exitCode !== ExitCode.bug) this.#fail(error);
       else this.#fail(new KexoError("worker_failed", `worker failed: ${this.#lastError}`, { exitCode: ExitCode.transient, cause: error }));
     });
+  }
+
+  /** The HTTP endpoints, also without --http (tests call `app.request()`). */
+  get app(): Hono {
+    return this.#app!;
   }
 
   get address(): string | undefined {
@@ -92,11 +107,15 @@ export class Worker {
 
   #startHttp(): void {
     const http = this.#opts.http;
-    if (!http) return;
-    const app = createApp({
+    const app = (this.#app = createApp({
       live: () => {
         const quiet = Date.now() - this.#lastTick;
-        return quiet > LOOP_TTL_MS ? { ok: false, reason: `event loop stalled for ${quiet} ms` } : { ok: true };
+        if (quiet > LOOP_TTL_MS) return { ok: false, reason: `event loop stalled for ${quiet} ms` };
+        // A consumer blocked on a failing dead-letter write is waiting on the broker, not stuck:
+        // readiness reports it; restarting the process would not help.
+        const blocked = new Set(this.consumers.filter((c) => c.status().blocked).map((c) => c.handler.name));
+        const stalls = this.#liveness.stalls().filter((s) => !blocked.has(s.handler));
+        return stalls.length > 0 ? { ok: false, reason: stalls.map((s) => s.reason).join("; ") } : { ok: true };
       },
       ready: () => {
         const reasons: string[] = [];
@@ -107,10 +126,13 @@ export class Worker {
           else if (!s.joined) reasons.push(`${s.handler}: not joined to group ${s.group}`);
         }
         if (this.consumers.length < this.#opts.handlers.length) reasons.push("starting");
+        if (!this.#draining) reasons.push(...this.#liveness.unreachable().map((f) => f.reason));
         return { ok: reasons.length === 0, reasons };
       },
-      status: () => ({ handlers: this.consumers.map((c) => c.status()), lastError: this.#lastError }),
-    });
+      status: () => this.#status(),
+      metrics: () => this.metrics.render(),
+    }));
+    if (!http) return;
     try {
       this.#http = serve(app, http.host, http.port);
     } catch (err) {
@@ -120,6 +142,15 @@ export class Worker {
       });
     }
     this.#opts.log.info("http listening", { address: this.#http.address });
+  }
+
+  #status() {
+    const lags = new Map(this.metrics.lag.snapshot().map((l) => [`${l.group}\0${l.topic}\0${l.partition}`, l.lag.toString()]));
+    const handlers = this.consumers.map((c) => {
+      const s = c.status();
+      return { ...s, partitions: s.partitions.map((p) => ({ ...p, lag: lags.get(`${s.group}\0${p.topic}\0${p.partition}`) })) };
+    });
+    return { handlers, inflight: handlers.reduce((n, h) => n + h.inflight, 0), lastError: this.#lastError };
   }
 
   async #startConsumers(): Promise<void> {
@@ -165,6 +196,8 @@ export class Worker {
   async #close(): Promise<void> {
     this.#draining = true;
     clearInterval(this.#ticker);
+    this.#liveness.close();
+    this.metrics.close();
     await this.#publisher?.close();
     await this.#http?.close().catch(() => {});
     await this.journal.close();

@@ -7,6 +7,8 @@ import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
+import type { LivenessOptions } from "../health/liveness.ts";
+import { livenessFromEnv } from "../health/options.ts";
 import { createLogger, type Logger } from "../log.ts";
 import { attachRegistry } from "../registry/attach.ts";
 import { Worker } from "../worker.ts";
@@ -33,6 +35,7 @@ function stringTopics(handlers: ResolvedHandler[]): string[] {
 export async function runCommand(args: Args, env: Record<string, string | undefined>, life: Lifecycle): Promise<number> {
   const dev = args.command === "dev";
   const { config, handlers } = await loadPlan(args, env, !dev);
+  const liveness = livenessFromEnv(env);
   const log = createLogger({ level: config.logLevel });
   let stopDev = () => {};
   let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
@@ -47,14 +50,14 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
     log.info("development broker started", { brokers: cluster.bootstrap, topics: stringTopics(handlers) });
   }
   try {
-    return await runWorker(config, handlers, log, life, dev ? { ensureTopics, demo: args.flags.demo === true, args } : undefined);
+    return await runWorker({ ...config, liveness }, handlers, log, life, dev ? { ensureTopics, demo: args.flags.demo === true, args } : undefined);
   } finally {
     stopDev();
   }
 }
 
 async function runWorker(
-  config: Config,
+  config: Config & { liveness: LivenessOptions },
   handlers: ResolvedHandler[],
   log: Logger,
   life: Lifecycle,
@@ -73,6 +76,7 @@ async function runWorker(
     log,
     bus,
     ensureTopics: dev?.ensureTopics,
+    liveness: config.liveness,
   });
   // A signal before the group is joined: stop as soon as start returns, exit 0.
   const first = await Promise.race([started.then((w) => ({ w })), life.signalled.then(() => ({ w: undefined }))]);

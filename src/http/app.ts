@@ -7,7 +7,7 @@ export interface HealthSource {
   live(): { ok: boolean; reason?: string };
   /** Ready: journal open and every handler's consumer joined, not draining, not blocked. */
   ready(): { ok: boolean; reasons: string[] };
-  status(): { handlers: ConsumerStatus[]; lastError?: string };
+  status(): { handlers: ConsumerStatus[]; inflight?: number; lastError?: string };
   metrics?(): Promise<{ contentType: string; body: string }>;
 }
 

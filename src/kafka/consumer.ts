@@ -23,12 +23,15 @@ export interface ConsumerOptions {
   heartbeatIntervalMs: number;
   /** How long to wait between Kafka offset commits while messages flow. */
   commitIntervalMs: number;
+  /** Fetching pauses while more journal writes than this wait for their commit. */
+  maxPendingWrites: number;
 }
 
 export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
   sessionTimeoutMs: 6000,
   heartbeatIntervalMs: 500,
   commitIntervalMs: 200,
+  maxPendingWrites: 10_000,
 };
 
 interface PartitionState {
@@ -51,7 +54,7 @@ export interface ConsumerStatus {
   joined: boolean;
   epoch: number;
   assignment: Record<string, number[]>;
-  partitions: { topic: string; partition: number; next: string; durable: string; committed: string; highWatermark?: string }[];
+  partitions: { topic: string; partition: number; next: string; durable: string; committed: string; highWatermark?: string; lag?: string }[];
   inflight: number;
   blocked?: string;
   lastError?: string;
@@ -150,6 +153,20 @@ export class HandlerConsumer {
     });
     consumer.on(consumer.events.REBALANCING, () => {
       this.#joined = false;
+      this.#bus.emit("consumer.rebalancing", { handler: this.handler.name, group: this.handler.groupId });
+    });
+    // Liveness and broker reachability (health/liveness.ts): a fetch answered, a heartbeat answered.
+    consumer.on(consumer.events.FETCH, () => this.#bus.emit("consumer.polled", { handler: this.handler.name }));
+    consumer.on(consumer.events.HEARTBEAT, () => this.#bus.emit("consumer.heartbeat", { handler: this.handler.name, group: this.handler.groupId }));
+    // A batch of only control records (transactions) or compacted gaps never reaches eachBatch;
+    // its end still moves the partition's position, or lag would never reach 0 on such topics.
+    consumer.on(consumer.events.START_BATCH_PROCESS, (e) => {
+      const b = e.payload;
+      if (b.firstOffset !== null) return;
+      this.#bus.emit("consumer.fetched", {
+        handler: this.handler.name, group: this.handler.groupId, topic: b.topic, partition: b.partition,
+        highWatermark: b.highWatermark, position: (BigInt(b.lastOffset) + 1n).toString(),
+      });
     });
     consumer.on(consumer.events.CRASH, (e) => this.#onCrash(consumer, e.payload.error, e.payload.restart));
     this.#bus.emit("consumer.joining", { handler: this.handler.name, group: this.handler.groupId });
@@ -170,6 +187,7 @@ export class HandlerConsumer {
    */
   async stop(timeoutMs: number): Promise<boolean> {
     this.#stopping = true;
+    this.#pauseAll();
     let clean = true;
     if (this.#activeBatches > 0) {
       const drained = new Promise<void>((r) => this.#idle.push(r));
@@ -275,6 +293,7 @@ export class HandlerConsumer {
       topic: batch.topic,
       partition: batch.partition,
       highWatermark: batch.highWatermark,
+      position: batch.firstOffset() ?? undefined,
     });
     if (!state || this.#stopping) return;
     this.#activeBatches++;
@@ -294,6 +313,7 @@ export class HandlerConsumer {
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
         const below = offset < state.next;
+        if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
         this.#inflight++;
         let verdict;
@@ -325,6 +345,34 @@ export class HandlerConsumer {
       await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
       if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+    }
+  }
+
+  // ---- bounded memory ----
+  // In-flight messages are bounded by kafkajs itself: a fetcher fetches again only once every
+  // batch of its previous fetch was processed, so at most one fetch response per broker is held
+  // (maxBytes on Kafka; one stored batch per partition on the development broker). Journal writes
+  // are bounded here: past maxPendingWrites (ctx.tx calls queued behind the journal lock, rows not
+  // yet committed) fetching pauses until the journal caught up.
+
+  #topics(): { topic: string }[] {
+    return Object.keys(this.#assignment).map((topic) => ({ topic }));
+  }
+
+  #pauseAll(): void {
+    const topics = this.#topics();
+    if (topics.length > 0) this.#consumer?.pause(topics);
+  }
+
+  async #relieve(): Promise<void> {
+    const pending = this.#journal.pendingWrites;
+    this.#pauseAll();
+    this.#log.debug("fetching paused: journal writes pending", { pending, limit: this.#opts.maxPendingWrites });
+    try {
+      await this.#journal.flush();
+    } finally {
+      const topics = this.#topics();
+      if (!this.#stopping && topics.length > 0) this.#consumer?.resume(topics);
     }
   }
 

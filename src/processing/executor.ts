@@ -187,7 +187,7 @@ export async function execute(
     const outbox: OutboxRecord[] = [];
     const encodes: PendingEncode[] = [];
     const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes);
-    bus.emit("message.started", { handler: handler.name });
+    bus.emit("message.started", { handler: handler.name, id });
     let result: unknown;
     let failure: unknown;
     let ok = false;
@@ -197,7 +197,7 @@ export async function execute(
     } catch (err) {
       failure = err;
     } finally {
-      bus.emit("message.finished", { handler: handler.name });
+      bus.emit("message.finished", { handler: handler.name, id });
     }
     if (ok) {
       // emit() is synchronous, so registry encoding happens here, before the journal records the
