@@ -20,15 +20,15 @@ export function planOf(handlers: ResolvedHandler[]) {
 }
 
 export async function checkCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
-  const { config, handlers } = await loadPlan(args, env, false);
+  const { config, handlers, handlersFrom } = await loadPlan(args, env, false);
   const plan = planOf(handlers);
   if (args.flags.json) {
     const { saslPassword: _p, ...safe } = { ...config, saslPassword: undefined, sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
-    printJson({ ok: true, config: safe, handlers: plan });
+    printJson({ ok: true, config: safe, handlersFrom, handlers: plan });
     return 0;
   }
   printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${config.db} · http ${config.http.host}:${config.http.port}`);
-  printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${config.handlers}:\n`);
+  printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${handlersFrom}:\n`);
   printLine(
     table(
       plan.map((p) => ({

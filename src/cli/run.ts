@@ -2,7 +2,8 @@
 import { resolveConfig, type Config } from "../config/config.ts";
 import { ExitCode, KexoError } from "../errors.ts";
 import { EventBus } from "../events.ts";
-import { loadHandlers } from "../handlers/load.ts";
+import { bundledHandlers } from "../handlers/bundled.ts";
+import { loadBundledHandlers, loadHandlers } from "../handlers/load.ts";
 import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
@@ -20,8 +21,12 @@ export interface Lifecycle {
 export async function loadPlan(args: Args, env: Record<string, string | undefined>, needBrokers: boolean) {
   const config = resolveConfig(args.flags, env, { needBrokers });
   registerKexoModule();
-  const handlers = await loadHandlers(config.handlers);
-  return { config, handlers };
+  // The compiled binary carries the repository's handlers/; --handlers DIR (or its env/file key)
+  // still loads a directory at run time instead.
+  const bundled = bundledHandlers();
+  const compiledIn = !config.handlersGiven && bundled.length > 0;
+  const handlers = compiledIn ? loadBundledHandlers(bundled) : await loadHandlers(config.handlers);
+  return { config, handlers, handlersFrom: compiledIn ? "the binary (compiled in)" : config.handlers };
 }
 
 function stringTopics(handlers: ResolvedHandler[]): string[] {
