@@ -1,6 +1,6 @@
 // `kexo run` and `kexo dev`: load config and handlers, start the worker, drain on the first signal.
 import { resolveConfig, type Config } from "../config/config.ts";
-import { ExitCode, KexoError } from "../errors.ts";
+import { ExitCode, KexoError, UsageError } from "../errors.ts";
 import { EventBus } from "../events.ts";
 import { bundledHandlers } from "../handlers/bundled.ts";
 import { loadBundledHandlers, loadHandlers } from "../handlers/load.ts";
@@ -40,6 +40,9 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
   let stopDev = () => {};
   let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
   if (dev) {
+    if (typeof Bun === "undefined") {
+      throw new UsageError("kexo dev needs Bun: its development broker loads librdkafka through bun:ffi. Under Deno run `kexo run --brokers host:port`, or use the compiled binary or `bun main.ts dev`");
+    }
     const { createMockCluster } = await import("../dev/mock-cluster.ts");
     const cluster = createMockCluster();
     stopDev = () => cluster.close();
