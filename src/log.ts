@@ -34,6 +34,13 @@ export function redact(value: unknown, depth = 0): unknown {
   return out;
 }
 
+/** A URL with secret-looking query parameters (libsql's ?authToken=…) and user:password hidden. */
+export function redactUrl(url: string): string {
+  return url
+    .replace(/([?&][^=&#]*=)([^&#]*)/g, (m, name: string, value: string) => (SECRET_KEY.test(name) && value ? `${name}[redacted]` : m))
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i, "$1:[redacted]@");
+}
+
 export function createLogger(
   opts: { level?: Level; write?: (line: string) => void; base?: Record<string, unknown> } = {},
 ): Logger {

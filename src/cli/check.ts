@@ -1,6 +1,7 @@
 // `kexo check`: validate config and handlers and print the plan; touches no network.
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { Args } from "./args.ts";
+import { redactUrl } from "../log.ts";
 import { printJson, printLine, table } from "./output.ts";
 import { loadPlan } from "./run.ts";
 
@@ -23,11 +24,11 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
   const { config, handlers, handlersFrom } = await loadPlan(args, env, false);
   const plan = planOf(handlers);
   if (args.flags.json) {
-    const { saslPassword: _p, ...safe } = { ...config, saslPassword: undefined, sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
+    const safe = { ...config, db: redactUrl(config.db), sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
     printJson({ ok: true, config: safe, handlersFrom, handlers: plan });
     return 0;
   }
-  printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${config.db} · http ${config.http.host}:${config.http.port}`);
+  printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${redactUrl(config.db)} · http ${config.http.host}:${config.http.port}`);
   printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${handlersFrom}:\n`);
   printLine(
     table(

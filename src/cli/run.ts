@@ -8,7 +8,7 @@ import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
-import { createLogger, type Logger } from "../log.ts";
+import { createLogger, type Logger, redactUrl } from "../log.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
 import { printLine } from "./output.ts";
@@ -67,12 +67,12 @@ async function runWorker(
   dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
 ): Promise<number> {
   const bus = new EventBus();
-  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: config.db });
+  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: redactUrl(config.db) });
   let signal: string | undefined;
   void life.signalled.then((s) => (signal = s));
   const started = Worker.start({
     handlers,
-    kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, sasl: config.sasl },
+    kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, tlsFiles: config.tlsFiles, sasl: config.sasl },
     db: config.db,
     http: config.http,
     shutdownTimeoutMs: config.shutdownTimeoutMs,

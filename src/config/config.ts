@@ -1,13 +1,19 @@
 // Configuration at the edge: raw values from flags, environment and a JSON file (in that order of
 // precedence, over defaults) → validated with valibot → one expanded Config. Every problem is
 // reported as `key (source): message`.
-import { readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import * as v from "valibot";
 import { ConfigError, type Problem } from "../errors.ts";
 import { parseHostPort } from "../http/serve.ts";
 import { issuePath } from "../handlers/resolve.ts";
 import { type Level, levels } from "../log.ts";
+
+export interface TlsFiles {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
 
 export interface Config {
   brokers: string[];
@@ -20,6 +26,8 @@ export interface Config {
   shutdownTimeoutMs: number;
   clientId: string;
   tls: boolean;
+  /** PEM files for TLS: a private CA, and a client certificate with its key (mutual TLS). */
+  tlsFiles?: TlsFiles;
   sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
   configFile?: string;
 }
@@ -34,6 +42,9 @@ export const SETTINGS = {
   shutdownTimeout: { flag: "shutdown-timeout", env: "KEXO_SHUTDOWN_TIMEOUT" },
   clientId: { flag: "client-id", env: "KEXO_CLIENT_ID" },
   tls: { flag: "tls", env: "KEXO_TLS" },
+  tlsCa: { flag: "tls-ca", env: "KEXO_TLS_CA" },
+  tlsCert: { flag: "tls-cert", env: "KEXO_TLS_CERT" },
+  tlsKey: { flag: "tls-key", env: "KEXO_TLS_KEY" },
   saslMechanism: { flag: "sasl-mechanism", env: "KEXO_SASL_MECHANISM" },
   saslUsername: { flag: "sasl-username", env: "KEXO_SASL_USERNAME" },
   saslPassword: { flag: "sasl-password", env: "KEXO_SASL_PASSWORD" },
@@ -53,6 +64,20 @@ const boolText = v.pipe(
   v.toLowerCase(),
   v.picklist(["true", "false", "1", "0", "yes", "no", "on", "off"], "must be true or false"),
   v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
+);
+
+const pemFile = v.optional(
+  v.pipe(
+    v.string(),
+    v.check((path) => {
+      try {
+        accessSync(path, constants.R_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    }, (issue) => `cannot read ${String(issue.input)}; give a readable PEM file`),
+  ),
 );
 
 const Raw = v.object({
@@ -80,6 +105,9 @@ const Raw = v.object({
   ),
   clientId: v.optional(v.pipe(v.string(), v.nonEmpty("must not be empty"))),
   tls: v.optional(boolText),
+  tlsCa: pemFile,
+  tlsCert: pemFile,
+  tlsKey: pemFile,
   saslMechanism: v.optional(v.pipe(v.string(), v.toLowerCase(), v.picklist(["plain", "scram-sha-256", "scram-sha-512"], "must be plain, scram-sha-256 or scram-sha-512"))),
   saslUsername: v.optional(v.string()),
   saslPassword: v.optional(v.string()),
@@ -160,6 +188,13 @@ export function resolveConfig(
   } else if (raw.saslUsername || raw.saslPassword) {
     problems.push({ path: "sasl-mechanism", message: "required when a SASL username or password is set" });
   }
+  if (Boolean(raw.tlsCert) !== Boolean(raw.tlsKey)) {
+    problems.push({ path: raw.tlsCert ? "tls-key" : "tls-cert", message: "tls-cert and tls-key go together (a client certificate and its private key)" });
+  }
+  const tlsFilesGiven = Boolean(raw.tlsCa || raw.tlsCert || raw.tlsKey);
+  if (tlsFilesGiven && parsed.success && parsed.output.tls === false) {
+    problems.push({ path: `tls (${sources.tls?.from})`, message: "is false, but TLS files are given; drop one or the other" });
+  }
   const out = parsed.success ? parsed.output : undefined;
   const sasl: Config["sasl"] = out?.saslMechanism
     ? { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" }
@@ -174,7 +209,8 @@ export function resolveConfig(
     logLevel: out.logLevel,
     shutdownTimeoutMs: out.shutdownTimeout,
     clientId: out.clientId ?? `kexo-${hostname()}`,
-    tls: out.tls ?? false,
+    tls: out.tls ?? tlsFilesGiven,
+    tlsFiles: tlsFilesGiven ? { ca: out.tlsCa, cert: out.tlsCert, key: out.tlsKey } : undefined,
     sasl,
     configFile,
   };
