@@ -136,6 +136,17 @@ function readConfigFile(path: string, problems: Problem[]): Record<string, unkno
   }
 }
 
+/** Levenshtein distance, to suggest the key a misspelt one meant. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
 /**
  * Resolves the configuration. `flags` holds the command line's values by flag name;
  * `needBrokers` is false for commands that don't touch Kafka.
@@ -150,7 +161,9 @@ export function resolveConfig(
   const file = configFile ? readConfigFile(configFile, problems) : {};
   const known = new Set<string>(Object.values(SETTINGS).map((s) => s.flag));
   for (const k of Object.keys(file)) {
-    if (!known.has(k)) problems.push({ path: `${k} (${configFile})`, message: `unknown key; known keys: ${[...known].join(", ")}` });
+    if (known.has(k)) continue;
+    const near = [...known].find((n) => editDistance(n, k) <= 2);
+    problems.push({ path: `${k} (${configFile})`, message: `unknown key${near ? ` (did you mean "${near}"?)` : ""}; known keys: ${[...known].join(", ")}` });
   }
   const sources: Sources = {};
   const raw: Record<string, string> = {};

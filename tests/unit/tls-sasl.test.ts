@@ -4,22 +4,12 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { resolveConfig } from "../../src/config/config.ts";
-import { ConfigError } from "../../src/errors.ts";
 import { kafkaConfig, sslOptions } from "../../src/kafka/client.ts";
 import { createLogger, redactUrl } from "../../src/log.ts";
+import { configProblems as problems } from "../support/problems.ts";
 import { tempDir } from "../support/tmp.ts";
 
 const resolve = (flags: Record<string, string | boolean>, env: Record<string, string> = {}) => resolveConfig(flags, env, { needBrokers: false });
-
-function problems(fn: () => unknown): string[] {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof ConfigError) return err.problems.map((p) => `${p.path}: ${p.message}`);
-    throw err;
-  }
-  throw new Error("expected a ConfigError");
-}
 
 describe("TLS", () => {
   const dir = tempDir();
