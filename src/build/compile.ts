@@ -1,6 +1,7 @@
 // Builds the single binary: `bun src/build/compile.ts [--target bun-linux-x64|bun-linux-arm64|
-// bun-linux-x64-musl] [--outfile dist/kexo]`. Compiles the repository's handlers/ in and embeds
-// libSQL's native addon for the target (one platform per binary).
+// bun-linux-x64-musl|bun-linux-arm64-musl] [--outfile FILE]` (default: the host's target, dist/kexo).
+// Compiles the repository's handlers/ in and embeds libSQL's native addon for the target (one
+// platform per binary).
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, relative, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -52,12 +53,13 @@ async function build(target: Target, outfile: string): Promise<void> {
 }
 
 if (import.meta.main) {
-  const { values } = parseArgs({ options: { target: { type: "string", default: "bun-linux-x64" }, outfile: { type: "string" } } });
+  const host = process.arch === "arm64" ? "bun-linux-arm64" : "bun-linux-x64";
+  const { values } = parseArgs({ options: { target: { type: "string", default: host }, outfile: { type: "string" } } });
   const target = values.target as Target;
   if (!TARGETS.includes(target)) {
     console.error(`unknown --target ${target}; one of ${TARGETS.join(", ")}`);
     process.exit(64);
   }
-  const outfile = resolve(values.outfile ?? (target === "bun-linux-x64" ? "dist/kexo" : `dist/kexo-${target.replace(/^bun-/, "")}`));
+  const outfile = resolve(values.outfile ?? (target === host ? "dist/kexo" : `dist/kexo-${target.replace(/^bun-/, "")}`));
   await build(target, outfile);
 }
