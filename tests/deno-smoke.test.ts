@@ -1,4 +1,4 @@
-// The same sources run under Deno (`deno run -A main.ts run …`, what `deno task start` runs): a
+// The same sources run under Deno (`deno task start …`, i.e. `deno run -A main.ts run …`): a
 // handler file from a directory outside the repository imports "kexo" through deno.json's import
 // map, its messages are handled with the libSQL journal, and /healthz and /readyz answer.
 import { afterAll, beforeAll, expect, test } from "bun:test";
@@ -11,6 +11,7 @@ import { waitUntil } from "./support/wait.ts";
 import { ROOT, WorkerProcess } from "./support/worker.ts";
 
 const DENO = [join(ROOT, "node_modules/.bin/deno"), "run", "-A", join(ROOT, "main.ts")];
+const DENO_TASK_START = [join(ROOT, "node_modules/.bin/deno"), "task", "--cwd", ROOT, "start"];
 const TOPIC = "deno-in";
 const COUNT = 200;
 let broker: TestBroker;
@@ -37,9 +38,9 @@ afterAll(async () => {
   await broker?.close();
 });
 
-test("deno runs the worker: messages handled, /healthz and /readyz 200, drained on SIGTERM", async () => {
+test("deno task start runs the worker: messages handled, /healthz and /readyz 200, drained on SIGTERM", async () => {
   const db = join(dir, "journal.db");
-  const w = new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", dir, "--db", `file:${db}`, "--http", "127.0.0.1:0"], { cmd: DENO, cwd: dir });
+  const w = new WorkerProcess(["--brokers", broker.brokers, "--handlers", dir, "--db", `file:${db}`, "--http", "127.0.0.1:0"], { cmd: DENO_TASK_START, cwd: dir });
   const address = await w.httpAddress();
   await w.waitJoined(1, 60_000);
   await waitUntil("every message handled", () => countRows(db, "seen") >= COUNT || undefined, { timeoutMs: 60_000 });
