@@ -68,6 +68,12 @@ test("kexo check: the compiled-in handlers by default, a directory with --handle
   expect(fromDir.stdout).toMatch(new RegExp(`effects\\s+${TOPIC}\\s+kexo-effects-${TOPIC}\\s+partition`));
 }, 30_000);
 
+test("an unwritable TMPDIR (where the binary extracts libSQL's addon) is named, exit 69", async () => {
+  const w = new WorkerProcess(["check"], { cmd: [join(app, "kexo")], cwd: app, env: { PATH: emptyPath, TMPDIR: join(app, "missing") } });
+  expect(await w.exited()).toBe(69);
+  await waitUntil("the message", () => w.raw.join("\n").includes("set TMPDIR to a writable directory") || undefined, { timeoutMs: 5000 });
+});
+
 test("kexo run with run-time handlers: every message's effects exactly once across a SIGKILL", async () => {
   const db = join(app, "journal.db");
   const run = () => binary(["run", "--brokers", broker.brokers, "--handlers", "./handlers", "--db", "file:journal.db", "--http", "127.0.0.1:0"]);
