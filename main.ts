@@ -2,6 +2,7 @@
 // exit codes. First SIGTERM/SIGINT asks for a drain; a second one exits at once (130/143).
 import { parseCli, USAGE } from "./src/cli/args.ts";
 import { ConfigError, ExitCode, KexoError } from "./src/errors.ts";
+import { explainAddonLoadFailure } from "./src/journal/native-addon.ts";
 import { VERSION } from "./src/version.ts";
 
 const exitFor = { SIGINT: 130, SIGTERM: 143 } as const;
@@ -65,6 +66,6 @@ let code: number;
 try {
   code = await main(process.argv.slice(2));
 } catch (err) {
-  code = report(err);
+  code = report(explainAddonLoadFailure(err) ?? err);
 }
 process.exit(code);

@@ -29,9 +29,16 @@ export function redact(value: unknown, depth = 0): unknown {
   if (value instanceof Uint8Array) return `<${value.length} bytes>`;
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(value)) {
-    out[k] = SECRET_KEY.test(k) && v !== undefined && v !== null && v !== "" ? "[redacted]" : redact(v, depth + 1);
+    out[k] = SECRET_KEY.test(k) && (typeof v === "string" ? v !== "" : typeof v === "object" && v !== null) ? "[redacted]" : redact(v, depth + 1);
   }
   return out;
+}
+
+/** A URL with secret-looking query parameters (libsql's ?authToken=…) and user:password hidden. */
+export function redactUrl(url: string): string {
+  return url
+    .replace(/([?&][^=&#]*=)([^&#]*)/g, (m, name: string, value: string) => (SECRET_KEY.test(name) && value ? `${name}[redacted]` : m))
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i, "$1:[redacted]@");
 }
 
 export function createLogger(

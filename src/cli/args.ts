@@ -15,6 +15,9 @@ const OPTIONS = {
   "shutdown-timeout": { type: "string" },
   "client-id": { type: "string" },
   tls: { type: "boolean" },
+  "tls-ca": { type: "string" },
+  "tls-cert": { type: "string" },
+  "tls-key": { type: "string" },
   "sasl-mechanism": { type: "string" },
   "sasl-username": { type: "string" },
   "sasl-password": { type: "string" },
@@ -60,7 +63,10 @@ Flags (each also an environment variable; flag > env > --config file > default):
   --log-level LEVEL         KEXO_LOG_LEVEL         info (debug, info, warn, error, silent)
   --shutdown-timeout MS     KEXO_SHUTDOWN_TIMEOUT  25000
   --client-id ID            KEXO_CLIENT_ID         kexo-HOSTNAME
-  --tls                     KEXO_TLS
+  --tls                     KEXO_TLS               TLS with the system's CAs
+  --tls-ca FILE             KEXO_TLS_CA            PEM CA bundle (implies --tls)
+  --tls-cert FILE           KEXO_TLS_CERT          PEM client certificate, mutual TLS (with --tls-key)
+  --tls-key FILE            KEXO_TLS_KEY           PEM private key of --tls-cert
   --sasl-mechanism M        KEXO_SASL_MECHANISM    plain | scram-sha-256 | scram-sha-512
   --sasl-username U         KEXO_SASL_USERNAME
   --sasl-password P         KEXO_SASL_PASSWORD

@@ -1,6 +1,7 @@
 // `kexo check`: validate config and handlers and print the plan; touches no network.
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { Args } from "./args.ts";
+import { redactUrl } from "../log.ts";
 import { printJson, printLine, table } from "./output.ts";
 import { loadPlan } from "./run.ts";
 
@@ -21,16 +22,20 @@ export function planOf(handlers: ResolvedHandler[]) {
 }
 
 export async function checkCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
-  const { config, handlers } = await loadPlan(args, env, false);
+  const { config, handlers, handlersFrom } = await loadPlan(args, env, false);
   const plan = planOf(handlers);
   if (args.flags.json) {
-    const { saslPassword: _p, ...safe } = { ...config, saslPassword: undefined, sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined };
-    if (safe.schemaRegistry?.password !== undefined) safe.schemaRegistry = { ...safe.schemaRegistry, password: "[redacted]" };
-    printJson({ ok: true, config: safe, handlers: plan });
+    const safe = {
+      ...config,
+      db: redactUrl(config.db),
+      sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined,
+      schemaRegistry: config.schemaRegistry?.password !== undefined ? { ...config.schemaRegistry, password: "[redacted]" } : config.schemaRegistry,
+    };
+    printJson({ ok: true, config: safe, handlersFrom, handlers: plan });
     return 0;
   }
-  printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${config.db} · http ${config.http.host}:${config.http.port}`);
-  printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${config.handlers}:\n`);
+  printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${redactUrl(config.db)} · http ${config.http.host}:${config.http.port}`);
+  printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${handlersFrom}:\n`);
   printLine(
     table(
       plan.map((p) => ({

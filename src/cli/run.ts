@@ -1,15 +1,16 @@
 // `kexo run` and `kexo dev`: load config and handlers, start the worker, drain on the first signal.
 import { resolveConfig, type Config } from "../config/config.ts";
-import { ExitCode, KexoError } from "../errors.ts";
+import { ExitCode, KexoError, UsageError } from "../errors.ts";
 import { EventBus } from "../events.ts";
-import { loadHandlers } from "../handlers/load.ts";
+import { bundledHandlers } from "../handlers/bundled.ts";
+import { loadBundledHandlers, loadHandlers } from "../handlers/load.ts";
 import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
 import type { LivenessOptions } from "../health/liveness.ts";
 import { livenessFromEnv } from "../health/options.ts";
-import { createLogger, type Logger } from "../log.ts";
+import { createLogger, type Logger, redactUrl } from "../log.ts";
 import { attachRegistry } from "../registry/attach.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
@@ -23,9 +24,13 @@ export interface Lifecycle {
 export async function loadPlan(args: Args, env: Record<string, string | undefined>, needBrokers: boolean) {
   const config = resolveConfig(args.flags, env, { needBrokers });
   registerKexoModule();
-  const handlers = await loadHandlers(config.handlers);
+  // The compiled binary carries the repository's handlers/; --handlers DIR (or its env/file key)
+  // still loads a directory at run time instead.
+  const bundled = bundledHandlers();
+  const compiledIn = !config.handlersGiven && bundled.length > 0;
+  const handlers = compiledIn ? loadBundledHandlers(bundled) : await loadHandlers(config.handlers);
   await attachRegistry(handlers, config.schemaRegistry);
-  return { config, handlers };
+  return { config, handlers, handlersFrom: compiledIn ? "the binary (compiled in)" : config.handlers };
 }
 
 function stringTopics(handlers: ResolvedHandler[]): string[] {
@@ -40,6 +45,9 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
   let stopDev = () => {};
   let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
   if (dev) {
+    if (typeof Bun === "undefined") {
+      throw new UsageError("kexo dev needs Bun: its development broker loads librdkafka through bun:ffi. Under Deno run `kexo run --brokers host:port`, or use the compiled binary or `bun main.ts dev`");
+    }
     const { createMockCluster } = await import("../dev/mock-cluster.ts");
     const cluster = createMockCluster();
     stopDev = () => cluster.close();
@@ -64,12 +72,16 @@ async function runWorker(
   dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
 ): Promise<number> {
   const bus = new EventBus();
-  log.info("starting", { handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })), db: config.db, schemaRegistry: config.schemaRegistry?.url });
+  log.info("starting", {
+    handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })),
+    db: redactUrl(config.db),
+    schemaRegistry: config.schemaRegistry ? redactUrl(config.schemaRegistry.url) : undefined,
+  });
   let signal: string | undefined;
   void life.signalled.then((s) => (signal = s));
   const started = Worker.start({
     handlers,
-    kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, sasl: config.sasl },
+    kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, tlsFiles: config.tlsFiles, sasl: config.sasl },
     db: config.db,
     http: config.http,
     shutdownTimeoutMs: config.shutdownTimeoutMs,

@@ -1,13 +1,19 @@
 // Configuration at the edge: raw values from flags, environment and a JSON file (in that order of
 // precedence, over defaults) → validated with valibot → one expanded Config. Every problem is
 // reported as `key (source): message`.
-import { readFileSync } from "node:fs";
+import { accessSync, constants, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import * as v from "valibot";
 import { ConfigError, type Problem } from "../errors.ts";
 import { parseHostPort } from "../http/serve.ts";
 import { issuePath } from "../handlers/resolve.ts";
 import { type Level, levels } from "../log.ts";
+
+export interface TlsFiles {
+  ca?: string;
+  cert?: string;
+  key?: string;
+}
 
 export interface Config {
   brokers: string[];
@@ -20,6 +26,8 @@ export interface Config {
   shutdownTimeoutMs: number;
   clientId: string;
   tls: boolean;
+  /** PEM files for TLS: a private CA, and a client certificate with its key (mutual TLS). */
+  tlsFiles?: TlsFiles;
   sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
   /** Credentials live in their own settings, never in the URL, so the URL can be logged. */
   schemaRegistry?: { url: string; username?: string; password?: string };
@@ -36,6 +44,9 @@ export const SETTINGS = {
   shutdownTimeout: { flag: "shutdown-timeout", env: "KEXO_SHUTDOWN_TIMEOUT" },
   clientId: { flag: "client-id", env: "KEXO_CLIENT_ID" },
   tls: { flag: "tls", env: "KEXO_TLS" },
+  tlsCa: { flag: "tls-ca", env: "KEXO_TLS_CA" },
+  tlsCert: { flag: "tls-cert", env: "KEXO_TLS_CERT" },
+  tlsKey: { flag: "tls-key", env: "KEXO_TLS_KEY" },
   saslMechanism: { flag: "sasl-mechanism", env: "KEXO_SASL_MECHANISM" },
   saslUsername: { flag: "sasl-username", env: "KEXO_SASL_USERNAME" },
   saslPassword: { flag: "sasl-password", env: "KEXO_SASL_PASSWORD" },
@@ -58,6 +69,20 @@ const boolText = v.pipe(
   v.toLowerCase(),
   v.picklist(["true", "false", "1", "0", "yes", "no", "on", "off"], "must be true or false"),
   v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
+);
+
+const pemFile = v.optional(
+  v.pipe(
+    v.string(),
+    v.check((path) => {
+      try {
+        accessSync(path, constants.R_OK);
+        return true;
+      } catch {
+        return false;
+      }
+    }, (issue) => `cannot read ${String(issue.input)}; give a readable PEM file`),
+  ),
 );
 
 const Raw = v.object({
@@ -85,6 +110,9 @@ const Raw = v.object({
   ),
   clientId: v.optional(v.pipe(v.string(), v.nonEmpty("must not be empty"))),
   tls: v.optional(boolText),
+  tlsCa: pemFile,
+  tlsCert: pemFile,
+  tlsKey: pemFile,
   saslMechanism: v.optional(v.pipe(v.string(), v.toLowerCase(), v.picklist(["plain", "scram-sha-256", "scram-sha-512"], "must be plain, scram-sha-256 or scram-sha-512"))),
   saslUsername: v.optional(v.string()),
   saslPassword: v.optional(v.string()),
@@ -123,6 +151,17 @@ function readConfigFile(path: string, problems: Problem[]): Record<string, unkno
   }
 }
 
+/** Levenshtein distance, to suggest the key a misspelt one meant. */
+function editDistance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const row = [i];
+    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = row;
+  }
+  return prev[b.length]!;
+}
+
 /**
  * Resolves the configuration. `flags` holds the command line's values by flag name;
  * `needBrokers` is false for commands that don't touch Kafka.
@@ -137,7 +176,9 @@ export function resolveConfig(
   const file = configFile ? readConfigFile(configFile, problems) : {};
   const known = new Set<string>(Object.values(SETTINGS).map((s) => s.flag));
   for (const k of Object.keys(file)) {
-    if (!known.has(k)) problems.push({ path: `${k} (${configFile})`, message: `unknown key; known keys: ${[...known].join(", ")}` });
+    if (known.has(k)) continue;
+    const near = [...known].find((n) => editDistance(n, k) <= 2);
+    problems.push({ path: `${k} (${configFile})`, message: `unknown key${near ? ` (did you mean "${near}"?)` : ""}; known keys: ${[...known].join(", ")}` });
   }
   const sources: Sources = {};
   const raw: Record<string, string> = {};
@@ -181,6 +222,13 @@ export function resolveConfig(
   } else if (raw.schemaRegistryUsername !== undefined && !raw.schemaRegistry) {
     problems.push({ path: "schema-registry", message: "required when schema registry credentials are set" });
   }
+  if (Boolean(raw.tlsCert) !== Boolean(raw.tlsKey)) {
+    problems.push({ path: raw.tlsCert ? "tls-key" : "tls-cert", message: "tls-cert and tls-key go together (a client certificate and its private key)" });
+  }
+  const tlsFilesGiven = Boolean(raw.tlsCa || raw.tlsCert || raw.tlsKey);
+  if (tlsFilesGiven && parsed.success && parsed.output.tls === false) {
+    problems.push({ path: `tls (${sources.tls?.from})`, message: "is false, but TLS files are given; drop one or the other" });
+  }
   const out = parsed.success ? parsed.output : undefined;
   const sasl: Config["sasl"] = out?.saslMechanism
     ? { mechanism: out.saslMechanism, username: out.saslUsername ?? "", password: out.saslPassword ?? "" }
@@ -195,7 +243,8 @@ export function resolveConfig(
     logLevel: out.logLevel,
     shutdownTimeoutMs: out.shutdownTimeout,
     clientId: out.clientId ?? `kexo-${hostname()}`,
-    tls: out.tls ?? false,
+    tls: out.tls ?? tlsFilesGiven,
+    tlsFiles: tlsFilesGiven ? { ca: out.tlsCa, cert: out.tlsCert, key: out.tlsKey } : undefined,
     sasl,
     schemaRegistry: out.schemaRegistry
       ? { url: out.schemaRegistry, username: out.schemaRegistryUsername, password: out.schemaRegistryPassword }

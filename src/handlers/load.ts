@@ -3,13 +3,19 @@ import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, extname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import { ConfigError, type Problem } from "../errors.ts";
+import type { BundledHandler } from "./bundled.ts";
 import { checkHandlerSet, resolveHandler, type ResolvedHandler } from "./resolve.ts";
 
 const HANDLER_FILE = /^[^.].*\.(ts|js|mts|mjs)$/;
 
+/** A handler file's name: *.ts / *.js, not hidden, not a test or a declaration file. */
+export function isHandlerFileName(f: string): boolean {
+  return HANDLER_FILE.test(f) && !/\.(test|spec|d)\.[mc]?[tj]s$/.test(f);
+}
+
 export function handlerFiles(dir: string): string[] {
   return readdirSync(dir)
-    .filter((f) => HANDLER_FILE.test(f) && !/\.(test|spec|d)\.[mc]?[tj]s$/.test(f))
+    .filter(isHandlerFileName)
     .sort()
     .map((f) => join(dir, f));
 }
@@ -35,6 +41,17 @@ export async function loadHandlers(dir: string): Promise<ResolvedHandler[]> {
       continue;
     }
     const h = resolveHandler(file, basename(file, extname(file)), mod.default, problems);
+    if (h) handlers.push(h);
+  }
+  return fromResolved(handlers, problems);
+}
+
+/** Validates the handlers compiled into the binary, like files loaded from a directory. */
+export function loadBundledHandlers(bundled: BundledHandler[]): ResolvedHandler[] {
+  const problems: Problem[] = [];
+  const handlers: ResolvedHandler[] = [];
+  for (const b of bundled) {
+    const h = resolveHandler(b.file, basename(b.file, extname(b.file)), b.exported, problems);
     if (h) handlers.push(h);
   }
   return fromResolved(handlers, problems);

@@ -2,12 +2,17 @@
 import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from "kafkajs";
 // @ts-expect-error: kafkajs's internal request queue has no type declarations.
 import RequestQueue from "kafkajs/src/network/requestQueue/index.js";
+import { readFileSync } from "node:fs";
+import type { ConnectionOptions } from "node:tls";
+import { ConfigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 
 export interface KafkaSettings {
   brokers: string[];
   clientId: string;
   tls?: boolean;
+  /** PEM files: a private CA bundle, a client certificate and its key (mutual TLS). */
+  tlsFiles?: { ca?: string; cert?: string; key?: string };
   sasl?: { mechanism: "plain" | "scram-sha-256" | "scram-sha-512"; username: string; password: string };
 }
 
@@ -35,6 +40,26 @@ export function silenceTimeoutNegativeWarning(): void {
   };
 }
 
+/**
+ * kafkajs's `ssl`: true uses the system's CAs; with files, their PEM contents (a CA bundle
+ * replaces the system's CAs, as in Node's tls). Read once, here, so a bad file stops the start.
+ */
+export function sslOptions(settings: Pick<KafkaSettings, "tls" | "tlsFiles">): true | ConnectionOptions | undefined {
+  if (!settings.tls) return undefined;
+  const files = settings.tlsFiles;
+  if (!files) return true;
+  const read = (what: string, path: string | undefined) => {
+    if (!path) return undefined;
+    try {
+      return readFileSync(path, "utf8");
+    } catch (err) {
+      throw new ConfigError([{ path: what, message: `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` }]);
+    }
+  };
+  const ca = read("tls-ca", files.ca);
+  return { ...(ca && { ca: [ca] }), cert: read("tls-cert", files.cert), key: read("tls-key", files.key) };
+}
+
 const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
   [logLevel.ERROR]: "error",
   [logLevel.WARN]: "warn",
@@ -44,13 +69,18 @@ const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
 
 export function createKafka(settings: KafkaSettings, log: Logger): Kafka {
   silenceTimeoutNegativeWarning();
+  return new Kafka(kafkaConfig(settings, log));
+}
+
+/** kafkajs's client options for kexo's settings. */
+export function kafkaConfig(settings: KafkaSettings, log: Logger): KafkaConfig {
   const kafkaLog = log.child({ component: "kafkajs" });
   // kafkajs's partitioner notice is for users migrating from kafkajs 1.x; kexo never was one.
   process.env.KAFKAJS_NO_PARTITIONER_WARNING = "1";
   const config: KafkaConfig = {
     clientId: settings.clientId,
     brokers: settings.brokers,
-    ssl: settings.tls ? true : undefined,
+    ssl: sslOptions(settings),
     sasl: settings.sasl as SASLOptions | undefined,
     connectionTimeout: 3000,
     requestTimeout: 30000,
@@ -63,5 +93,5 @@ export function createKafka(settings: KafkaSettings, log: Logger): Kafka {
       kafkaLog[lvl === "info" ? "debug" : lvl](String(message), { namespace, ...rest });
     },
   };
-  return new Kafka(config);
+  return config;
 }
