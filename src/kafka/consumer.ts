@@ -15,6 +15,7 @@ import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute } from "../processing/executor.ts";
+import { RetryBook } from "../processing/retry-book.ts";
 import { rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 
@@ -79,7 +80,11 @@ export class HandlerConsumer {
   #activeBatches = 0;
   #idle: (() => void)[] = [];
   #inflight = 0;
-  #blocked: string | undefined;
+  /** Per partition (`topic:partition`): why it is held up, for /readyz. */
+  #blocked = new Map<string, string>();
+  /** Messages waiting for their next try while their partition is paused. */
+  #retries = new RetryBook();
+  #resumeTimers = new Set<ReturnType<typeof setTimeout>>();
   #lastError: string | undefined;
   #commitTimer: ReturnType<typeof setTimeout> | undefined;
   #committing: Promise<void> | undefined;
@@ -107,7 +112,7 @@ export class HandlerConsumer {
   }
 
   get ready(): boolean {
-    return this.#joined && !this.#stopping && this.#blocked === undefined;
+    return this.#joined && !this.#stopping && this.#blocked.size === 0;
   }
 
   status(): ConsumerStatus {
@@ -126,7 +131,7 @@ export class HandlerConsumer {
         highWatermark: this.#highWatermarks.get(key(p.topic, p.partition)),
       })),
       inflight: this.#inflight,
-      blocked: this.#blocked,
+      blocked: this.#blocked.size > 0 ? [...this.#blocked.values()].join("; ") : undefined,
       lastError: this.#lastError,
     };
   }
@@ -188,6 +193,7 @@ export class HandlerConsumer {
     }
     await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
     clearTimeout(this.#commitTimer);
+    for (const t of this.#resumeTimers) clearTimeout(t);
     this.#removeHook();
     const consumer = this.#consumer;
     if (consumer) {
@@ -228,6 +234,7 @@ export class HandlerConsumer {
         parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: -1n, ready });
       }
     }
+    this.#forgetRevoked(parts);
     this.#parts = parts;
     this.#assignment = assignment;
     this.#joined = true;
@@ -235,6 +242,28 @@ export class HandlerConsumer {
     this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
     // Bring Kafka's committed offsets up to the journal (after a crash between the two).
     this.#scheduleCommit();
+  }
+
+  /** A partition gone to another member: its waiting retries and its /readyz reason go with it. */
+  #forgetRevoked(kept: Map<string, PartitionState>): void {
+    for (const p of this.#parts.values()) {
+      if (!kept.has(key(p.topic, p.partition))) this.#retries.forgetPartition(p.topic, p.partition);
+    }
+    for (const k of this.#blocked.keys()) if (!kept.has(k)) this.#blocked.delete(k);
+  }
+
+  /**
+   * A message waits for its next try: its partition stops fetching for `ms` and the batch returns,
+   * because kafkajs fetches the next round only when every batch of the last one returned. The
+   * message's offset is not resolved, so it is fetched again on resume.
+   */
+  #deferPartition(pause: () => () => void, ms: number): void {
+    const resume = pause();
+    const t = setTimeout(() => {
+      this.#resumeTimers.delete(t);
+      resume();
+    }, ms);
+    this.#resumeTimers.add(t);
   }
 
   #onCrash(consumer: Consumer, error: unknown, restart: boolean): void {
@@ -266,7 +295,7 @@ export class HandlerConsumer {
   // ---- the batch loop ----
 
   async #eachBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
     const state = this.#parts.get(key(batch.topic, batch.partition));
     this.#highWatermarks.set(key(batch.topic, batch.partition), batch.highWatermark);
     this.#bus.emit("consumer.fetched", {
@@ -303,7 +332,12 @@ export class HandlerConsumer {
             bus: this.#bus,
             log: this.#log,
             dlq: this.#dlq,
-            blocked: (reason) => (this.#blocked = reason),
+            blocked: (reason) => {
+              if (reason === undefined) this.#blocked.delete(key(batch.topic, batch.partition));
+              else this.#blocked.set(key(batch.topic, batch.partition), reason);
+            },
+            retries: this.#retries,
+            defer: (ms) => this.#deferPartition(pause, ms),
           }, this.#abort.signal, below);
         } finally {
           this.#inflight--;
