@@ -89,7 +89,9 @@ export class HandlerConsumer {
   #commitTimer: ReturnType<typeof setTimeout> | undefined;
   #committing: Promise<void> | undefined;
   #removeHook: () => void;
-  #rebuilding = false;
+  /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
+  #rebuilding: Promise<void> | undefined;
+  #crashes = 0;
 
   constructor(
     handler: ResolvedHandler,
@@ -151,6 +153,7 @@ export class HandlerConsumer {
     if (previous) rejoinAs(this.handler.groupId, previous);
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       if (e.payload.memberId !== this.#journal.getMeta(memberKey)) this.#journal.setMeta(memberKey, e.payload.memberId);
+      this.#crashes = 0;
       this.#onJoin(e.payload.memberAssignment, e.payload.groupId);
     });
     consumer.on(consumer.events.REBALANCING, () => {
@@ -267,29 +270,35 @@ export class HandlerConsumer {
   }
 
   #onCrash(consumer: Consumer, error: unknown, restart: boolean): void {
+    // kafkajs may report one crash twice (runner and fetch loop), and a replaced consumer late:
+    // only the first report from the current consumer counts.
+    if (consumer !== this.#consumer) return;
     this.#joined = false;
     this.#lastError = errorMessage(error);
     this.#bus.emit("consumer.crashed", { handler: this.handler.name, group: this.handler.groupId, error, restarting: restart });
-    if (restart || this.#stopping || this.#rebuilding) {
+    if (restart || this.#stopping) {
       this.#log.warn("consumer crashed; kafkajs restarts it", { error });
       return;
     }
-    // kafkajs gave up (e.g. INVALID_REQUEST on SyncGroup): rebuild the consumer ourselves.
-    this.#rebuilding = true;
-    this.#log.error("consumer crashed and kafkajs will not restart it; rebuilding the consumer", { error });
-    void (async () => {
+    // kafkajs gave up (e.g. INVALID_REQUEST on SyncGroup): rebuild the consumer ourselves. A
+    // rebuilt consumer that crashes the same way (even before start() returned) is rebuilt again.
+    this.#consumer = undefined;
+    const crashes = ++this.#crashes;
+    this.#log.error("consumer crashed and kafkajs will not restart it; rebuilding the consumer", { error, crashes });
+    this.#rebuilding = (this.#rebuilding ?? Promise.resolve()).then(async () => {
       await consumer.disconnect().catch(() => {});
       for (let attempt = 1; !this.#stopping; attempt++) {
+        // Back off when crashes repeat without a join between them (a broker that keeps refusing).
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 200 * (crashes + attempt - 1) ** 2)));
+        if (this.#stopping) return;
         try {
           await this.start();
-          break;
+          return;
         } catch (err) {
           this.#log.error("consumer rebuild failed; retrying", { attempt, error: err });
-          await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * attempt)));
         }
       }
-      this.#rebuilding = false;
-    })();
+    });
   }
 
   // ---- the batch loop ----
