@@ -152,7 +152,7 @@ test("broker faults: same process, every message's effect exactly once", async (
 
   await sleep(500);
   const final = effects(db);
-  console.log(JSON.stringify({ phasesMs: phases, sent, ...final }));
+  console.log(JSON.stringify({ phasesMs: phases, sent, rows: final.rows, ids: final.ids }));
   expect(w.proc.exitCode).toBeNull();
   expect(w.lines.filter((l) => l.msg === "starting").length).toBe(1);
   expect({ rows: final.rows, ids: final.ids }).toEqual({ rows: sent, ids: sent });
