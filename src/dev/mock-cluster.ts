@@ -35,6 +35,8 @@ export interface MockCluster {
   setBrokerUp(brokerId: number): void;
   setRtt(brokerId: number, ms: number): void;
   pushRequestErrors(apiKey: number, errorCodes: number[]): void;
+  /** Drops the errors pushed for `apiKey` that no request consumed yet. */
+  clearRequestErrors(apiKey: number): void;
   setPartitionLeader(topic: string, partition: number, brokerId: number): void;
   setGroupCoordinator(groupId: string, brokerId: number): void;
   close(): void;
@@ -58,6 +60,7 @@ function load() {
       rd_kafka_mock_broker_set_up: { args: [P, i32], returns: i32 },
       rd_kafka_mock_broker_set_rtt: { args: [P, i32, i32], returns: i32 },
       rd_kafka_mock_push_request_errors_array: { args: [P, i16, u64, P], returns: V },
+      rd_kafka_mock_clear_request_errors: { args: [P, i16], returns: V },
       rd_kafka_mock_partition_set_leader: { args: [P, P, i32, i32], returns: i32 },
       rd_kafka_mock_coordinator_set: { args: [P, P, P, i32], returns: i32 },
     });
@@ -113,6 +116,9 @@ export function createMockCluster(opts: { brokers?: number } = {}): MockCluster 
     pushRequestErrors(apiKey, codes) {
       const arr = new Int32Array(codes);
       f.rd_kafka_mock_push_request_errors_array(live(), apiKey, codes.length, codes.length ? ptr(arr) : null);
+    },
+    clearRequestErrors(apiKey) {
+      f.rd_kafka_mock_clear_request_errors(live(), apiKey);
     },
     setPartitionLeader(topic, partition, id) {
       check(`leader of ${topic}/${partition}`, f.rd_kafka_mock_partition_set_leader(live(), ptr(cstr(topic)), partition, id));

@@ -15,6 +15,7 @@ import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute } from "../processing/executor.ts";
+import { RetryBook } from "../processing/retry-book.ts";
 import { rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 
@@ -82,12 +83,18 @@ export class HandlerConsumer {
   #activeBatches = 0;
   #idle: (() => void)[] = [];
   #inflight = 0;
-  #blocked: string | undefined;
+  /** Per partition (`topic:partition`): why it is held up, for /readyz. */
+  #blocked = new Map<string, string>();
+  /** Messages waiting for their next try while their partition is paused. */
+  #retries = new RetryBook();
+  #resumeTimers = new Set<ReturnType<typeof setTimeout>>();
   #lastError: string | undefined;
   #commitTimer: ReturnType<typeof setTimeout> | undefined;
   #committing: Promise<void> | undefined;
   #removeHook: () => void;
-  #rebuilding = false;
+  /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
+  #rebuilding: Promise<void> | undefined;
+  #crashes = 0;
 
   constructor(
     handler: ResolvedHandler,
@@ -110,7 +117,7 @@ export class HandlerConsumer {
   }
 
   get ready(): boolean {
-    return this.#joined && !this.#stopping && this.#blocked === undefined;
+    return this.#joined && !this.#stopping && this.#blocked.size === 0;
   }
 
   status(): ConsumerStatus {
@@ -129,7 +136,7 @@ export class HandlerConsumer {
         highWatermark: this.#highWatermarks.get(key(p.topic, p.partition)),
       })),
       inflight: this.#inflight,
-      blocked: this.#blocked,
+      blocked: this.#blocked.size > 0 ? [...this.#blocked.values()].join("; ") : undefined,
       lastError: this.#lastError,
     };
   }
@@ -149,6 +156,7 @@ export class HandlerConsumer {
     if (previous) rejoinAs(this.handler.groupId, previous);
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
       if (e.payload.memberId !== this.#journal.getMeta(memberKey)) this.#journal.setMeta(memberKey, e.payload.memberId);
+      this.#crashes = 0;
       this.#onJoin(e.payload.memberAssignment, e.payload.groupId);
     });
     consumer.on(consumer.events.REBALANCING, () => {
@@ -206,6 +214,7 @@ export class HandlerConsumer {
     }
     await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
     clearTimeout(this.#commitTimer);
+    for (const t of this.#resumeTimers) clearTimeout(t);
     this.#removeHook();
     const consumer = this.#consumer;
     if (consumer) {
@@ -246,6 +255,7 @@ export class HandlerConsumer {
         parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: -1n, ready });
       }
     }
+    this.#forgetRevoked(parts);
     this.#parts = parts;
     this.#assignment = assignment;
     this.#joined = true;
@@ -255,36 +265,64 @@ export class HandlerConsumer {
     this.#scheduleCommit();
   }
 
+  /** A partition gone to another member: its waiting retries and its /readyz reason go with it. */
+  #forgetRevoked(kept: Map<string, PartitionState>): void {
+    for (const p of this.#parts.values()) {
+      if (!kept.has(key(p.topic, p.partition))) this.#retries.forgetPartition(p.topic, p.partition);
+    }
+    for (const k of this.#blocked.keys()) if (!kept.has(k)) this.#blocked.delete(k);
+  }
+
+  /**
+   * A message waits for its next try: its partition stops fetching for `ms` and the batch returns,
+   * because kafkajs fetches the next round only when every batch of the last one returned. The
+   * message's offset is not resolved, so it is fetched again on resume.
+   */
+  #deferPartition(pause: () => () => void, ms: number): void {
+    const resume = pause();
+    const t = setTimeout(() => {
+      this.#resumeTimers.delete(t);
+      resume();
+    }, ms);
+    this.#resumeTimers.add(t);
+  }
+
   #onCrash(consumer: Consumer, error: unknown, restart: boolean): void {
+    // kafkajs may report one crash twice (runner and fetch loop), and a replaced consumer late:
+    // only the first report from the current consumer counts.
+    if (consumer !== this.#consumer) return;
     this.#joined = false;
     this.#lastError = errorMessage(error);
     this.#bus.emit("consumer.crashed", { handler: this.handler.name, group: this.handler.groupId, error, restarting: restart });
-    if (restart || this.#stopping || this.#rebuilding) {
+    if (restart || this.#stopping) {
       this.#log.warn("consumer crashed; kafkajs restarts it", { error });
       return;
     }
-    // kafkajs gave up (e.g. INVALID_REQUEST on SyncGroup): rebuild the consumer ourselves.
-    this.#rebuilding = true;
-    this.#log.error("consumer crashed and kafkajs will not restart it; rebuilding the consumer", { error });
-    void (async () => {
+    // kafkajs gave up (e.g. INVALID_REQUEST on SyncGroup): rebuild the consumer ourselves. A
+    // rebuilt consumer that crashes the same way (even before start() returned) is rebuilt again.
+    this.#consumer = undefined;
+    const crashes = ++this.#crashes;
+    this.#log.error("consumer crashed and kafkajs will not restart it; rebuilding the consumer", { error, crashes });
+    this.#rebuilding = (this.#rebuilding ?? Promise.resolve()).then(async () => {
       await consumer.disconnect().catch(() => {});
       for (let attempt = 1; !this.#stopping; attempt++) {
+        // Back off when crashes repeat without a join between them (a broker that keeps refusing).
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 200 * (crashes + attempt - 1) ** 2)));
+        if (this.#stopping) return;
         try {
           await this.start();
-          break;
+          return;
         } catch (err) {
           this.#log.error("consumer rebuild failed; retrying", { attempt, error: err });
-          await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * attempt)));
         }
       }
-      this.#rebuilding = false;
-    })();
+    });
   }
 
   // ---- the batch loop ----
 
   async #eachBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
     const state = this.#parts.get(key(batch.topic, batch.partition));
     this.#highWatermarks.set(key(batch.topic, batch.partition), batch.highWatermark);
     this.#bus.emit("consumer.fetched", {
@@ -323,7 +361,12 @@ export class HandlerConsumer {
             bus: this.#bus,
             log: this.#log,
             dlq: this.#dlq,
-            blocked: (reason) => (this.#blocked = reason),
+            blocked: (reason) => {
+              if (reason === undefined) this.#blocked.delete(key(batch.topic, batch.partition));
+              else this.#blocked.set(key(batch.topic, batch.partition), reason);
+            },
+            retries: this.#retries,
+            defer: (ms) => this.#deferPartition(pause, ms),
           }, this.#abort.signal, below);
         } finally {
           this.#inflight--;

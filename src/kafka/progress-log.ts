@@ -33,6 +33,7 @@ export class ProgressLog {
   /** Next offset to read, per partition of the progress topic. */
   #position = new Map<number, bigint>();
   #joined: Promise<void>;
+  #stopped = false;
   #onJoined!: () => void;
 
   constructor(kafka: Kafka, log: Logger, clientId: string) {
@@ -52,6 +53,15 @@ export class ProgressLog {
     });
     this.#consumer = consumer;
     consumer.on(consumer.events.GROUP_JOIN, () => this.#onJoined());
+    // kafkajs does not restart after an error it deems fatal (e.g. INVALID_REQUEST on a group
+    // call): start a new consumer, or the log would silently stop being read.
+    consumer.on(consumer.events.CRASH, (e) => {
+      // kafkajs may report one crash twice: only the current consumer's first report counts.
+      if (e.payload.restart || this.#stopped || consumer !== this.#consumer) return;
+      this.#consumer = undefined;
+      this.#log.warn("progress log consumer crashed and kafkajs will not restart it; starting a new one", { error: e.payload.error });
+      void consumer.disconnect().catch(() => {}).then(() => this.#restart());
+    });
     await consumer.connect();
     await consumer.subscribe({ topics: [PROGRESS_TOPIC], fromBeginning: true });
     await consumer.run({
@@ -125,7 +135,20 @@ export class ProgressLog {
     }
   }
 
+  async #restart(): Promise<void> {
+    for (let attempt = 1; !this.#stopped; attempt++) {
+      try {
+        await this.start();
+        return;
+      } catch (err) {
+        this.#log.warn("progress log consumer restart failed; retrying", { attempt, error: err });
+        await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * attempt)));
+      }
+    }
+  }
+
   async stop(): Promise<void> {
+    this.#stopped = true;
     await Promise.all([this.#consumer?.disconnect().catch(() => {}), this.#producerReady ? this.#producer?.disconnect().catch(() => {}) : undefined]);
   }
 }

@@ -12,6 +12,7 @@ import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { toJson } from "../journal/json.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
+import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
 
 export interface ProducedRecord {
   key: Buffer | null;
@@ -29,11 +30,22 @@ export interface ExecutorDeps {
   bus: EventBus;
   log: Logger;
   dlq: DeadLetterPublisher;
-  /** Called with a reason while a dead-letter write keeps failing, and with undefined once it works. */
+  /**
+   * Called with a reason while this message holds its partition up for a reason an operator must
+   * see (dead-letter write failing, retrying forever), and with undefined once it is done.
+   */
   blocked?(reason: string | undefined): void;
+  /** Where a message waiting for its next try keeps its count while its partition is paused. */
+  retries?: RetryBook;
+  /**
+   * Lets the partition go for `ms` (paused, fetched again later) instead of sleeping inside the
+   * batch, so the other partitions keep flowing. Used only together with `retries`.
+   */
+  defer?(ms: number): void;
 }
 
-export type Verdict = "done" | "aborted";
+/** `deferred`: not done; the partition was paused and the message is fetched again later. */
+export type Verdict = "done" | "aborted" | "deferred";
 
 export class AbortedError extends Error {
   constructor() {
@@ -125,9 +137,56 @@ export async function execute(
   signal: AbortSignal,
   below = false,
 ): Promise<Verdict> {
+  const pending = deps.retries?.get(message.topic, message.partition, message.offset);
+  const run: Run = { handler, message, deps, signal, blocked: pending?.blocked ?? false, report: undefined! };
+  const verdict = await executeOnce(run, pending, below);
+  if (verdict === "done") {
+    if (pending) deps.retries?.delete(message.topic, message.partition, message.offset);
+    if (run.blocked) deps.blocked?.(undefined);
+  }
+  return verdict;
+}
+
+/** One message's run through execute: what its helpers share. */
+interface Run {
+  handler: ResolvedHandler;
+  message: KafkaMessage;
+  deps: ExecutorDeps;
+  signal: AbortSignal;
+  /** This message told the consumer it holds the partition up (cleared once it is done). */
+  blocked: boolean;
+  report: (id: string, outcome: Outcome, result?: unknown) => void;
+}
+
+function block(run: Run, reason: string): void {
+  run.blocked = true;
+  run.deps.blocked?.(reason);
+}
+
+/**
+ * Waits `ms` before the message's next try: by pausing its partition (the book remembers where
+ * it was) when the consumer offers that, else by sleeping in place.
+ */
+async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefore" | "blocked">): Promise<"continue" | Verdict> {
+  const { deps, message } = run;
+  if (deps.retries && deps.defer) {
+    deps.retries.set(message.topic, message.partition, message.offset, { ...next, notBefore: Date.now() + ms, blocked: run.blocked });
+    deps.defer(ms);
+    return "deferred";
+  }
+  try {
+    await sleep(ms, run.signal);
+    return "continue";
+  } catch {
+    return "aborted";
+  }
+}
+
+async function executeOnce(run: Run, pending: Pending | undefined, below: boolean): Promise<Verdict> {
+  const { handler, message, deps, signal } = run;
   const { journal, bus } = deps;
   const started = performance.now();
-  const report = (id: string, outcome: Outcome, result?: unknown) =>
+  const report = (run.report = (id: string, outcome: Outcome, result?: unknown) =>
     bus.emit("message.handled", {
       handler: handler.name,
       topic: message.topic,
@@ -137,7 +196,18 @@ export async function execute(
       outcome,
       seconds: (performance.now() - started) / 1000,
       result,
-    });
+    }));
+
+  if (pending && !below) {
+    // Fetched again before its time (the partition came back after a rebalance): wait the rest.
+    const early = pending.notBefore - Date.now();
+    if (early > 0) {
+      const w = await waitForNextTry(run, early, pending);
+      if (w !== "continue") return w;
+    }
+    // The handler gave up already; only the dead-letter write is left (it never runs again).
+    if (pending.deadLetter) return deadLetter(run, pending.deadLetter);
+  }
 
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
@@ -165,7 +235,7 @@ export async function execute(
       report(id, "deduplicated");
       return "done";
     }
-    return deadLetter(handler, message, deps, signal, id, "poison", err, 1, report);
+    return deadLetter(run, failure(id, "poison", err, pending?.attempt ?? 1));
   }
 
   await journal.settled();
@@ -182,20 +252,20 @@ export async function execute(
   }
 
   let steps: Map<string, string> | undefined;
-  for (let attempt = 1; ; attempt++) {
+  for (let attempt = pending?.attempt ?? 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
     const encodes: PendingEncode[] = [];
     const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes);
     bus.emit("message.started", { handler: handler.name, id });
     let result: unknown;
-    let failure: unknown;
+    let failed: unknown;
     let ok = false;
     try {
       result = await handler.def.handle(payload as never, ctx);
       ok = true;
     } catch (err) {
-      failure = err;
+      failed = err;
     } finally {
       bus.emit("message.finished", { handler: handler.name, id });
     }
@@ -211,13 +281,13 @@ export async function execute(
           report(id, "failed");
           return "aborted";
         }
-        return deadLetter(handler, message, deps, signal, id, "permanent", err, attempt, report);
+        return deadLetter(run, failure(id, "permanent", err, attempt));
       }
       let json: string;
       try {
         json = toJson(result, "the handler's result");
       } catch (err) {
-        return deadLetter(handler, message, deps, signal, id, "permanent", err, attempt, report);
+        return deadLetter(run, failure(id, "permanent", err, attempt));
       }
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
@@ -230,25 +300,25 @@ export async function execute(
       report(id, "failed");
       return "aborted";
     }
-    if (failure instanceof PermanentError || failure instanceof PoisonError) {
-      const reason = failure instanceof PoisonError ? "poison" : "permanent";
-      return deadLetter(handler, message, deps, signal, id, reason, failure, attempt, report);
+    if (failed instanceof PermanentError || failed instanceof PoisonError) {
+      return deadLetter(run, failure(id, failed instanceof PoisonError ? "poison" : "permanent", failed, attempt));
     }
     const unlimited = handler.deadLetterTopic(message.topic) === false;
     if (attempt >= handler.retry.attempts && !unlimited) {
-      return deadLetter(handler, message, deps, signal, id, "exhausted", failure, attempt, report);
+      return deadLetter(run, failure(id, "exhausted", failed, attempt));
+    }
+    if (unlimited && attempt >= handler.retry.attempts) {
+      block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: retrying forever (deadLetter: false), ` +
+        `${attempt} attempts so far: ${errorMessage(failed)}`);
     }
     const delay = backoff(attempt, handler.retry.initialDelayMs, handler.retry.maxDelayMs);
     deps.log.warn("handler failed; retrying", {
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
-      attempt, nextAttemptInMs: delay, error: failure,
+      attempt, nextAttemptInMs: delay, error: failed,
     });
     report(id, "retried");
-    try {
-      await sleep(delay, signal);
-    } catch {
-      return "aborted";
-    }
+    const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
+    if (w !== "continue") return w;
   }
 }
 
@@ -314,70 +384,62 @@ function createContext(
   };
 }
 
-async function deadLetter(
-  handler: ResolvedHandler,
-  message: KafkaMessage,
-  deps: ExecutorDeps,
-  signal: AbortSignal,
-  id: string,
-  reason: DeadLetterReason,
-  err: unknown,
-  attempts: number,
-  report: (id: string, outcome: Outcome) => void,
-): Promise<Verdict> {
+function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: number): PendingDeadLetter {
+  return {
+    id, reason, error: errorMessage(err), errorType: err instanceof PoisonError ? "PoisonError" : errorType(err),
+    stack: err instanceof Error ? err.stack : undefined, attempts, failedAt: new Date(), tries: 0,
+  };
+}
+
+/**
+ * Writes the dead letter, then journals it; "done" only once the broker acknowledged the write,
+ * so the offset never passes a dead letter that is not safe in Kafka. While the write fails the
+ * partition waits (deferred) and tries again, never running the handler again.
+ */
+async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
+  const { handler, message, deps, report } = run;
+  const { id, reason, error, attempts } = f;
+  const where = { handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset };
   const dlqTopic = handler.deadLetterTopic(message.topic);
-  const error = errorMessage(err);
-  const type = err instanceof PoisonError ? "PoisonError" : errorType(err);
-  const failedAt = new Date();
   if (dlqTopic === false) {
-    // deadLetter: false means block and retry; poison can never succeed, so say so loudly.
-    deps.log.error("message can not be handled and dead letters are off; the partition is blocked", {
-      handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset, reason, error,
-    });
-    deps.blocked?.(`${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason}: ${error}`);
-    await sleep(handler.retry.maxDelayMs, signal).catch(() => {});
-    return "aborted";
+    // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
+    deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
+    block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason} (deadLetter: false, retrying): ${error}`);
+    report(id, "retried");
+    const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
+    return w === "continue" ? "aborted" : w;
   }
   const headers = deadLetterHeaders(message.headers as Record<string, Buffer>, {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
-    groupId: handler.groupId, reason, error, errorType: type, stack: err instanceof Error ? err.stack : undefined,
-    attempts, failedAt,
+    groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
   });
-  for (let tries = 1; ; tries++) {
+  for (let tries = f.tries + 1; ; tries++) {
     try {
       await deps.dlq.publish(dlqTopic, { key: message.key, value: message.value, headers });
-      if (tries > 1) deps.blocked?.(undefined);
       break;
     } catch (publishErr) {
       const wait = backoff(tries, 200, 10_000);
-      const why = `dead-letter write to ${dlqTopic} failed: ${errorMessage(publishErr)}`;
       deps.log.error("dead-letter write failed; the partition waits and retries", {
-        handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
-        dlqTopic, tries, nextTryInMs: wait, error: publishErr,
+        ...where, dlqTopic, reason, tries, nextTryInMs: wait, error: publishErr,
       });
-      deps.blocked?.(why);
-      try {
-        await sleep(wait, signal);
-      } catch {
-        return "aborted";
-      }
+      block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: dead-letter write to ${dlqTopic} failed ` +
+        `(${tries} tries): ${errorMessage(publishErr)}; the partition waits until ${dlqTopic} can be written`);
+      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries } });
+      if (w !== "continue") return w;
     }
   }
   deps.journal.deadLetter(
     {
       handler: handler.name, groupId: handler.groupId, messageId: id, topic: message.topic, partition: message.partition,
       offset: message.offset, key: message.key, value: message.value, headers: message.headers as Record<string, Buffer>,
-      reason, error, errorType: type, attempts, failedAt: failedAt.toISOString(), dlqTopic,
+      reason, error, errorType: f.errorType, attempts, failedAt: f.failedAt.toISOString(), dlqTopic,
     },
     {
       handler: handler.name, id, status: "dead_lettered", topic: message.topic, partition: message.partition,
       offset: message.offset, attempts, error: `${reason}: ${error}`,
     },
   );
-  deps.log.warn("message dead-lettered", {
-    handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
-    dlqTopic, reason, attempts, error,
-  });
+  deps.log.warn("message dead-lettered", { ...where, dlqTopic, reason, attempts, error });
   report(id, "dead_lettered");
   return "done";
 }

@@ -15,9 +15,9 @@ export interface TestBroker {
   close(): Promise<void>;
 }
 
-export async function startBroker(topics: Record<string, number> = {}): Promise<TestBroker> {
+export async function startBroker(topics: Record<string, number> = {}, opts: { brokers?: number } = {}): Promise<TestBroker> {
   silenceTimeoutNegativeWarning();
-  const cluster = createMockCluster();
+  const cluster = createMockCluster({ brokers: opts.brokers });
   cluster.createTopic(PROGRESS_TOPIC, 1);
   for (const [t, n] of Object.entries(topics)) cluster.createTopic(t, n);
   const kafka = new Kafka({ clientId: "kexo-test", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
