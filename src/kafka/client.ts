@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import type { ConnectionOptions } from "node:tls";
 import { ConfigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import { createThrottle } from "./log-throttle.ts";
 
 export interface KafkaSettings {
   brokers: string[];
@@ -77,6 +78,7 @@ export function kafkaConfig(settings: KafkaSettings, log: Logger): KafkaConfig {
   const kafkaLog = log.child({ component: "kafkajs" });
   // kafkajs's partitioner notice is for users migrating from kafkajs 1.x; kexo never was one.
   process.env.KAFKAJS_NO_PARTITIONER_WARNING = "1";
+  const throttle = createThrottle();
   const config: KafkaConfig = {
     clientId: settings.clientId,
     brokers: settings.brokers,
@@ -90,6 +92,11 @@ export function kafkaConfig(settings: KafkaSettings, log: Logger): KafkaConfig {
     logCreator: () => ({ namespace, level, log: entry }) => {
       const { message, timestamp: _t, logger: _l, ...rest } = entry as Record<string, unknown> & { message: string };
       const lvl = levelName[level] ?? "debug";
+      if (lvl === "warn" || lvl === "error") {
+        const pass = throttle.admit(`${lvl}\u0000${namespace}\u0000${String(message)}`);
+        if (!pass) return;
+        if (pass.suppressed > 0) rest.suppressedSimilar = pass.suppressed;
+      }
       kafkaLog[lvl === "info" ? "debug" : lvl](String(message), { namespace, ...rest });
     },
   };
