@@ -11,6 +11,7 @@ import { PROGRESS_TOPIC, ProgressLog } from "./kafka/progress-log.ts";
 import { Publisher } from "./kafka/publisher.ts";
 import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
+import { OutboxRelay } from "./outbox/relay.ts";
 
 export interface WorkerOptions {
   handlers: ResolvedHandler[];
@@ -20,7 +21,7 @@ export interface WorkerOptions {
   shutdownTimeoutMs: number;
   log: Logger;
   consumer?: Partial<ConsumerOptions>;
-  /** Creates missing dead-letter topics where the broker allows it (dev broker: mock API). */
+  /** Creates missing dead-letter and outbox topics where the broker allows it (dev broker: mock API). */
   ensureTopics?(topics: string[]): Promise<void>;
   bus?: EventBus;
 }
@@ -38,6 +39,7 @@ export class Worker {
   #http: HttpServer | undefined;
   #publisher: Publisher | undefined;
   #progressLog: ProgressLog | undefined;
+  #relay: OutboxRelay | undefined;
   #draining = false;
   #lastTick = Date.now();
   #ticker: ReturnType<typeof setInterval>;
@@ -135,6 +137,9 @@ export class Worker {
       }
     }
     if (this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    // Publishes what a crash left in the outbox at once, then each journal commit's rows.
+    this.#relay = new OutboxRelay({ kafka, journal: this.journal, bus: this.bus, log, ensureTopics: this.#opts.ensureTopics });
+    this.#relay.start();
     const progressLog = (this.#progressLog = new ProgressLog(kafka, log, this.#opts.kafka.clientId));
     const unavailable = (what: string, err: unknown) =>
       new KexoError(
@@ -165,6 +170,7 @@ export class Worker {
   async #close(): Promise<void> {
     this.#draining = true;
     clearInterval(this.#ticker);
+    await this.#relay?.stop(Math.min(5000, this.#opts.shutdownTimeoutMs));
     await this.#publisher?.close();
     await this.#http?.close().catch(() => {});
     await this.journal.close();

@@ -124,6 +124,7 @@ export class Journal {
   #closed = false;
   #hooks = new Set<CommitHook>();
   #s: ReturnType<typeof prepareAll>;
+  #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
 
   private constructor(path: string, conn: Conn, opts: JournalOptions) {
     this.path = path;
@@ -269,6 +270,14 @@ export class Journal {
       );
     });
     this.finish(message);
+  }
+
+  /** A group-committed statement for kexo's own bookkeeping (e.g. the outbox relay's deletes). */
+  write(sql: string, ...args: unknown[]): void {
+    let stmt = this.#adhoc.get(sql);
+    if (!stmt) this.#adhoc.set(sql, (stmt = this.#conn.prepare(sql)));
+    const prepared = stmt;
+    this.#write(() => prepared.run(...(args as never[])));
   }
 
   setProgress(groupId: string, topic: string, partition: number, nextOffset: bigint): void {
