@@ -3,8 +3,8 @@
 // its journal commit (at least once, header kexo-id) and B dedups on kexo-id.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { countIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -54,17 +54,7 @@ afterAll(async () => {
   await broker?.close();
 });
 
-function effects(db: string): number {
-  if (!existsSync(db)) return 0;
-  const conn = new Database(db, { readonly: true });
-  try {
-    return (conn.prepare("SELECT count(*) AS n FROM effects").get() as { n: number }).n;
-  } catch {
-    return 0;
-  } finally {
-    conn.close();
-  }
-}
+const effects = (db: string) => countIn(db, "SELECT count(*) AS n FROM effects");
 
 test("A → topic → B: every id has exactly one effect in B after SIGKILLs of both", async () => {
   const dbA = join(dir, "a.db");
