@@ -91,6 +91,15 @@ interface HandlerOptions<T> {
   concurrency?: number;
   retry?: RetryOptions;
   deadLetter?: string | false;
+  /**
+   * Kafka→Kafka work with Kafka transactions: this handler's emits and its consumed offsets are
+   * written to Kafka in one transaction (after the journal commit), for downstream consumers that
+   * read with isolation read_committed and are not kexo. Without it (the default) emits go
+   * through the outbox relay, at least once, deduplicated downstream by kexo on `kexo-id`.
+   * Failure window: none for read_committed readers; a crash between the journal commit and the
+   * Kafka commit aborts that transaction and the next one carries the same records.
+   */
+  kafkaTransactions?: boolean;
   setup?(db: HandlerDb): Promise<void> | void;
   handle(payload: T, ctx: HandlerContext): unknown;
 }

@@ -138,7 +138,10 @@ export class Worker {
     }
     if (this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
     // Publishes what a crash left in the outbox at once, then each journal commit's rows.
-    this.#relay = new OutboxRelay({ kafka, journal: this.journal, bus: this.bus, log, ensureTopics: this.#opts.ensureTopics });
+    this.#relay = new OutboxRelay({
+      kafka, journal: this.journal, bus: this.bus, log, ensureTopics: this.#opts.ensureTopics,
+      exceptHandlers: this.#opts.handlers.filter((h) => h.kafkaTransactions).map((h) => h.name),
+    });
     this.#relay.start();
     const progressLog = (this.#progressLog = new ProgressLog(kafka, log, this.#opts.kafka.clientId));
     const unavailable = (what: string, err: unknown) =>
@@ -149,7 +152,7 @@ export class Worker {
       );
     const starts: Promise<void>[] = [progressLog.start().catch((err: unknown) => Promise.reject(unavailable(`cannot read ${PROGRESS_TOPIC}`, err)))];
     for (const h of this.#opts.handlers) {
-      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog }, this.#opts.consumer);
+      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog, clientId: this.#opts.kafka.clientId }, this.#opts.consumer);
       this.consumers.push(consumer);
       starts.push(consumer.start().catch((err: unknown) => Promise.reject(unavailable(`handler ${h.name}: cannot join group ${h.groupId}`, err))));
     }

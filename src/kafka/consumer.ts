@@ -18,6 +18,7 @@ import { type DeadLetterPublisher, execute, type Verdict } from "../processing/e
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
 import { beforeJoin, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
+import { TransactionalOutput } from "../outbox/transactional.ts";
 
 export interface ConsumerOptions {
   sessionTimeoutMs: number;
@@ -91,10 +92,12 @@ export class HandlerConsumer {
   /** order: "key": running limit shared by the partitions; order: "topic": one lock per topic. */
   #keySlots: KeySlots | undefined;
   #topicLocks = new Map<string, Promise<void>>();
+  /** kafkaTransactions: offsets are committed only inside Kafka transactions with the emits. */
+  #txOut: TransactionalOutput | undefined;
 
   constructor(
     handler: ResolvedHandler,
-    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog },
+    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog; clientId?: string },
     opts: Partial<ConsumerOptions> = {},
   ) {
     this.handler = handler;
@@ -110,6 +113,11 @@ export class HandlerConsumer {
       committed: (entries) => this.#journalCommitted(entries),
     };
     this.#removeHook = this.#journal.addCommitHook(hook);
+    if (handler.kafkaTransactions) {
+      this.#txOut = new TransactionalOutput(deps, handler.name, handler.groupId, deps.clientId ?? "kexo");
+      // The progress log would let a new owner skip messages whose records are not in Kafka yet.
+      this.#progressLog = undefined;
+    }
     if (handler.order === "key") {
       // Queue bound: enough to keep every slot busy behind a few slow keys, small enough for memory.
       this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64));
@@ -206,6 +214,7 @@ export class HandlerConsumer {
     await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
     clearTimeout(this.#commitTimer);
     this.#removeHook();
+    await this.#txOut?.close();
     const consumer = this.#consumer;
     if (consumer) {
       const left = await Promise.race([
@@ -247,6 +256,8 @@ export class HandlerConsumer {
     }
     this.#parts = parts;
     this.#assignment = assignment;
+    // Before the first transaction of this assignment: drop rows a committed one already carried.
+    if (this.#txOut) void this.#txOut.reconcile(assignment);
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
     this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
@@ -505,8 +516,7 @@ export class HandlerConsumer {
     if (todo.length === 0) return;
     const offsets = todo.map((p) => ({ topic: p.topic, partition: p.partition, offset: p.durable.toString() }));
     const done = todo.map((p) => [p, p.durable] as const);
-    this.#committing = consumer
-      .commitOffsets(offsets)
+    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : consumer.commitOffsets(offsets))
       .then(() => {
         for (const [p, at] of done) {
           if (at > p.committed) p.committed = at;
