@@ -194,7 +194,9 @@ export class HandlerConsumer {
   async stop(timeoutMs: number): Promise<boolean> {
     this.#stopping = true;
     let clean = true;
-    const lanesDrained = this.#keySlots ? this.#closeLanes() : undefined;
+    // Queued keyed messages run too: with its own journal, the next owner knows nothing of work
+    // finished above the committed offset. On timeout the abort below stops them.
+    const lanesDrained = this.#keySlots ? this.#drainLanes() : undefined;
     if (this.#activeBatches > 0 || lanesDrained) {
       const batchesDone = this.#activeBatches > 0 ? new Promise<void>((r) => this.#idle.push(r)) : undefined;
       const drained = Promise.all([batchesDone, lanesDrained]).then(() => {});
@@ -361,7 +363,7 @@ export class HandlerConsumer {
         if (next > state.next) state.next = next;
         this.#journal.requestCommit();
       }));
-      const current = () => !this.#stopping && isRunning() && !isStale() && !lanes.closed && state === this.#parts.get(pk);
+      const current = () => !this.#stopping && isRunning() && !isStale() && lanes.accepting && state === this.#parts.get(pk);
       for (const m of batch.messages) {
         const offset = BigInt(m.offset);
         if (offset < lanes.dispatchedTo) continue;
@@ -408,7 +410,8 @@ export class HandlerConsumer {
   /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
     for (;;) {
-      if (this.#stopping || state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
+      // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
+      if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
         verdict = await this.#execute(message, below);
@@ -422,17 +425,18 @@ export class HandlerConsumer {
     }
   }
 
-  /** Closes every partition's lanes; resolves once no keyed message runs. */
-  #closeLanes(): Promise<void> {
-    for (const p of this.#parts.values()) void p.lanes?.close();
-    return this.#keySlots!.idle();
+  /** Every partition's lanes take no more and run what they hold; resolves when all ran empty. */
+  async #drainLanes(): Promise<void> {
+    await Promise.all([...this.#parts.values()].map((p) => p.lanes?.drain()));
   }
 
   /**
-   * Runs before kafkajs (re)joins the group: lanes stop starting messages, running ones finish
-   * (within the rebalance grace), and their progress reaches Kafka or the progress log, where the
-   * partition's next owner looks. Without this, a new owner with its own journal could run again
-   * what this instance was still finishing.
+   * Runs before kafkajs (re)joins the group: the lanes run what they hold (within the rebalance
+   * grace), and their progress reaches Kafka or the progress log, where the partition's next
+   * owner looks. Without this, a new owner with its own journal would run again what this
+   * instance finished above the lowest unfinished offset, or was still running. Past the grace,
+   * queued messages are dropped and running ones finish in this journal; then the new owner may
+   * run again what finished above the shared offset (logged).
    */
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
@@ -440,11 +444,14 @@ export class HandlerConsumer {
     const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const finished = await Promise.race([
-      this.#closeLanes().then(() => true),
+      this.#drainLanes().then(() => true),
       new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
     ]);
     clearTimeout(timer);
-    if (!finished) this.#log.warn("rejoining while keyed messages still run; they finish in this journal", { graceMs, inflight: this.#inflight });
+    if (!finished) {
+      for (const p of this.#parts.values()) void p.lanes?.close();
+      this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs, inflight: this.#inflight });
+    }
     await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
   }
 

@@ -6,7 +6,9 @@
 //   previous one of that key finished; a message that did not finish stops its key's lane.
 // - `PartitionLanes.next` is the lowest dispatched offset that is not finished (or one past the
 //   last dispatched when all finished): every offset below it is done. It only moves forward.
-// - Nothing starts after close(): queued messages are dropped (they sit at or above `next`, so
+// - Nothing is dispatched after drain() or close(). drain() lets queued messages run, so `next`
+//   reaches every dispatched offset (what a new owner with its own journal needs: it knows nothing
+//   of work finished above `next`). close() drops queued messages (they sit at or above `next`, so
 //   Kafka delivers them again from the committed offset).
 
 /** Runs one message; resolves true when it is done, false when it was given up (lane stops). */
@@ -20,27 +22,16 @@ export class KeySlots {
   #queued = 0;
   #waiting: (() => void)[] = [];
   #space: (() => void)[] = [];
-  #idle: (() => void)[] = [];
 
   constructor(limit: number, maxQueued: number) {
     this.limit = limit;
     this.maxQueued = maxQueued;
   }
 
-  get running(): number {
-    return this.#running;
-  }
-
   /** Resolves when fewer than `maxQueued` messages are dispatched and unfinished. */
   space(): Promise<void> | undefined {
     if (this.#queued < this.maxQueued) return undefined;
     return new Promise((r) => this.#space.push(r));
-  }
-
-  /** Resolves when nothing runs. */
-  idle(): Promise<void> {
-    if (this.#running === 0) return Promise.resolve();
-    return new Promise((r) => this.#idle.push(r));
   }
 
   enqueued(): void {
@@ -66,7 +57,6 @@ export class KeySlots {
     const next = this.#waiting.shift();
     if (next) return next();
     this.#running--;
-    if (this.#running === 0) for (const r of this.#idle.splice(0)) r();
   }
 }
 
@@ -84,8 +74,10 @@ export class PartitionLanes {
   #finished = new Set<bigint>();
   #running = 0;
   #idle: (() => void)[] = [];
+  #empty: (() => void)[] = [];
   #onAdvance: (next: bigint) => void;
   #closed = false;
+  #accepting = true;
   /** Offsets below this were dispatched in this epoch: a re-fetched copy is skipped. */
   dispatchedTo = -1n;
   next: bigint;
@@ -100,13 +92,18 @@ export class PartitionLanes {
     return this.#closed;
   }
 
+  /** False once drain() or close() was called. */
+  get accepting(): boolean {
+    return this.#accepting;
+  }
+
   /** Messages dispatched and not finished (running or queued behind their key). */
   get pending(): number {
     return this.#order.length - this.#head;
   }
 
   dispatch(offset: bigint, key: string | null, run: RunMessage): void {
-    if (this.#closed) return;
+    if (!this.#accepting) return;
     this.dispatchedTo = offset + 1n;
     this.#order.push(offset);
     this.#slots.enqueued();
@@ -116,8 +113,16 @@ export class PartitionLanes {
     if (lane.length === 1) this.#schedule(key, lane);
   }
 
+  /** Takes no more messages; resolves once every lane ran empty (or stopped). */
+  drain(): Promise<void> {
+    this.#accepting = false;
+    if (this.#lanes.size === 0) return Promise.resolve();
+    return new Promise((r) => this.#empty.push(r));
+  }
+
   /** Stops starting messages; resolves once the running ones of this partition finished. */
   close(): Promise<void> {
+    this.#accepting = false;
     if (!this.#closed) {
       this.#closed = true;
       for (const lane of this.#lanes.values()) {
@@ -136,6 +141,7 @@ export class PartitionLanes {
       if (this.#closed) {
         this.#slots.release();
         this.#drop(key, lane);
+        if (this.#lanes.size === 0) for (const r of this.#empty.splice(0)) r();
         return;
       }
       this.#running++;
@@ -157,6 +163,7 @@ export class PartitionLanes {
             this.#lanes.delete(key);
           }
           if (this.#running === 0) for (const r of this.#idle.splice(0)) r();
+          if (this.#lanes.size === 0) for (const r of this.#empty.splice(0)) r();
         });
     });
   }

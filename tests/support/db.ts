@@ -14,3 +14,16 @@ export function countIn(db: string, sql: string, ...args: unknown[]): number {
     conn.close();
   }
 }
+
+/** The first column of every row `sql` returns, or [] while the file or table is missing. */
+export function columnIn<T>(db: string, sql: string, ...args: unknown[]): T[] {
+  if (!existsSync(db)) return [];
+  const conn = new Database(db, { readonly: true });
+  try {
+    return (conn.prepare(sql).raw(true).all(...(args as never[])) as unknown[][]).map((r) => r[0] as T);
+  } catch {
+    return [];
+  } finally {
+    conn.close();
+  }
+}

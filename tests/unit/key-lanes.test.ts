@@ -1,5 +1,5 @@
 // Key lanes (order: "key"): per-key order, the shared running limit, progress at the lowest
-// unfinished offset, and nothing starting after close().
+// unfinished offset, drain() running what is queued, and nothing starting after close().
 import { describe, expect, test } from "bun:test";
 import { KeySlots, PartitionLanes } from "../../src/kafka/key-lanes.ts";
 
@@ -70,6 +70,24 @@ describe("PartitionLanes", () => {
     expect(a1.started.value).toBe(false);
     expect(lanes.next).toBe(6n);
     expect(slots.space()).toBeUndefined();
+  });
+
+  test("drain() takes no more but runs what is queued, so progress reaches every dispatched offset", async () => {
+    const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
+    const a0 = gate(), a1 = gate(), late = gate();
+    lanes.dispatch(0n, "a", a0.run);
+    lanes.dispatch(1n, "a", a1.run);
+    let drained = false;
+    void lanes.drain().then(() => (drained = true));
+    lanes.dispatch(2n, "b", late.run);
+    expect(late.started.value).toBe(false);
+    a0.finish();
+    await tick();
+    expect([a1.started.value, drained]).toEqual([true, false]);
+    a1.finish();
+    await tick();
+    expect(drained).toBe(true);
+    expect(lanes.next).toBe(2n);
   });
 
   test("a message given up stops its key's lane", async () => {
