@@ -16,6 +16,7 @@ export function planOf(handlers: ResolvedHandler[]) {
     deadLetter: h.topics.map((t) => (typeof t === "string" ? h.deadLetterTopic(t) : h.deadLetterTopic("<topic>"))),
     schema: h.def.schema !== undefined,
     key: h.def.key !== undefined,
+    kafkaTransactions: h.kafkaTransactions,
   }));
 }
 
@@ -35,7 +36,7 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
         handler: p.name,
         topics: p.topics.join(","),
         group: p.group,
-        order: p.order,
+        order: p.order + (p.kafkaTransactions ? " · kafka transactions" : ""),
         concurrency: p.concurrency,
         retry: `${p.retry.attempts}× ${p.retry.initialDelayMs}–${p.retry.maxDelayMs} ms`,
         "dead letters": [...new Set(p.deadLetter.map((d) => (d === false ? "off (retry forever)" : d)))].join(","),
