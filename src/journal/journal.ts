@@ -32,6 +32,16 @@ export interface MessageRecord {
   error?: string | null;
 }
 
+/** A message's journal entry as the dedup lookup sees it; offset is where it finished. */
+export interface LookupRow {
+  status: string;
+  result: string | null;
+  attempts: number;
+  topic: string;
+  partition: number;
+  offset: number;
+}
+
 export interface DeadLetterRecord {
   handler: string;
   groupId: string;
@@ -182,8 +192,8 @@ export class Journal {
     return new Promise((resolve) => this.#queue.push(resolve));
   }
 
-  lookup(handler: string, id: string): { status: string; result: string | null; attempts: number } | undefined {
-    return this.#s.lookup.get(handler, id) as { status: string; result: string | null; attempts: number } | undefined;
+  lookup(handler: string, id: string): LookupRow | undefined {
+    return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
 
   steps(handler: string, id: string): Map<string, string> {
@@ -464,7 +474,7 @@ function prepareAll(conn: Conn) {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
-    lookup: conn.prepare("SELECT status, result, attempts FROM kexo_messages WHERE handler = ? AND id = ?"),
+    lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),
     steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
     stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),
     step: conn.prepare(
