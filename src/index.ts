@@ -91,6 +91,16 @@ export interface RetryOptions {
   maxDelayMs?: number;
 }
 
+/**
+ * - "partition" (default): one message at a time per partition, in offset order; partitions run
+ *   concurrently up to `concurrency`.
+ * - "key": within a partition, one message at a time per Kafka message key, in offset order;
+ *   different keys run concurrently, up to `concurrency` for the whole handler. All messages with
+ *   a null key form one key. A slow key holds up only its own key (until 64 × concurrency
+ *   messages, at least 1000, wait behind slow keys). The committed offset is the lowest unfinished
+ *   one; work finished above it is recorded and never runs again after a restart.
+ * - "topic": one message at a time per topic, across all its partitions (topics by name only).
+ */
 export type Order = "partition" | "key" | "topic";
 
 /**
@@ -110,15 +120,29 @@ export type PayloadFormat = "json" | "avro" | "protobuf" | "json-schema" | "raw"
 
 interface HandlerOptions<T> {
   name?: string;
+  /**
+   * Topic names or RegExps. A RegExp is matched once, at start, against the topics the broker
+   * lists (kafkajs's behaviour): a topic created later is consumed after the next restart.
+   */
   topics: (string | RegExp)[];
   groupId?: string;
   key?: (payload: T, message: KafkaMessage) => string;
   order?: Order;
   /** Payload format; see PayloadFormat. */
   format?: PayloadFormat;
+  /** Messages in flight for this handler (default 16). */
   concurrency?: number;
   retry?: RetryOptions;
   deadLetter?: string | false;
+  /**
+   * Kafka→Kafka work with Kafka transactions: this handler's emits and its consumed offsets are
+   * written to Kafka in one transaction (after the journal commit), for downstream consumers that
+   * read with isolation read_committed and are not kexo. Without it (the default) emits go
+   * through the outbox relay, at least once, deduplicated downstream by kexo on `kexo-id`.
+   * Failure window: none for read_committed readers; a crash between the journal commit and the
+   * Kafka commit aborts that transaction and the next one carries the same records.
+   */
+  kafkaTransactions?: boolean;
   setup?(db: HandlerDb): Promise<void> | void;
   handle(payload: T, ctx: HandlerContext): unknown;
 }

@@ -14,6 +14,7 @@ import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
 import { Liveness, type LivenessOptions } from "./health/liveness.ts";
 import { createMetrics, type Metrics } from "./metrics/metrics.ts";
+import { OutboxRelay } from "./outbox/relay.ts";
 
 export interface WorkerOptions {
   handlers: ResolvedHandler[];
@@ -23,7 +24,7 @@ export interface WorkerOptions {
   shutdownTimeoutMs: number;
   log: Logger;
   consumer?: Partial<ConsumerOptions>;
-  /** Creates missing dead-letter topics where the broker allows it (dev broker: mock API). */
+  /** Creates missing dead-letter and outbox topics where the broker allows it (dev broker: mock API). */
   ensureTopics?(topics: string[]): Promise<void>;
   bus?: EventBus;
   /** Poll and handler time-to-live, broker grace (see health/liveness.ts). */
@@ -46,6 +47,7 @@ export class Worker {
   #app: Hono | undefined;
   #publisher: Publisher | undefined;
   #progressLog: ProgressLog | undefined;
+  #relay: OutboxRelay | undefined;
   #draining = false;
   #lastTick = Date.now();
   #ticker: ReturnType<typeof setInterval>;
@@ -166,6 +168,12 @@ export class Worker {
       }
     }
     if (this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    // Publishes what a crash left in the outbox at once, then each journal commit's rows.
+    this.#relay = new OutboxRelay({
+      kafka, journal: this.journal, bus: this.bus, log, ensureTopics: this.#opts.ensureTopics,
+      exceptHandlers: this.#opts.handlers.filter((h) => h.kafkaTransactions).map((h) => h.name),
+    });
+    this.#relay.start();
     const progressLog = (this.#progressLog = new ProgressLog(kafka, log, this.#opts.kafka.clientId));
     const unavailable = (what: string, err: unknown) =>
       new KexoError(
@@ -175,7 +183,7 @@ export class Worker {
       );
     const starts: Promise<void>[] = [progressLog.start().catch((err: unknown) => Promise.reject(unavailable(`cannot read ${PROGRESS_TOPIC}`, err)))];
     for (const h of this.#opts.handlers) {
-      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog }, this.#opts.consumer);
+      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog, clientId: this.#opts.kafka.clientId }, this.#opts.consumer);
       this.consumers.push(consumer);
       starts.push(consumer.start().catch((err: unknown) => Promise.reject(unavailable(`handler ${h.name}: cannot join group ${h.groupId}`, err))));
     }
@@ -196,6 +204,7 @@ export class Worker {
   async #close(): Promise<void> {
     this.#draining = true;
     clearInterval(this.#ticker);
+    await this.#relay?.stop(Math.min(5000, this.#opts.shutdownTimeoutMs));
     this.#liveness.close();
     this.metrics.close();
     await this.#publisher?.close();

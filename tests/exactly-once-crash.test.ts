@@ -3,8 +3,9 @@
 // The handlers live in a temporary directory outside the repository.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { countIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -52,17 +53,7 @@ afterAll(async () => {
   await broker?.close();
 });
 
-function effects(db: string): number {
-  if (!existsSync(db)) return 0;
-  const conn = new Database(db, { readonly: true });
-  try {
-    return (conn.prepare("SELECT count(*) AS n FROM effects").get() as { n: number }).n;
-  } catch {
-    return 0;
-  } finally {
-    conn.close();
-  }
-}
+const effects = (db: string) => countIn(db, "SELECT count(*) AS n FROM effects");
 
 test("exactly-once effects and at-least-once steps across SIGKILLs", async () => {
   expect(dir.startsWith(ROOT)).toBe(false);

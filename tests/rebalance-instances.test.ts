@@ -2,9 +2,8 @@
 // graceful rebalances (instances joining, and leaving with SIGTERM) no message is handled twice,
 // even though every instance has its own journal.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import Database from "libsql";
-import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { columnIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -37,17 +36,7 @@ afterAll(async () => {
   await broker?.close();
 });
 
-function effects(db: string): number[] {
-  if (!existsSync(db)) return [];
-  const c = new Database(db, { readonly: true });
-  try {
-    return (c.prepare("SELECT n FROM effects").all() as { n: number }[]).map((r) => r.n);
-  } catch {
-    return [];
-  } finally {
-    c.close();
-  }
-}
+const effects = (db: string) => columnIn<number>(db, "SELECT n FROM effects");
 
 test("three instances joining and leaving during a 20k stream: every message handled exactly once overall", async () => {
   const dbs = ["a", "b", "c"].map((n) => join(dir, `${n}.db`));

@@ -18,6 +18,7 @@ export function planOf(handlers: ResolvedHandler[]) {
     deadLetter: h.topics.map((t) => (typeof t === "string" ? h.deadLetterTopic(t) : h.deadLetterTopic("<topic>"))),
     schema: h.def.schema !== undefined,
     key: h.def.key !== undefined,
+    kafkaTransactions: h.kafkaTransactions,
   }));
 }
 
@@ -42,7 +43,7 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
         handler: p.name,
         topics: p.topics.join(","),
         group: p.group,
-        order: p.order,
+        order: p.order + (p.kafkaTransactions ? " · kafka transactions" : ""),
         format: p.format,
         concurrency: p.concurrency,
         retry: `${p.retry.attempts}× ${p.retry.initialDelayMs}–${p.retry.maxDelayMs} ms`,

@@ -17,6 +17,8 @@ export interface ResolvedHandler {
   /** The schema registry (--schema-registry), when configured: decodes registry formats, encodes emits. */
   registry?: PayloadRegistry;
   concurrency: number;
+  /** Emits and offsets go to Kafka in one transaction (src/outbox/transactional.ts). */
+  kafkaTransactions: boolean;
   retry: { attempts: number; initialDelayMs: number; maxDelayMs: number };
   /** Dead-letter topic for a source topic, or false to retry forever. */
   deadLetterTopic(topic: string): string | false;
@@ -53,6 +55,7 @@ const HandlerShape = v.object({
     }, "must be { attempts, initialDelayMs, maxDelayMs }"),
   ),
   deadLetter: v.optional(v.union([v.pipe(v.string(), v.nonEmpty()), v.literal(false)], "must be a topic name or false")),
+  kafkaTransactions: v.optional(v.boolean("must be true or false")),
   setup: v.optional(fn),
   handle: fn,
 });
@@ -108,6 +111,7 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
     order,
     format,
     concurrency: def.concurrency ?? DEFAULT_CONCURRENCY,
+    kafkaTransactions: def.kafkaTransactions ?? false,
     retry,
     deadLetterTopic: (topic) => (deadLetter === false ? false : (deadLetter ?? `${topic}.dlq`)),
   };

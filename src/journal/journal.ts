@@ -32,6 +32,16 @@ export interface MessageRecord {
   error?: string | null;
 }
 
+/** A message's journal entry as the dedup lookup sees it; offset is where it finished. */
+export interface LookupRow {
+  status: string;
+  result: string | null;
+  attempts: number;
+  topic: string;
+  partition: number;
+  offset: number;
+}
+
 export interface DeadLetterRecord {
   handler: string;
   groupId: string;
@@ -124,6 +134,7 @@ export class Journal {
   #closed = false;
   #hooks = new Set<CommitHook>();
   #s: ReturnType<typeof prepareAll>;
+  #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
 
   private constructor(path: string, conn: Conn, opts: JournalOptions) {
     this.path = path;
@@ -181,8 +192,8 @@ export class Journal {
     return new Promise((resolve) => this.#queue.push(resolve));
   }
 
-  lookup(handler: string, id: string): { status: string; result: string | null; attempts: number } | undefined {
-    return this.#s.lookup.get(handler, id) as { status: string; result: string | null; attempts: number } | undefined;
+  lookup(handler: string, id: string): LookupRow | undefined {
+    return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
 
   steps(handler: string, id: string): Map<string, string> {
@@ -269,6 +280,14 @@ export class Journal {
       );
     });
     this.finish(message);
+  }
+
+  /** A group-committed statement for kexo's own bookkeeping (e.g. the outbox relay's deletes). */
+  write(sql: string, ...args: unknown[]): void {
+    let stmt = this.#adhoc.get(sql);
+    if (!stmt) this.#adhoc.set(sql, (stmt = this.#conn.prepare(sql)));
+    const prepared = stmt;
+    this.#write(() => prepared.run(...(args as never[])));
   }
 
   setProgress(groupId: string, topic: string, partition: number, nextOffset: bigint): void {
@@ -455,7 +474,7 @@ function prepareAll(conn: Conn) {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
-    lookup: conn.prepare("SELECT status, result, attempts FROM kexo_messages WHERE handler = ? AND id = ?"),
+    lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),
     steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
     stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),
     step: conn.prepare(

@@ -14,10 +14,12 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute } from "../processing/executor.ts";
+import { type DeadLetterPublisher, execute, type Verdict } from "../processing/executor.ts";
 import { RetryBook } from "../processing/retry-book.ts";
-import { rejoinAs } from "./membership.ts";
+import { PartitionLanes, KeySlots } from "./key-lanes.ts";
+import { beforeJoin, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
+import { TransactionalOutput } from "../outbox/transactional.ts";
 
 export interface ConsumerOptions {
   sessionTimeoutMs: number;
@@ -47,6 +49,8 @@ interface PartitionState {
   committed: bigint;
   /** Resolves once the progress log was read: `next` then covers a previous owner's work. */
   ready: Promise<void>;
+  /** order: "key" only: the partition's key lanes in this epoch. */
+  lanes?: PartitionLanes;
 }
 
 export interface ConsumerStatus {
@@ -95,10 +99,15 @@ export class HandlerConsumer {
   /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
   #rebuilding: Promise<void> | undefined;
   #crashes = 0;
+  /** order: "key": running limit shared by the partitions; order: "topic": one lock per topic. */
+  #keySlots: KeySlots | undefined;
+  #topicLocks = new Map<string, Promise<void>>();
+  /** kafkaTransactions: offsets are committed only inside Kafka transactions with the emits. */
+  #txOut: TransactionalOutput | undefined;
 
   constructor(
     handler: ResolvedHandler,
-    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog },
+    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog; clientId?: string },
     opts: Partial<ConsumerOptions> = {},
   ) {
     this.handler = handler;
@@ -114,6 +123,16 @@ export class HandlerConsumer {
       committed: (entries) => this.#journalCommitted(entries),
     };
     this.#removeHook = this.#journal.addCommitHook(hook);
+    if (handler.kafkaTransactions) {
+      this.#txOut = new TransactionalOutput(deps, handler.name, handler.groupId, deps.clientId ?? "kexo");
+      // The progress log would let a new owner skip messages whose records are not in Kafka yet.
+      this.#progressLog = undefined;
+    }
+    if (handler.order === "key") {
+      // Queue bound: enough to keep every slot busy behind a few slow keys, small enough for memory.
+      this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64));
+      beforeJoin(handler.groupId, () => this.#quiesceLanes());
+    }
   }
 
   get ready(): boolean {
@@ -179,12 +198,16 @@ export class HandlerConsumer {
     consumer.on(consumer.events.CRASH, (e) => this.#onCrash(consumer, e.payload.error, e.payload.restart));
     this.#bus.emit("consumer.joining", { handler: this.handler.name, group: this.handler.groupId });
     await consumer.connect();
-    await consumer.subscribe({ topics: this.handler.topics, fromBeginning: true });
+    // kafkajs matches a RegExp once, against the topics the broker lists at subscribe time, with
+    // RegExp.test: a g or y flag would make that stateful, so only the other flags are kept.
+    const topics = this.handler.topics.map((t) => (typeof t === "string" ? t : new RegExp(t.source, t.flags.replace(/[gy]/g, ""))));
+    await consumer.subscribe({ topics, fromBeginning: true });
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
-      partitionsConsumedConcurrently: this.handler.order === "topic" ? 1 : Math.max(1, this.handler.concurrency),
-      eachBatch: (payload) => this.#eachBatch(payload),
+      // order: "topic" takes a per-topic lock in the batch, so one batch per topic suffices.
+      partitionsConsumedConcurrently: this.handler.order === "topic" ? Math.max(1, topics.length) : Math.max(1, this.handler.concurrency),
+      eachBatch: (payload) => (this.handler.order === "key" ? this.#eachBatchByKey(payload) : this.#eachBatch(payload)),
     });
   }
 
@@ -197,8 +220,12 @@ export class HandlerConsumer {
     this.#stopping = true;
     this.#pauseAll();
     let clean = true;
-    if (this.#activeBatches > 0) {
-      const drained = new Promise<void>((r) => this.#idle.push(r));
+    // Queued keyed messages run too: with its own journal, the next owner knows nothing of work
+    // finished above the committed offset. On timeout the abort below stops them.
+    const lanesDrained = this.#keySlots ? this.#drainLanes() : undefined;
+    if (this.#activeBatches > 0 || lanesDrained) {
+      const batchesDone = this.#activeBatches > 0 ? new Promise<void>((r) => this.#idle.push(r)) : undefined;
+      const drained = Promise.all([batchesDone, lanesDrained]).then(() => {});
       let timer: ReturnType<typeof setTimeout> | undefined;
       const timedOut = await Promise.race([
         drained.then(() => false),
@@ -216,6 +243,7 @@ export class HandlerConsumer {
     clearTimeout(this.#commitTimer);
     for (const t of this.#resumeTimers) clearTimeout(t);
     this.#removeHook();
+    await this.#txOut?.close();
     const consumer = this.#consumer;
     if (consumer) {
       const left = await Promise.race([
@@ -258,6 +286,8 @@ export class HandlerConsumer {
     this.#forgetRevoked(parts);
     this.#parts = parts;
     this.#assignment = assignment;
+    // Before the first transaction of this assignment: drop rows a committed one already carried.
+    if (this.#txOut) void this.#txOut.reconcile(assignment);
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
     this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
@@ -324,17 +354,10 @@ export class HandlerConsumer {
   async #eachBatch(payload: EachBatchPayload): Promise<void> {
     const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
     const state = this.#parts.get(key(batch.topic, batch.partition));
-    this.#highWatermarks.set(key(batch.topic, batch.partition), batch.highWatermark);
-    this.#bus.emit("consumer.fetched", {
-      handler: this.handler.name,
-      group: this.handler.groupId,
-      topic: batch.topic,
-      partition: batch.partition,
-      highWatermark: batch.highWatermark,
-      position: batch.firstOffset() ?? undefined,
-    });
+    this.#fetched(batch);
     if (!state || this.#stopping) return;
     this.#activeBatches++;
+    const unlock = this.handler.order === "topic" ? await this.#lockTopic(batch.topic) : undefined;
     await state.ready;
     let rebalancing = false;
     // kafkajs heartbeats only between batches; a long batch must heartbeat itself.
@@ -353,24 +376,7 @@ export class HandlerConsumer {
         const below = offset < state.next;
         if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
-        this.#inflight++;
-        let verdict;
-        try {
-          verdict = await execute(this.handler, message, {
-            journal: this.#journal,
-            bus: this.#bus,
-            log: this.#log,
-            dlq: this.#dlq,
-            blocked: (reason) => {
-              if (reason === undefined) this.#blocked.delete(key(batch.topic, batch.partition));
-              else this.#blocked.set(key(batch.topic, batch.partition), reason);
-            },
-            retries: this.#retries,
-            defer: (ms) => this.#deferPartition(pause, ms),
-          }, this.#abort.signal, below);
-        } finally {
-          this.#inflight--;
-        }
+        const verdict = await this.#execute(message, below, (ms) => this.#deferPartition(pause, ms));
         if (verdict !== "done") break;
         if (offset >= state.next) state.next = offset + 1n;
         resolveOffset(m.offset);
@@ -383,6 +389,7 @@ export class HandlerConsumer {
       throw err;
     } finally {
       clearInterval(beat);
+      unlock?.();
       // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
       // progress log, where the partition's next owner looks.
       await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
@@ -417,6 +424,146 @@ export class HandlerConsumer {
       const topics = this.#topics();
       if (!this.#stopping && topics.length > 0) this.#consumer?.resume(topics);
     }
+  }
+
+  /**
+   * order: "key": dispatches the batch into the partition's key lanes and returns once every
+   * message is running or queued behind its key, so kafkajs fetches on and a slow key holds up
+   * neither other keys nor other partitions. The queue bound is the only brake. Offsets are
+   * resolved on dispatch (kafkajs's fetch position only); what Kafka and the journal learn is the
+   * lowest unfinished offset (`lanes.next`). Before any rejoin, #quiesceLanes drains the lanes.
+   */
+  async #eachBatchByKey(payload: EachBatchPayload): Promise<void> {
+    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const pk = key(batch.topic, batch.partition);
+    const state = this.#parts.get(pk);
+    this.#fetched(batch);
+    const slots = this.#keySlots!;
+    if (!state || this.#stopping) return;
+    this.#activeBatches++;
+    const beat = setInterval(() => heartbeat().catch(() => {}), this.#opts.heartbeatIntervalMs);
+    try {
+      await state.ready;
+      const lanes = (state.lanes ??= new PartitionLanes(slots, state.next, (next) => {
+        if (next > state.next) state.next = next;
+        this.#journal.requestCommit();
+      }));
+      const current = () => !this.#stopping && isRunning() && !isStale() && lanes.accepting && state === this.#parts.get(pk);
+      for (const m of batch.messages) {
+        const offset = BigInt(m.offset);
+        if (offset < lanes.dispatchedTo) continue;
+        await slots.space();
+        if (!current()) break;
+        const message = toMessage(batch.topic, batch.partition, m);
+        const below = offset < state.next;
+        lanes.dispatch(offset, m.key ? m.key.toString("latin1") : null, () => this.#runKeyed(state, message, below));
+        resolveOffset(m.offset);
+      }
+    } finally {
+      clearInterval(beat);
+      this.#bus.emit("consumer.polled", { handler: this.handler.name });
+      if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+    }
+  }
+
+  #fetched(batch: EachBatchPayload["batch"]): void {
+    this.#highWatermarks.set(key(batch.topic, batch.partition), batch.highWatermark);
+    this.#bus.emit("consumer.fetched", {
+      handler: this.handler.name,
+      group: this.handler.groupId,
+      topic: batch.topic,
+      partition: batch.partition,
+      highWatermark: batch.highWatermark,
+      position: batch.firstOffset() ?? undefined,
+    });
+  }
+
+  /**
+   * `defer` (partition and topic order): a message that must wait is handed back and its partition
+   * paused, so kafkajs fetches on for the others. Without it (key order) the message waits in its
+   * lane, which holds up only its key.
+   */
+  async #execute(message: KafkaMessage, below: boolean, defer?: (ms: number) => void): Promise<Verdict> {
+    const pk = key(message.topic, message.partition);
+    this.#inflight++;
+    try {
+      return await execute(this.handler, message, {
+        journal: this.#journal,
+        bus: this.#bus,
+        log: this.#log,
+        dlq: this.#dlq,
+        blocked: (reason) => {
+          if (reason === undefined) this.#blocked.delete(pk);
+          else this.#blocked.set(pk, reason);
+        },
+        retries: defer ? this.#retries : undefined,
+        defer,
+      }, this.#abort.signal, below);
+    } finally {
+      this.#inflight--;
+    }
+  }
+
+  /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
+  async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
+    for (;;) {
+      // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
+      if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
+      let verdict;
+      try {
+        verdict = await this.#execute(message, below);
+      } catch (err) {
+        this.#lastError = errorMessage(err);
+        this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
+        return false;
+      }
+      if (verdict === "done") return true;
+      if (this.#abort.signal.aborted) return false;
+    }
+  }
+
+  /** Every partition's lanes take no more and run what they hold; resolves when all ran empty. */
+  async #drainLanes(): Promise<void> {
+    await Promise.all([...this.#parts.values()].map((p) => p.lanes?.drain()));
+  }
+
+  /**
+   * Runs before kafkajs (re)joins the group: the lanes run what they hold (within the rebalance
+   * grace), and their progress reaches Kafka or the progress log, where the partition's next
+   * owner looks. Without this, a new owner with its own journal would run again what this
+   * instance finished above the lowest unfinished offset, or was still running. Past the grace,
+   * queued messages are dropped and running ones finish in this journal; then the new owner may
+   * run again what finished above the shared offset (logged).
+   */
+  async #quiesceLanes(): Promise<void> {
+    this.#joined = false;
+    if (![...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) return;
+    const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const finished = await Promise.race([
+      this.#drainLanes().then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
+    ]);
+    clearTimeout(timer);
+    if (!finished) {
+      for (const p of this.#parts.values()) void p.lanes?.close();
+      this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs, inflight: this.#inflight });
+    }
+    await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
+  }
+
+  /** order: "topic": one batch at a time per topic, whichever partition it comes from. */
+  async #lockTopic(topic: string): Promise<() => void> {
+    const before = this.#topicLocks.get(topic);
+    let unlock!: () => void;
+    const mine = new Promise<void>((r) => (unlock = r));
+    const chained = (before ?? Promise.resolve()).then(() => mine);
+    this.#topicLocks.set(topic, chained);
+    await before;
+    return () => {
+      if (this.#topicLocks.get(topic) === chained) this.#topicLocks.delete(topic);
+      unlock();
+    };
   }
 
   // ---- progress and commits ----
@@ -473,8 +620,7 @@ export class HandlerConsumer {
     if (todo.length === 0) return;
     const offsets = todo.map((p) => ({ topic: p.topic, partition: p.partition, offset: p.durable.toString() }));
     const done = todo.map((p) => [p, p.durable] as const);
-    this.#committing = consumer
-      .commitOffsets(offsets)
+    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : consumer.commitOffsets(offsets))
       .then(() => {
         for (const [p, at] of done) {
           if (at > p.committed) p.committed = at;

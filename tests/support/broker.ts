@@ -23,7 +23,6 @@ export async function startBroker(topics: Record<string, number> = {}, opts: { b
   const kafka = new Kafka({ clientId: "kexo-test", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
   const producer = kafka.producer();
   let connected = false;
-  let readers = 0;
   return {
     cluster,
     brokers: cluster.bootstrap,
@@ -37,28 +36,39 @@ export async function startBroker(topics: Record<string, number> = {}, opts: { b
         await producer.send({ topic, acks: -1, messages: messages.slice(i, i + 1000) });
       }
     },
-    async readAll(topic, count, timeoutMs = 20_000) {
-      const consumer = kafka.consumer({ groupId: `kexo-test-reader-${process.pid}-${++readers}`, sessionTimeout: 6000, heartbeatInterval: 500 });
-      const out: Awaited<ReturnType<TestBroker["readAll"]>> = [];
-      await consumer.connect();
-      await consumer.subscribe({ topics: [topic], fromBeginning: true });
-      let done!: () => void;
-      const finished = new Promise<void>((r) => (done = r));
-      await consumer.run({
-        eachMessage: async ({ partition, message }) => {
-          const headers: Record<string, Buffer> = {};
-          for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = Buffer.isBuffer(v) ? v : Buffer.from(String(v));
-          out.push({ key: message.key, value: message.value, headers, partition, offset: message.offset });
-          if (out.length >= count) done();
-        },
-      });
-      await Promise.race([finished, new Promise((r) => setTimeout(r, timeoutMs))]);
-      await consumer.disconnect();
-      return out;
+    readAll(topic, count, timeoutMs = 20_000) {
+      return readTopic(kafka, topic, count, timeoutMs);
     },
     async close() {
       if (connected) await producer.disconnect();
       cluster.close();
     },
   };
+}
+
+type ReadRecord = Awaited<ReturnType<TestBroker["readAll"]>>[number];
+let readers = 0;
+
+/**
+ * Reads a whole topic from the beginning with a fresh group (isolation read_committed, kafkajs's
+ * default), until `count` records or the timeout.
+ */
+export async function readTopic(kafka: Kafka, topic: string, count: number, timeoutMs = 20_000): Promise<ReadRecord[]> {
+  const consumer = kafka.consumer({ groupId: `kexo-test-reader-${process.pid}-${++readers}`, sessionTimeout: 6000, heartbeatInterval: 500 });
+  const out: ReadRecord[] = [];
+  await consumer.connect();
+  await consumer.subscribe({ topics: [topic], fromBeginning: true });
+  let done!: () => void;
+  const finished = new Promise<void>((r) => (done = r));
+  await consumer.run({
+    eachMessage: async ({ partition, message }) => {
+      const headers: Record<string, Buffer> = {};
+      for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = Buffer.isBuffer(v) ? v : Buffer.from(String(v));
+      out.push({ key: message.key, value: message.value, headers, partition, offset: message.offset });
+      if (out.length >= count) done();
+    },
+  });
+  await Promise.race([finished, new Promise((r) => setTimeout(r, timeoutMs))]);
+  await consumer.disconnect();
+  return out;
 }

@@ -1,0 +1,193 @@
+// Key ordering (order: "key"): one partition's messages run concurrently across keys and in order
+// within a key, with one shared limit of running messages for all of a handler's partitions.
+//
+// Invariants:
+// - Within a partition and key (all null keys form one key), a message starts only after the
+//   previous one of that key finished; a message that did not finish stops its key's lane.
+// - `PartitionLanes.next` is the lowest dispatched offset that is not finished (or one past the
+//   last dispatched when all finished): every offset below it is done. It only moves forward.
+// - Nothing is dispatched after drain() or close(). drain() lets queued messages run, so `next`
+//   reaches every dispatched offset (what a new owner with its own journal needs: it knows nothing
+//   of work finished above `next`). close() drops queued messages (they sit at or above `next`, so
+//   Kafka delivers them again from the committed offset).
+
+/** Runs one message; resolves true when it is done, false when it was given up (lane stops). */
+export type RunMessage = () => Promise<boolean>;
+
+/** The running limit and the queue bound shared by one handler's partitions. */
+export class KeySlots {
+  readonly limit: number;
+  readonly maxQueued: number;
+  #running = 0;
+  #queued = 0;
+  #waiting: (() => void)[] = [];
+  #space: (() => void)[] = [];
+
+  constructor(limit: number, maxQueued: number) {
+    this.limit = limit;
+    this.maxQueued = maxQueued;
+  }
+
+  /** Resolves when fewer than `maxQueued` messages are dispatched and unfinished. */
+  space(): Promise<void> | undefined {
+    if (this.#queued < this.maxQueued) return undefined;
+    return new Promise((r) => this.#space.push(r));
+  }
+
+  enqueued(): void {
+    this.#queued++;
+  }
+
+  dequeued(): void {
+    this.#queued--;
+    if (this.#queued < this.maxQueued) for (const r of this.#space.splice(0)) r();
+  }
+
+  /** Calls `start` once a slot is free (FIFO), holding the slot until `release()`. */
+  acquire(start: () => void): void {
+    if (this.#running < this.limit) {
+      this.#running++;
+      start();
+    } else {
+      this.#waiting.push(start);
+    }
+  }
+
+  release(): void {
+    const next = this.#waiting.shift();
+    if (next) return next();
+    this.#running--;
+  }
+}
+
+interface Item {
+  offset: bigint;
+  run: RunMessage;
+}
+
+export class PartitionLanes {
+  #slots: KeySlots;
+  #lanes = new Map<string | null, Item[]>();
+  /** Dispatched offsets in order; those before #head are retired. */
+  #order: bigint[] = [];
+  #head = 0;
+  #finished = new Set<bigint>();
+  #running = 0;
+  #idle: (() => void)[] = [];
+  #empty: (() => void)[] = [];
+  #onAdvance: (next: bigint) => void;
+  #closed = false;
+  #accepting = true;
+  /** Offsets below this were dispatched in this epoch: a re-fetched copy is skipped. */
+  dispatchedTo = -1n;
+  next: bigint;
+
+  constructor(slots: KeySlots, next: bigint, onAdvance: (next: bigint) => void) {
+    this.#slots = slots;
+    this.next = next;
+    this.#onAdvance = onAdvance;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** False once drain() or close() was called. */
+  get accepting(): boolean {
+    return this.#accepting;
+  }
+
+  /** Messages dispatched and not finished (running or queued behind their key). */
+  get pending(): number {
+    return this.#order.length - this.#head;
+  }
+
+  dispatch(offset: bigint, key: string | null, run: RunMessage): void {
+    if (!this.#accepting) return;
+    this.dispatchedTo = offset + 1n;
+    this.#order.push(offset);
+    this.#slots.enqueued();
+    let lane = this.#lanes.get(key);
+    if (!lane) this.#lanes.set(key, (lane = []));
+    lane.push({ offset, run });
+    if (lane.length === 1) this.#schedule(key, lane);
+  }
+
+  /** Takes no more messages; resolves once every lane ran empty (or stopped). */
+  drain(): Promise<void> {
+    this.#accepting = false;
+    if (this.#lanes.size === 0) return Promise.resolve();
+    return new Promise((r) => this.#empty.push(r));
+  }
+
+  /** Stops starting messages; resolves once the running ones of this partition finished. */
+  close(): Promise<void> {
+    this.#accepting = false;
+    if (!this.#closed) {
+      this.#closed = true;
+      for (const lane of this.#lanes.values()) {
+        // The head of a lane is running or waiting for a slot; the rest never start.
+        for (let i = 1; i < lane.length; i++) this.#slots.dequeued();
+        lane.length = Math.min(lane.length, 1);
+      }
+    }
+    if (this.#running === 0) return Promise.resolve();
+    return new Promise((r) => this.#idle.push(r));
+  }
+
+  #schedule(key: string | null, lane: Item[]): void {
+    const item = lane[0]!;
+    this.#slots.acquire(() => {
+      if (this.#closed) {
+        this.#slots.release();
+        this.#drop(key, lane);
+        if (this.#lanes.size === 0) for (const r of this.#empty.splice(0)) r();
+        return;
+      }
+      this.#running++;
+      let ok = false;
+      item
+        .run()
+        .then((done) => (ok = done), () => (ok = false))
+        .finally(() => {
+          this.#running--;
+          this.#slots.release();
+          if (ok) this.#finish(item.offset);
+          lane.shift();
+          this.#slots.dequeued();
+          if (!ok || this.#closed) {
+            this.#drop(key, lane);
+          } else if (lane.length > 0) {
+            this.#schedule(key, lane);
+          } else {
+            this.#lanes.delete(key);
+          }
+          if (this.#running === 0) for (const r of this.#idle.splice(0)) r();
+          if (this.#lanes.size === 0) for (const r of this.#empty.splice(0)) r();
+        });
+    });
+  }
+
+  /** Drops what is left of a lane that stopped (its messages stay above `next`). */
+  #drop(key: string | null, lane: Item[]): void {
+    for (let i = 0; i < lane.length; i++) this.#slots.dequeued();
+    lane.length = 0;
+    if (this.#lanes.get(key) === lane) this.#lanes.delete(key);
+  }
+
+  #finish(offset: bigint): void {
+    this.#finished.add(offset);
+    let moved = false;
+    while (this.#head < this.#order.length && this.#finished.has(this.#order[this.#head]!)) {
+      const o = this.#order[this.#head++]!;
+      this.#finished.delete(o);
+      if (o + 1n > this.next) this.next = o + 1n;
+      moved = true;
+    }
+    if (this.#head > 1024 && this.#head * 2 > this.#order.length) {
+      this.#order = this.#order.slice(this.#head);
+      this.#head = 0;
+    }
+    if (moved) this.#onAdvance(this.next);
+  }
+}

@@ -1,0 +1,176 @@
+// The outbox relay: publishes the journal's committed kexo_outbox rows (ctx.emit) to Kafka in
+// emit order, and deletes them once the broker acknowledged them.
+//
+// Invariants:
+// - A row goes out only after the journal transaction that wrote it committed: the relay reads
+//   rows up to the highest seq seen right after a COMMIT ("journal.committed" fires after COMMIT
+//   and before any later write can open the next transaction).
+// - Rows go out in seq order, one request at a time, acks from all in-sync replicas: per topic and
+//   partition, the order on the wire is the emit order.
+// - A row is deleted only after its acknowledgement. A crash in between publishes it again on the
+//   next start (at least once), with the same `kexo-id` header, which a downstream kexo dedups on:
+//   exactly-once effects across a chain without Kafka transactions.
+// - Rows of handlers with kafkaTransactions are not the relay's: they go out in the handler's
+//   Kafka transaction (src/outbox/transactional.ts).
+import type { Kafka, Producer } from "kafkajs";
+import { crashPoint } from "../debug-point.ts";
+import { errorMessage } from "../errors.ts";
+import type { EventBus } from "../events.ts";
+import { decodeHeaders, type Journal } from "../journal/journal.ts";
+import type { Logger } from "../log.ts";
+import { backoff } from "../processing/executor.ts";
+
+export interface OutboxRow {
+  seq: number;
+  handler: string;
+  topic: string;
+  key: ArrayBuffer | null;
+  value: ArrayBuffer | null;
+  headers: string;
+  partition: number | null;
+}
+
+export interface RelayDeps {
+  kafka: Kafka;
+  journal: Journal;
+  bus: EventBus;
+  log: Logger;
+  /** Creates missing topics where the broker allows it (dev broker: mock API). */
+  ensureTopics?(topics: string[]): Promise<void>;
+  /** Handlers whose rows go out in Kafka transactions, not through the relay. */
+  exceptHandlers?: string[];
+}
+
+const BATCH = 500;
+
+/** Rows as kafkajs topicMessages, in seq order per topic. */
+export function toTopicMessages(rows: OutboxRow[]) {
+  const byTopic = new Map<string, { key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; partition?: number }[]>();
+  for (const r of rows) {
+    let list = byTopic.get(r.topic);
+    if (!list) byTopic.set(r.topic, (list = []));
+    // libsql returns BLOBs as ArrayBuffers; kafkajs encodes only Buffers (or strings) correctly.
+    list.push({ key: r.key === null ? null : Buffer.from(r.key), value: r.value === null ? null : Buffer.from(r.value), headers: decodeHeaders(r.headers), ...(r.partition === null ? {} : { partition: r.partition }) });
+  }
+  return [...byTopic].map(([topic, messages]) => ({ topic, messages }));
+}
+
+export class OutboxRelay {
+  #deps: RelayDeps;
+  #log: Logger;
+  #producer: Producer;
+  #connected = false;
+  #except: string;
+  /** Highest seq known committed. */
+  #watermark = 0;
+  /** Every row up to here (not excepted) is published. */
+  #published = 0;
+  #ensured = new Set<string>();
+  #wake: (() => void) | undefined;
+  #stopping = false;
+  #loop: Promise<void> | undefined;
+  #off: () => void = () => {};
+
+  constructor(deps: RelayDeps) {
+    this.#deps = deps;
+    this.#log = deps.log.child({ component: "outbox" });
+    this.#producer = deps.kafka.producer({ allowAutoTopicCreation: true, retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 5000 } });
+    this.#except = (deps.exceptHandlers ?? []).map((h) => `'${h.replaceAll("'", "''")}'`).join(",");
+  }
+
+  /** Starts publishing what a previous run left, then every commit's rows. */
+  start(): void {
+    this.#watermark = this.#maxSeq();
+    this.#off = this.#deps.bus.on("journal.committed", () => {
+      this.#watermark = this.#maxSeq();
+      this.#wake?.();
+    });
+    this.#loop = this.#run();
+  }
+
+  /** Publishes what is committed, for up to `timeoutMs`; then stops. */
+  async stop(timeoutMs: number): Promise<void> {
+    await this.#deps.journal.flush().catch(() => {});
+    this.#watermark = this.#maxSeq();
+    this.#stopping = true;
+    this.#wake?.();
+    this.#off();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([this.#loop, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
+    if (this.#published < this.#watermark && this.#pending() > 0) {
+      this.#log.warn("outbox not empty at shutdown; the next start publishes the rest", { pending: this.#pending() });
+    }
+    if (this.#connected) await this.#producer.disconnect().catch(() => {});
+  }
+
+  #maxSeq(): number {
+    return this.#deps.journal.query<{ m: number | null }>("SELECT max(seq) AS m FROM kexo_outbox")[0]?.m ?? 0;
+  }
+
+  #where(): string {
+    return this.#except ? ` AND handler NOT IN (${this.#except})` : "";
+  }
+
+  #pending(): number {
+    return this.#deps.journal.query<{ n: number }>(`SELECT count(*) AS n FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()}`, this.#published, this.#watermark)[0]!.n;
+  }
+
+  #report(): void {
+    if (this.#deps.bus.has("outbox.pending")) this.#deps.bus.emit("outbox.pending", { count: this.#pending() });
+  }
+
+  async #run(): Promise<void> {
+    let failures = 0;
+    for (;;) {
+      if (this.#published >= this.#watermark) {
+        this.#report();
+        if (this.#stopping) return;
+        await new Promise<void>((r) => (this.#wake = r));
+        this.#wake = undefined;
+        continue;
+      }
+      const upto = this.#watermark;
+      const rows = this.#deps.journal.query<OutboxRow>(
+        `SELECT seq, handler, topic, key, value, headers, partition FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()} ORDER BY seq LIMIT ${BATCH}`,
+        this.#published,
+        upto,
+      );
+      const last = rows.length === BATCH ? rows[rows.length - 1]!.seq : upto;
+      try {
+        if (rows.length > 0) await this.#send(rows);
+        failures = 0;
+      } catch (err) {
+        failures++;
+        const wait = backoff(failures, 200, 10_000);
+        this.#log.error("outbox publish failed; retrying", { topics: [...new Set(rows.map((r) => r.topic))], rows: rows.length, tries: failures, nextTryInMs: wait, error: err });
+        if (this.#stopping && failures > 3) return;
+        await new Promise((r) => setTimeout(r, wait));
+        continue;
+      }
+      crashPoint("outbox.published");
+      // Acknowledged: the rows may go (group-committed; a crash before that commit republishes them).
+      this.#deps.journal.write(`DELETE FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()}`, this.#published, last);
+      this.#published = last;
+      this.#report();
+    }
+  }
+
+  async #send(rows: OutboxRow[]): Promise<void> {
+    if (!this.#connected) {
+      await this.#producer.connect();
+      this.#connected = true;
+    }
+    const fresh = [...new Set(rows.map((r) => r.topic))].filter((t) => !this.#ensured.has(t));
+    if (fresh.length > 0 && this.#deps.ensureTopics) await this.#deps.ensureTopics(fresh);
+    try {
+      await this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
+    } catch (err) {
+      if (/does not host this topic-partition|UNKNOWN_TOPIC/i.test(errorMessage(err))) {
+        throw new Error(`outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")}): create it or let the broker auto-create topics; ${errorMessage(err)}`, { cause: err });
+      }
+      throw err;
+    }
+    for (const t of fresh) this.#ensured.add(t);
+  }
+}

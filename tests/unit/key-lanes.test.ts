@@ -1,0 +1,103 @@
+// Key lanes (order: "key"): per-key order, the shared running limit, progress at the lowest
+// unfinished offset, drain() running what is queued, and nothing starting after close().
+import { describe, expect, test } from "bun:test";
+import { KeySlots, PartitionLanes } from "../../src/kafka/key-lanes.ts";
+
+/** A message run the test finishes by hand. */
+function gate() {
+  let finish!: (done: boolean) => void;
+  const started = { value: false };
+  const run = () => {
+    started.value = true;
+    return new Promise<boolean>((r) => (finish = r));
+  };
+  return { run, started, finish: (done = true) => finish(done) };
+}
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+describe("PartitionLanes", () => {
+  test("one key runs in order, other keys overtake, progress waits for the lowest unfinished offset", async () => {
+    const advanced: bigint[] = [];
+    const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, (n) => advanced.push(n));
+    const a0 = gate(), a1 = gate(), b2 = gate(), n3 = gate();
+    lanes.dispatch(0n, "a", a0.run);
+    lanes.dispatch(1n, "a", a1.run);
+    lanes.dispatch(2n, "b", b2.run);
+    lanes.dispatch(3n, null, n3.run);
+    expect([a0.started.value, a1.started.value, b2.started.value, n3.started.value]).toEqual([true, false, true, true]);
+    b2.finish();
+    n3.finish();
+    await tick();
+    expect(advanced).toEqual([]);
+    a0.finish();
+    await tick();
+    expect(a1.started.value).toBe(true);
+    expect(advanced).toEqual([1n]);
+    a1.finish();
+    await tick();
+    expect(lanes.next).toBe(4n);
+    expect(lanes.pending).toBe(0);
+  });
+
+  test("the running limit is shared by partitions", async () => {
+    const slots = new KeySlots(2, 100);
+    const p0 = new PartitionLanes(slots, -1n, () => {});
+    const p1 = new PartitionLanes(slots, -1n, () => {});
+    const g = [gate(), gate(), gate()];
+    p0.dispatch(0n, "x", g[0]!.run);
+    p1.dispatch(0n, "y", g[1]!.run);
+    p1.dispatch(1n, "z", g[2]!.run);
+    expect(g.map((x) => x.started.value)).toEqual([true, true, false]);
+    g[0]!.finish();
+    await tick();
+    expect(g[2]!.started.value).toBe(true);
+  });
+
+  test("close() starts nothing more and resolves when the running ones finished; progress stays below them", async () => {
+    const slots = new KeySlots(8, 100);
+    const lanes = new PartitionLanes(slots, -1n, () => {});
+    const a0 = gate(), a1 = gate();
+    lanes.dispatch(5n, "a", a0.run);
+    lanes.dispatch(6n, "a", a1.run);
+    let closed = false;
+    void lanes.close().then(() => (closed = true));
+    await tick();
+    expect(closed).toBe(false);
+    a0.finish();
+    await tick();
+    expect(closed).toBe(true);
+    expect(a1.started.value).toBe(false);
+    expect(lanes.next).toBe(6n);
+    expect(slots.space()).toBeUndefined();
+  });
+
+  test("drain() takes no more but runs what is queued, so progress reaches every dispatched offset", async () => {
+    const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
+    const a0 = gate(), a1 = gate(), late = gate();
+    lanes.dispatch(0n, "a", a0.run);
+    lanes.dispatch(1n, "a", a1.run);
+    let drained = false;
+    void lanes.drain().then(() => (drained = true));
+    lanes.dispatch(2n, "b", late.run);
+    expect(late.started.value).toBe(false);
+    a0.finish();
+    await tick();
+    expect([a1.started.value, drained]).toEqual([true, false]);
+    a1.finish();
+    await tick();
+    expect(drained).toBe(true);
+    expect(lanes.next).toBe(2n);
+  });
+
+  test("a message given up stops its key's lane", async () => {
+    const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
+    const a0 = gate(), a1 = gate();
+    lanes.dispatch(0n, "a", a0.run);
+    lanes.dispatch(1n, "a", a1.run);
+    a0.finish(false);
+    await tick();
+    expect(a1.started.value).toBe(false);
+    expect(lanes.next).toBe(-1n);
+  });
+});
