@@ -50,11 +50,11 @@ test("--json: the same plan and the resolved config, for scripts", () => {
   expect(out.config).toMatchObject({ handlers: dir, db: "file:kexo.db", http: { host: "0.0.0.0", port: 9464 }, logLevel: "info", tls: false });
   expect(out.handlers).toEqual([
     {
-      name: "audit", file: join(dir, "audit.ts"), topics: ["a", "b"], group: "kexo-audit-a-b", order: "topic", format: "raw", concurrency: 1,
+      name: "audit", file: join(dir, "audit.ts"), topics: ["a", "b"], group: "kexo-audit-a-b", order: "topic", format: "raw", concurrency: 1, kafkaTransactions: false,
       retry: { attempts: 5, initialDelayMs: 200, maxDelayMs: 30000 }, deadLetter: [false, false], schema: false, key: false,
     },
     {
-      name: "book", file: join(dir, "ledger.ts"), topics: ["/^ledger\\..+/"], group: "ledger-g", order: "key", format: "json", concurrency: 16,
+      name: "book", file: join(dir, "ledger.ts"), topics: ["/^ledger\\..+/"], group: "ledger-g", order: "key", format: "json", concurrency: 16, kafkaTransactions: false,
       retry: { attempts: 3, initialDelayMs: 10, maxDelayMs: 100 }, deadLetter: ["ledger.dead"], schema: true, key: true,
     },
   ]);
