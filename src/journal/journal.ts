@@ -426,8 +426,10 @@ export class Journal {
       return;
     }
     // Run inline while earlier writes still wait in the queue (a size-triggered commit during
-    // #release): acknowledge nothing now; those writes schedule the COMMIT that does.
-    const { progress, waiters } = ticket ?? (this.#queue.length === 0 ? this.#ticket() : { progress: [], waiters: [] });
+    // #release): acknowledge nothing now; a COMMIT scheduled behind them does.
+    const inlineEarly = !ticket && this.#queue.length > 0;
+    if (inlineEarly) this.#schedule();
+    const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
     if (!this.#inTx && progress.length === 0) {
       for (const w of waiters) w.resolve();
       return;
