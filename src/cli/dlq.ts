@@ -1,6 +1,7 @@
 // `kexo dlq list|show|replay`: the dead letters kept in the journal. Replay re-publishes the
-// original key, value and headers to the source topic (or --to) and marks the record replayed;
-// a dead letter was never completed, so the replayed copy is handled again.
+// original key, value and headers (plus kexo-id, the message's id, when it had none) to the source
+// topic (or --to) and marks the record replayed; a dead letter was never completed, so the
+// replayed copy is handled again, under the same id.
 import { UsageError } from "../errors.ts";
 import { Journal, decodeHeaders } from "../journal/journal.ts";
 import { createKafka } from "../kafka/client.ts";
@@ -130,10 +131,14 @@ export async function dlqCommand(args: Args, env: Record<string, string | undefi
     try {
       for (const r of rows) {
         const topic = to ?? r.topic;
+        // The copy keeps its message's id (kexo-id wins over key and offset), so the ctx.tx and
+        // ctx.step results the failed run recorded are reused, never applied twice; an id that
+        // came from the offset would otherwise change with the replay's new offset.
+        const headers = { "kexo-id": Buffer.from(r.message_id), ...decodeHeaders(r.headers) };
         await producer.send({
           topic,
           acks: -1,
-          messages: [{ key: r.key === null ? null : Buffer.from(r.key), value: r.value === null ? null : Buffer.from(r.value), headers: decodeHeaders(r.headers) }],
+          messages: [{ key: r.key === null ? null : Buffer.from(r.key), value: r.value === null ? null : Buffer.from(r.value), headers }],
         });
         journal.run("UPDATE kexo_dead_letters SET replayed_at = ?, replayed_to = ? WHERE seq = ?", new Date().toISOString(), topic, r.seq);
         done++;

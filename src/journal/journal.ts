@@ -88,10 +88,10 @@ export interface ProgressEntry {
 }
 
 /**
- * Lets a consumer write partition progress once per commit instead of once per message. Every
- * write made before `progress()` is called is already executed on the connection (writes never
- * wait in the queue while the lock is free), so progress never runs ahead of the completions it
- * covers.
+ * Lets a consumer write partition progress once per commit instead of once per message.
+ * `progress()` is asked only when every write made before it ran, or waits in the queue ahead of
+ * the COMMIT that carries the answer (see Ticket), so progress never runs ahead of the completions
+ * it covers.
  */
 export interface CommitHook {
   progress(): ProgressEntry[];
@@ -101,6 +101,16 @@ export interface CommitHook {
 interface Waiter {
   resolve(): void;
   reject(err: unknown): void;
+}
+
+/**
+ * What one COMMIT may acknowledge: hooks' progress and durable() waiters, taken when every write
+ * issued before had run or waited ahead of that COMMIT in the queue. Taken later, they could cover
+ * a completion still queued behind the COMMIT (progress past a message whose record a crash loses).
+ */
+interface Ticket {
+  progress: [CommitHook, ProgressEntry[]][];
+  waiters: Waiter[];
 }
 
 export function journalPath(url: string): string {
@@ -344,7 +354,8 @@ export class Journal {
   /** Commits what is pending now (or as soon as an open ctx.tx ends). */
   flush(): Promise<void> {
     const p = this.durable();
-    if (this.#inTx || this.#held) this.#write(() => this.#commit());
+    if (this.#held) this.#commitAfterQueue();
+    else if (this.#inTx) this.#commit();
     return p;
   }
 
@@ -387,13 +398,12 @@ export class Journal {
     if (this.#timer !== undefined) return;
     this.#timer = setTimeout(() => {
       this.#timer = undefined;
-      if (this.#held) this.#queue.push(() => this.#commit());
+      if (this.#held) this.#commitAfterQueue();
       else this.#commit();
     }, this.#interval);
   }
 
-  #commit(): void {
-    if (this.#failed || this.#closed) return;
+  #ticket(): Ticket {
     const waiters = this.#waiters;
     this.#waiters = [];
     const progress: [CommitHook, ProgressEntry[]][] = [];
@@ -401,6 +411,25 @@ export class Journal {
       const entries = hook.progress();
       if (entries.length > 0) progress.push([hook, entries]);
     }
+    return { progress, waiters };
+  }
+
+  /** Queues a COMMIT behind the writes queued so far, acknowledging what was issued until now. */
+  #commitAfterQueue(): void {
+    const ticket = this.#ticket();
+    this.#queue.push(() => this.#commit(ticket));
+  }
+
+  #commit(ticket?: Ticket): void {
+    if (this.#failed || this.#closed) {
+      if (this.#failed) for (const w of ticket?.waiters ?? []) w.reject(this.#failed);
+      return;
+    }
+    // Run inline while earlier writes still wait in the queue (a size-triggered commit during
+    // #release): acknowledge nothing now; a COMMIT scheduled behind them does.
+    const inlineEarly = !ticket && this.#queue.length > 0;
+    if (inlineEarly) this.#schedule();
+    const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
     if (!this.#inTx && progress.length === 0) {
       for (const w of waiters) w.resolve();
       return;
@@ -429,7 +458,7 @@ export class Journal {
         `journal commit failed (${this.path}): ${(err as Error).message}; kexo stops so that no offset runs ahead of the journal`,
         { exitCode: ExitCode.transient, cause: err },
       );
-      for (const w of waiters) w.reject(this.#failed);
+      for (const w of [...waiters, ...this.#waiters.splice(0)]) w.reject(this.#failed);
       this.#bus?.emit("worker.error", { error: this.#failed });
       return;
     } finally {

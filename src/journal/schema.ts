@@ -7,7 +7,8 @@ export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS kexo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 
 -- One row per handled message, keyed by the dedup id (ctx.id). status: completed | dead_lettered.
--- Only 'completed' deduplicates: a dead letter was never completed, so a replay runs again.
+-- 'completed' deduplicates. A dead letter was never completed: its replay (another offset, same id
+-- through the kexo-id header) runs again; only a redelivery of the very offset it came from is done.
 CREATE TABLE IF NOT EXISTS kexo_messages (
   handler TEXT NOT NULL,
   id TEXT NOT NULL,

@@ -45,7 +45,13 @@ interface PartitionState {
   next: bigint;
   /** Every offset below is durable in the journal. */
   durable: bigint;
-  /** What this epoch last committed to Kafka (-1: nothing yet). */
+  /**
+   * Kafka's committed offset is known to be at least this (-1: unknown): what this epoch committed,
+   * else the journal's progress at join. Kafka may be ahead of this journal (another instance with
+   * its own journal handled the partition since): committing the journal's progress back to Kafka
+   * would make a later owner handle that instance's messages again. Lowered only when Kafka
+   * delivers a message below the journal's progress (see #behind).
+   */
   committed: bigint;
   /** Resolves once the progress log was read: `next` then covers a previous owner's work. */
   ready: Promise<void>;
@@ -280,7 +286,7 @@ export class HandlerConsumer {
     for (const [topic, partitions] of Object.entries(assignment)) {
       for (const partition of partitions) {
         const next = progress.get(key(topic, partition)) ?? -1n;
-        parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: -1n, ready });
+        parts.set(key(topic, partition), { topic, partition, epoch, next, durable: next, committed: next, ready });
       }
     }
     this.#forgetRevoked(parts);
@@ -291,7 +297,16 @@ export class HandlerConsumer {
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
     this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
-    // Bring Kafka's committed offsets up to the journal (after a crash between the two).
+  }
+
+  /**
+   * Kafka delivered `offset`, below the journal's progress: its committed offset is at most that
+   * (a crash between the journal commit and the offset commit), so committing the journal's
+   * progress moves it forward.
+   */
+  #behind(state: PartitionState, offset: bigint): void {
+    if (offset >= state.committed) return;
+    state.committed = offset;
     this.#scheduleCommit();
   }
 
@@ -374,6 +389,7 @@ export class HandlerConsumer {
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
         const below = offset < state.next;
+        if (below) this.#behind(state, offset);
         if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
         const verdict = await this.#execute(message, below, (ms) => this.#deferPartition(pause, ms));
@@ -456,6 +472,7 @@ export class HandlerConsumer {
         if (!current()) break;
         const message = toMessage(batch.topic, batch.partition, m);
         const below = offset < state.next;
+        if (below) this.#behind(state, offset);
         lanes.dispatch(offset, m.key ? m.key.toString("latin1") : null, () => this.#runKeyed(state, message, below));
         resolveOffset(m.offset);
       }
