@@ -18,16 +18,21 @@ export interface GcPacerOptions {
 
 export const DEFAULT_GC_PACER: GcPacerOptions = { everyMessages: 5_000, checkIntervalMs: 250 };
 
-/** Starts pacing; returns a function that stops it. A no-op outside Bun (Deno runs the sources). */
-export function startGcPacer(bus: EventBus, opts: GcPacerOptions = DEFAULT_GC_PACER): () => void {
+/** Bun's full, synchronous collection; undefined outside Bun (Deno runs the sources). */
+function bunFullGc(): (() => void) | undefined {
   const bun = (globalThis as { Bun?: { gc(sync: boolean): void } }).Bun;
-  if (!bun) return () => {};
+  return bun ? () => bun.gc(true) : undefined;
+}
+
+/** Starts pacing; returns a function that stops it. A no-op when there is no collector to call. */
+export function startGcPacer(bus: EventBus, opts: GcPacerOptions = DEFAULT_GC_PACER, collect = bunFullGc()): () => void {
+  if (!collect) return () => {};
   let handled = 0;
   const off = bus.on("message.handled", () => void handled++);
   const timer = setInterval(() => {
     if (handled < opts.everyMessages) return;
     handled = 0;
-    bun.gc(true);
+    collect();
   }, opts.checkIntervalMs);
   // The pacer never keeps the process alive on its own.
   timer.unref?.();
