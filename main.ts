@@ -31,6 +31,7 @@ async function main(argv: string[]): Promise<number> {
     }
     case "run":
     case "dev": {
+      (await import("./src/memory/heap-sizing.ts")).execWithWorkerHeap();
       const { runCommand } = await import("./src/cli/run.ts");
       let signals = 0;
       const signalled = new Promise<string>((resolve) => {

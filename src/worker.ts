@@ -14,6 +14,7 @@ import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
 import { Liveness, type LivenessOptions } from "./health/liveness.ts";
 import { createMetrics, type Metrics } from "./metrics/metrics.ts";
+import { startGcPacer } from "./memory/gc-pacer.ts";
 import { OutboxRelay } from "./outbox/relay.ts";
 
 export interface WorkerOptions {
@@ -53,6 +54,7 @@ export class Worker {
   #ticker: ReturnType<typeof setInterval>;
   #fail!: (err: KexoError) => void;
   #lastError: string | undefined;
+  #stopGcPacer: () => void;
 
   private constructor(opts: WorkerOptions, journal: Journal, bus: EventBus) {
     this.#opts = opts;
@@ -62,6 +64,7 @@ export class Worker {
     this.#liveness = new Liveness(bus, opts.liveness);
     this.failed = new Promise((resolve) => (this.#fail = resolve));
     this.#ticker = setInterval(() => (this.#lastTick = Date.now()), 1000);
+    this.#stopGcPacer = startGcPacer(bus);
     bus.on("worker.error", ({ error }) => {
       this.#lastError = error instanceof Error ? error.message : String(error);
       if (error instanceof KexoError && error.exitCode !== ExitCode.bug) this.#fail(error);
@@ -204,6 +207,7 @@ export class Worker {
   async #close(): Promise<void> {
     this.#draining = true;
     clearInterval(this.#ticker);
+    this.#stopGcPacer();
     await this.#relay?.stop(Math.min(5000, this.#opts.shutdownTimeoutMs));
     this.#liveness.close();
     this.metrics.close();
