@@ -103,3 +103,12 @@ test("SIGTERM mid-stream: exit 0 within the timeout, a peer takes the partitions
   expect([...seen.values()].filter((c) => c > 1).length).toBe(0);
   expect(seen.size).toBe(COUNT);
 }, 150_000);
+
+test("SIGTERM before the group was joined exits 0, also when the broker never answers", async () => {
+  // 127.0.0.1:1 refuses connections: the start is still retrying when the signal comes, then fails.
+  const w = new WorkerProcess(["run", "--brokers", "127.0.0.1:1", "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "never.db")}`, "--http", "127.0.0.1:0"]);
+  await w.httpAddress();
+  w.kill("SIGTERM");
+  expect(await w.exited()).toBe(0);
+  expect(w.find((l) => l.msg.startsWith("signal received while starting"))).toBeDefined();
+}, 90_000);

@@ -92,7 +92,15 @@ async function runWorker(
   });
   // A signal before the group is joined: stop as soon as start returns, exit 0.
   const first = await Promise.race([started.then((w) => ({ w })), life.signalled.then(() => ({ w: undefined }))]);
-  const worker = first.w ?? (await started);
+  let worker: Worker;
+  try {
+    worker = first.w ?? (await started);
+  } catch (err) {
+    // Stopped before the group was joined (SPEC: exit 0), even when the start then failed.
+    if (!signal) throw err;
+    log.info("signal received while starting; the start failed meanwhile, nothing to drain", { signal, error: err });
+    return ExitCode.ok;
+  }
   if (signal) {
     log.info("signal received while starting; stopping", { signal });
     await worker.stop();
