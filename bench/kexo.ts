@@ -7,6 +7,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "libsql";
 import { now, type SentRange } from "./data.ts";
+import { percentiles } from "./raw.ts";
 
 export interface KexoResult {
   rate: number;
@@ -155,12 +156,10 @@ async function latencyRun(o: KexoRunOptions, pid: number, progress: () => Map<nu
     }
     cursor.set(r.partition, c);
   }
-  latencies.sort((a, b) => a - b);
-  const pct = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))]!;
   return {
     rate: latencies.length / ((performance.now() - started) / 1000),
     seconds: (performance.now() - started) / 1000,
     peakRssMiB: peakRssMiB(pid),
-    latency: { p50: pct(0.5), p99: pct(0.99), max: latencies[latencies.length - 1]!, count: latencies.length },
+    latency: { ...percentiles(latencies), count: latencies.length },
   };
 }

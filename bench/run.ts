@@ -12,7 +12,7 @@ import { PROGRESS_TOPIC } from "../src/kafka/progress-log.ts";
 import { produceBulk, producePaced } from "./data.ts";
 import { handlerSource } from "./handlers.ts";
 import { type KexoResult, runKexo } from "./kexo.ts";
-import { rawConsume } from "./raw.ts";
+import { rawConsume, rawLatency } from "./raw.ts";
 
 const ROOT = join(import.meta.dir, "..");
 const { values: a } = parseArgs({
@@ -33,7 +33,8 @@ const N = Number(a.n);
 const P = Number(a.partitions);
 const only = new Set(a.only!.split(","));
 const dist = join(ROOT, "dist", "kexo");
-const cmd = a.kexo ? [a.kexo] : existsSync(dist) ? [dist] : [process.execPath, join(ROOT, "main.ts")];
+// --kexo "bun --cpu-prof-md main.ts" works too: the command is split on spaces.
+const cmd = a.kexo ? a.kexo.split(/\s+/) : existsSync(dist) ? [dist] : [process.execPath, join(ROOT, "main.ts")];
 // The dev broker keeps ≤100k messages and ≤5 MiB per partition; ~230 bytes per record on disk.
 if (N / P > 20_000) throw new Error(`--n ${N} over ${P} partitions exceeds the dev broker's retention (≈20k of these messages per partition); add partitions`);
 
@@ -100,6 +101,14 @@ try {
     const rate = Number(a.rate);
     const seconds = Number(a["latency-seconds"]);
     cluster.createTopic(lt, P);
+    if (only.has("raw")) {
+      const rl = "bench-latency-raw";
+      cluster.createTopic(rl, P);
+      say(`… raw kafkajs at ${rate} msg/s offered`);
+      const r = await rawLatency(kafka, rl, () => producePaced(kafka, rl, P, rate, seconds));
+      rows.push({ name: `raw kafkajs at ${rate} msg/s offered, ${seconds} s`, p50: r.p50, p99: r.p99, note: "latency: producer send → eachBatch" });
+      say(`  p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms (${r.count} msgs)`);
+    }
     await scenario(`(b) at ${rate} msg/s offered, ${seconds} s`, () =>
       runKexo({ cmd, brokers, count: 0, topic: lt, name: "latency", handler: handlerSource("tx", lt), offer: () => producePaced(kafka, lt, P, rate, seconds) }),
       "latency: producer send → journal commit");

@@ -23,12 +23,20 @@ export interface ConsumerOptions {
   heartbeatIntervalMs: number;
   /** How long to wait between Kafka offset commits while messages flow. */
   commitIntervalMs: number;
+  /**
+   * Longest a Fetch waits for data. The development broker holds every Fetch that finds no data
+   * for this long, even when data arrives meanwhile, so it bounds end-to-end latency there (250 ms
+   * gave a p50 of 130 ms at 10k msg/s); real Kafka answers as soon as data arrives, and this only
+   * sets how often an idle consumer asks.
+   */
+  maxWaitTimeInMs: number;
 }
 
 export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
   sessionTimeoutMs: 6000,
   heartbeatIntervalMs: 500,
   commitIntervalMs: 200,
+  maxWaitTimeInMs: 20,
 };
 
 interface PartitionState {
@@ -137,7 +145,7 @@ export class HandlerConsumer {
       sessionTimeout: this.#opts.sessionTimeoutMs,
       heartbeatInterval: this.#opts.heartbeatIntervalMs,
       rebalanceTimeout: Math.max(this.#opts.sessionTimeoutMs, 10_000),
-      maxWaitTimeInMs: 250,
+      maxWaitTimeInMs: this.#opts.maxWaitTimeInMs,
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
     });
     this.#consumer = consumer;

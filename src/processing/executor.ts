@@ -93,6 +93,8 @@ export async function execute(
       result,
     });
 
+  // Before anything can be recorded for this message: from here on its offset counts as started.
+  const fresh = journal.start(handler.name, message.topic, message.partition, message.offset);
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
   try {
@@ -117,8 +119,11 @@ export async function execute(
     return deadLetter(handler, message, deps, signal, id, "poison", err, 1, report);
   }
 
-  await journal.settled();
-  const done = journal.lookup(handler.name, id);
+  // Fast path: the default dedup id of an offset never started before has no record to find.
+  const keyed = handler.def.key !== undefined || (message.headers["kexo-id"]?.length ?? 0) > 0;
+  const unrecorded = fresh && !below && !keyed;
+  if (!unrecorded) await journal.settled();
+  const done = unrecorded ? undefined : journal.lookup(handler.name, id);
   if (done?.status === "completed" || below) {
     if (done?.status !== "completed") {
       report(id, "deduplicated");
@@ -130,11 +135,11 @@ export async function execute(
     return "done";
   }
 
-  let steps: Map<string, string> | undefined;
+  let steps: Map<string, string> | undefined = unrecorded ? new Map() : undefined;
   for (let attempt = 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
-    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)));
+    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), unrecorded && attempt === 1);
     bus.emit("message.started", { handler: handler.name });
     let result: unknown;
     let failure: unknown;
@@ -196,6 +201,8 @@ function createContext(
   attempt: number,
   outbox: OutboxRecord[],
   recorded: () => Map<string, string>,
+  /** Nothing is recorded for this message yet (first attempt of a fresh offset): no tx lookup. */
+  unrecorded = false,
 ): HandlerContext {
   const seen = new Map<string, number>();
   // The n-th call of a name in one run is `name`, `name#2`, …: a loop of steps keeps stable keys.
@@ -223,7 +230,7 @@ function createContext(
       return result;
     },
     tx<R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> {
-      return deps.journal.runTx(handler.name, id, `tx:${++txCount}`, fn);
+      return deps.journal.runTx(handler.name, id, `tx:${++txCount}`, fn, unrecorded);
     },
     emit(topic: string, msg: EmitMessage): void {
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");
