@@ -13,6 +13,8 @@ export interface KexoResult {
   rate: number;
   seconds: number;
   peakRssMiB: number;
+  /** The child's CPU time over the measured interval, as a share of one core. */
+  cpu?: number;
   latency?: { p50: number; p99: number; max: number; count: number };
 }
 
@@ -33,6 +35,12 @@ export interface KexoRunOptions {
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** utime + stime of a process, in seconds (clock ticks of 100 Hz). */
+function cpuSeconds(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /s, "").split(" ");
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
 
 function peakRssMiB(pid: number): number {
   const status = readFileSync(`/proc/${pid}/status`, "utf8");
@@ -81,6 +89,7 @@ export async function runKexo(o: KexoRunOptions): Promise<KexoResult> {
       if (o.offer) return await latencyRun(o, proc.pid, progress, alive);
       let first = 0;
       let firstCount = 0;
+      let firstCpu = 0;
       let last = -1;
       let lastChange = performance.now();
       for (;;) {
@@ -92,10 +101,12 @@ export async function runKexo(o: KexoRunOptions): Promise<KexoResult> {
         if (first === 0 && done > 0) {
           first = t;
           firstCount = done;
+          firstCpu = cpuSeconds(proc.pid);
         }
         if (done >= o.count) {
           const seconds = (t - first) / 1000;
-          return { rate: (o.count - firstCount) / seconds, seconds, peakRssMiB: peakRssMiB(proc.pid) };
+          const cpu = (cpuSeconds(proc.pid) - firstCpu) / seconds;
+          return { rate: (o.count - firstCount) / seconds, seconds, peakRssMiB: peakRssMiB(proc.pid), cpu };
         }
         await sleep(10);
       }

@@ -50,6 +50,7 @@ interface Row {
   p50?: number;
   p99?: number;
   rss?: number;
+  cpu?: number;
   note?: string;
 }
 const rows: Row[] = [];
@@ -60,8 +61,8 @@ async function scenario(name: string, fn: () => Promise<KexoResult>, note?: stri
   say(`… ${name}`);
   try {
     const r = await fn();
-    rows.push({ name, rate: r.rate, p50: r.latency?.p50, p99: r.latency?.p99, rss: r.peakRssMiB, note });
-    say(`  ${Math.round(r.rate)} msg/s${r.latency ? `, p50 ${r.latency.p50.toFixed(1)} ms, p99 ${r.latency.p99.toFixed(1)} ms` : ""}, peak RSS ${r.peakRssMiB.toFixed(0)} MiB`);
+    rows.push({ name, rate: r.rate, p50: r.latency?.p50, p99: r.latency?.p99, rss: r.peakRssMiB, cpu: r.cpu, note });
+    say(`  ${Math.round(r.rate)} msg/s${r.latency ? `, p50 ${r.latency.p50.toFixed(1)} ms, p99 ${r.latency.p99.toFixed(1)} ms` : ""}, peak RSS ${r.peakRssMiB.toFixed(0)} MiB${r.cpu === undefined ? "" : `, CPU ${(100 * r.cpu).toFixed(0)}% of a core`}`);
   } catch (err) {
     rows.push({ name, note: `failed: ${(err as Error).message.split("\n")[0]}` });
     say(`  failed: ${(err as Error).message}`);
@@ -129,9 +130,9 @@ const lines = [
   `kexo benchmark, ${new Date().toISOString()}: ${N} messages of ~150 B on ${P} partitions, development broker (librdkafka mock).`,
   `Machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Bun ${bunVersion}; kexo: \`${a.kexo ?? (cmd.length === 1 ? "dist/kexo" : "bun main.ts")}\`.`,
   "",
-  "| scenario | msg/s | of raw | p50 ms | p99 ms | peak RSS MiB | note |",
-  "|---|---:|---:|---:|---:|---:|---|",
-  ...rows.map((r) => `| ${r.name} | ${cell(r.rate)} | ${r.rate !== undefined && raw ? `${((100 * r.rate) / raw).toFixed(0)}%` : ""} | ${cell(r.p50, 1)} | ${cell(r.p99, 1)} | ${cell(r.rss)} | ${r.note ?? ""} |`),
+  "| scenario | msg/s | of raw | p50 ms | p99 ms | peak RSS MiB | kexo CPU | note |",
+  "|---|---:|---:|---:|---:|---:|---:|---|",
+  ...rows.map((r) => `| ${r.name} | ${cell(r.rate)} | ${r.rate !== undefined && raw ? `${((100 * r.rate) / raw).toFixed(0)}%` : ""} | ${cell(r.p50, 1)} | ${cell(r.p99, 1)} | ${cell(r.rss)} | ${r.cpu === undefined ? "" : `${(100 * r.cpu).toFixed(0)}%`} | ${r.note ?? ""} |`),
 ];
 const table = lines.join("\n") + "\n";
 mkdirSync(join(a.out!, ".."), { recursive: true });

@@ -295,6 +295,8 @@ export class HandlerConsumer {
         this.#log.debug("heartbeat failed during batch; finishing the current message", { error: err });
       });
     }, this.#opts.heartbeatIntervalMs);
+    // Resolved once per batch, not per message: kafkajs parses the offset into a Long each call.
+    let lastDone: string | undefined;
     try {
       for (const m of batch.messages) {
         if (this.#stopping || rebalancing || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
@@ -318,7 +320,7 @@ export class HandlerConsumer {
         }
         if (verdict !== "done") break;
         if (offset >= state.next) state.next = offset + 1n;
-        resolveOffset(m.offset);
+        lastDone = m.offset;
         this.#journal.requestCommit();
       }
     } catch (err) {
@@ -328,6 +330,7 @@ export class HandlerConsumer {
       throw err;
     } finally {
       clearInterval(beat);
+      if (lastDone !== undefined) resolveOffset(lastDone);
       // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
       // progress log, where the partition's next owner looks.
       await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));

@@ -212,12 +212,16 @@ function createContext(
     return n === 1 ? name : `${name}#${n}`;
   };
   let txCount = 0;
+  let log: HandlerContext["log"] | undefined;
   return {
     message,
     id,
     attempt,
     signal,
-    log: deps.log.child({ handler: handler.name, id, attempt }),
+    // Made on first use: most handlers never log, and a child logger per message costs allocations.
+    get log() {
+      return (log ??= deps.log.child({ handler: handler.name, id, attempt }));
+    },
     async step<R>(name: string, fn: () => R | Promise<R>): Promise<R> {
       const key = occurrence(`step:${name}`);
       const steps = recorded();
