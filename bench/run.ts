@@ -79,10 +79,10 @@ try {
 
   if (only.has("raw")) {
     say("… raw kafkajs eachBatch no-op (ceiling)");
-    const r = await rawConsume(kafka, topic, N);
+    const r = await rawConsume(brokers, topic, N);
     raw = r.rate;
-    rows.push({ name: "raw kafkajs eachBatch, no-op (ceiling)", rate: r.rate });
-    say(`  ${Math.round(r.rate)} msg/s`);
+    rows.push({ name: "raw kafkajs eachBatch, no-op (ceiling)", rate: r.rate, rss: r.peakRssMiB });
+    say(`  ${Math.round(r.rate)} msg/s, peak RSS ${r.peakRssMiB.toFixed(0)} MiB`);
   }
   const base = { cmd, brokers, count: N, topic };
   if (only.has("a")) await scenario("(a) kexo, no-op handler", () => runKexo({ ...base, name: "noop", handler: handlerSource("noop", topic) }));
