@@ -323,7 +323,9 @@ export class Journal {
    * `unrecorded`: the caller knows nothing was recorded for this message, so the lookup is skipped.
    */
   async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, unrecorded = false): Promise<R> {
-    await this.#acquire();
+    // Taken at once when free: awaiting an already-resolved promise costs a turn per message.
+    if (this.#held) await this.#acquire();
+    else this.#held = true;
     try {
       this.#ensureTx();
       const recorded = unrecorded ? undefined : this.#recordedTx(handler, id, name);
@@ -331,7 +333,7 @@ export class Journal {
       this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
-        const json = toJson(result, `ctx.tx result (${name})`);
+        const json = result === undefined ? "null" : toJson(result, `ctx.tx result (${name})`);
         this.#conn.exec("RELEASE kexo_tx");
         const key = `${handler}\0${id}`;
         let records = this.#txRecords.get(key);
