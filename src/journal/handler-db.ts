@@ -6,7 +6,9 @@ import type { HandlerDb, InStatement, ResultSet } from "../index.ts";
 
 type Conn = InstanceType<typeof Database>;
 interface Stmt {
+  /** A native getter on the driver's statement: read once, kept in `isReader`. */
   reader: boolean;
+  isReader?: boolean;
   all(...params: unknown[]): unknown[];
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
   columns(): { name: string }[];
@@ -21,10 +23,11 @@ function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement): Resu
   if (!prepared) {
     if (cache.size >= MAX_CACHED) cache.clear();
     prepared = conn.prepare(sql) as unknown as Stmt;
+    prepared.isReader = prepared.reader;
     cache.set(sql, prepared);
   }
   const bind: unknown[] = args === undefined ? [] : Array.isArray(args) ? args : [args];
-  if (prepared.reader) {
+  if (prepared.isReader) {
     const rows = prepared.all(...bind) as Record<string, unknown>[];
     return { columns: prepared.columns().map((c) => c.name), rows, rowsAffected: 0, lastInsertRowid: undefined };
   }

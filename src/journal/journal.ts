@@ -8,6 +8,13 @@
 //   writes and its record commit or vanish together, whatever else shares the transaction. While
 //   a savepoint is open, every other write waits in #queue: nothing of another message may be
 //   rolled back with it, and COMMIT never lands between a tx's writes and its record.
+// - Completion rows and ctx.tx records wait in memory (#done, #txRecords) and are written as
+//   multi-row INSERTs right before COMMIT, inside the same transaction; reads consult them first.
+//   A tx record whose message completes before that COMMIT is dropped: the completion row, in the
+//   same transaction as the tx's writes, already says "never run again". Savepoint rollbacks never
+//   touch them: they are not in the database until the COMMIT.
+// - kexo_started (see schema.ts) is written at every COMMIT that follows a start(), before any
+//   record of the started message can be durable.
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "libsql";
@@ -16,6 +23,7 @@ import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
 import { createHandlerDb } from "./handler-db.ts";
 import { toJson } from "./json.ts";
+import { createMultiInsert } from "./multi-insert.ts";
 import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 
 type Conn = InstanceType<typeof Database>;
@@ -145,6 +153,14 @@ export class Journal {
   #hooks = new Set<CommitHook>();
   #s: ReturnType<typeof prepareAll>;
   #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
+  /** Pending completion rows by handler\0id (INSERT OR REPLACE: the last one wins). */
+  #done = new Map<string, unknown[]>();
+  /** Pending ctx.tx records by handler\0id, then name. */
+  #txRecords = new Map<string, Map<string, unknown[]>>();
+  #insertDone: (rows: unknown[][]) => void;
+  #insertSteps: (rows: unknown[][]) => void;
+  /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
+  #started: Map<string, { handler: string; topic: string; partition: number; next: bigint; dirty: boolean }> | undefined;
 
   private constructor(path: string, conn: Conn, opts: JournalOptions) {
     this.path = path;
@@ -154,6 +170,13 @@ export class Journal {
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
     this.handlerDb = createHandlerDb(conn);
+    this.#insertDone = createMultiInsert(
+      conn,
+      `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)`,
+      10,
+    );
+    this.#insertSteps = createMultiInsert(conn, "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at)", 5);
+    this.#started = trackStarted(conn) ? new Map() : undefined;
   }
 
   static open(opts: JournalOptions): Journal {
@@ -203,12 +226,40 @@ export class Journal {
   }
 
   lookup(handler: string, id: string): LookupRow | undefined {
+    const pending = this.#done.get(`${handler}\0${id}`);
+    if (pending) {
+      const [, , status, topic, partition, offset, attempts, result] = pending as [string, string, string, string, number, string, number, string | null];
+      return { status, result, attempts, topic, partition, offset: Number(offset) };
+    }
     return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
 
   steps(handler: string, id: string): Map<string, string> {
     const rows = this.#s.steps.all(handler, id) as { name: string; result: string }[];
-    return new Map(rows.map((r) => [r.name, r.result]));
+    const out = new Map(rows.map((r) => [r.name, r.result]));
+    for (const [name, row] of this.#txRecords.get(`${handler}\0${id}`) ?? []) out.set(name, row[3] as string);
+    return out;
+  }
+
+  /**
+   * Marks a message as started. Returns true when no offset this high was ever started for this
+   * handler and partition, so nothing can be recorded under the message's default dedup id.
+   */
+  start(handler: string, topic: string, partition: number, offset: string): boolean {
+    const started = this.#started;
+    if (!started) return false;
+    const key = `${handler}\0${topic}\0${partition}`;
+    let e = started.get(key);
+    if (!e) {
+      const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
+      e = { handler, topic, partition, next: row ? BigInt(row.next_offset) : -1n, dirty: false };
+      started.set(key, e);
+    }
+    const at = BigInt(offset);
+    if (at < e.next) return false;
+    e.next = at + 1n;
+    e.dirty = true;
+    return true;
   }
 
   progress(groupId: string): Map<string, bigint> {
@@ -241,19 +292,13 @@ export class Journal {
   }
 
   finish(rec: MessageRecord, outbox: OutboxRecord[] = []): void {
+    if (this.#failed) throw this.#failed;
+    const key = `${rec.handler}\0${rec.id}`;
+    this.#done.set(key, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
+    // Only a completion supersedes tx records: a dead-lettered message may be replayed and run again.
+    if (rec.status === "completed") this.#txRecords.delete(key);
+    if (outbox.length === 0) return this.#counted();
     this.#write(() => {
-      this.#s.finish.run(
-        rec.handler,
-        rec.id,
-        rec.status,
-        rec.topic,
-        rec.partition,
-        rec.offset,
-        rec.attempts,
-        rec.result ?? null,
-        rec.error ?? null,
-        Date.now(),
-      );
       for (const o of outbox) {
         this.#s.outbox.run(
           o.handler,
@@ -307,18 +352,25 @@ export class Journal {
   /**
    * Runs a handler's ctx.tx body in a savepoint with its record `name`. A recorded call returns
    * its recorded JSON without running. `fn` sees every committed and pending journal write.
+   * `unrecorded`: the caller knows nothing was recorded for this message, so the lookup is skipped.
    */
-  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>): Promise<R> {
-    await this.#acquire();
+  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, unrecorded = false): Promise<R> {
+    // Taken at once when free: awaiting an already-resolved promise costs a turn per message.
+    if (this.#held) await this.#acquire();
+    else this.#held = true;
     try {
       this.#ensureTx();
-      const recorded = this.#s.stepGet.get(handler, id, name) as { result: string } | undefined;
-      if (recorded) return JSON.parse(recorded.result) as R;
+      const recorded = unrecorded ? undefined : this.#recordedTx(handler, id, name);
+      if (recorded !== undefined) return JSON.parse(recorded) as R;
       this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
-        this.#s.step.run(handler, id, name, toJson(result, `ctx.tx result (${name})`), Date.now());
+        const json = result === undefined ? "null" : toJson(result, `ctx.tx result (${name})`);
         this.#conn.exec("RELEASE kexo_tx");
+        const key = `${handler}\0${id}`;
+        let records = this.#txRecords.get(key);
+        if (!records) this.#txRecords.set(key, (records = new Map()));
+        records.set(name, [handler, id, name, json, Date.now()]);
         this.#pendingWrites++;
         return result;
       } catch (err) {
@@ -344,7 +396,7 @@ export class Journal {
   /** Resolves once every write made before this call is committed to disk. */
   durable(): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
-    if (!this.#inTx && this.#queue.length === 0 && !this.#held) return Promise.resolve();
+    if (!this.#inTx && this.#queue.length === 0 && !this.#held && this.#done.size === 0) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#schedule();
@@ -355,7 +407,7 @@ export class Journal {
   flush(): Promise<void> {
     const p = this.durable();
     if (this.#held) this.#commitAfterQueue();
-    else if (this.#inTx) this.#commit();
+    else if (this.#inTx || this.#done.size > 0 || this.#txRecords.size > 0) this.#commit();
     return p;
   }
 
@@ -372,6 +424,38 @@ export class Journal {
   }
 
   // ---- internals ----
+
+  #recordedTx(handler: string, id: string, name: string): string | undefined {
+    const pending = this.#txRecords.get(`${handler}\0${id}`)?.get(name);
+    if (pending) return pending[3] as string;
+    return (this.#s.stepGet.get(handler, id, name) as { result: string } | undefined)?.result;
+  }
+
+  /** A write that waits in memory for the COMMIT; counts towards the group-commit size. */
+  #counted(): void {
+    this.#pendingWrites++;
+    if (this.#pendingWrites >= this.#maxPending && !this.#held) this.#commit();
+    else this.#schedule();
+  }
+
+  /** Writes the rows waiting in memory and the started offsets; inside the open transaction. */
+  #writePending(): void {
+    if (this.#done.size > 0) {
+      this.#insertDone([...this.#done.values()]);
+      this.#done.clear();
+    }
+    if (this.#txRecords.size > 0) {
+      const rows: unknown[][] = [];
+      for (const records of this.#txRecords.values()) for (const row of records.values()) rows.push(row);
+      this.#insertSteps(rows);
+      this.#txRecords.clear();
+    }
+    for (const e of this.#started?.values() ?? []) {
+      if (!e.dirty) continue;
+      this.#s.startedSet.run(e.handler, e.topic, e.partition, e.next);
+      e.dirty = false;
+    }
+  }
 
   #ensureTx(): void {
     if (this.#failed) throw this.#failed;
@@ -430,7 +514,7 @@ export class Journal {
     const inlineEarly = !ticket && this.#queue.length > 0;
     if (inlineEarly) this.#schedule();
     const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
-    if (!this.#inTx && progress.length === 0) {
+    if (!this.#inTx && progress.length === 0 && this.#done.size === 0 && this.#txRecords.size === 0) {
       for (const w of waiters) w.resolve();
       return;
     }
@@ -441,6 +525,7 @@ export class Journal {
         this.#conn.exec("BEGIN IMMEDIATE");
         this.#inTx = true;
       }
+      this.#writePending();
       const now = Date.now();
       for (const [, entries] of progress) {
         for (const e of entries) this.#s.setProgress.run(e.groupId, e.topic, e.partition, e.nextOffset, now);
@@ -509,11 +594,12 @@ function prepareAll(conn: Conn) {
     step: conn.prepare(
       "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at) VALUES (?, ?, ?, ?, ?)",
     ),
-    finish: conn.prepare(
-      `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-    ),
     progress: conn.prepare("SELECT topic, partition, next_offset FROM kexo_progress WHERE group_id = ?"),
+    startedGet: conn.prepare("SELECT next_offset FROM kexo_started WHERE handler = ? AND topic = ? AND partition = ?"),
+    startedSet: conn.prepare(
+      `INSERT INTO kexo_started (handler, topic, partition, next_offset) VALUES (?, ?, ?, ?)
+       ON CONFLICT (handler, topic, partition) DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)`,
+    ),
     setProgress: conn.prepare(
       `INSERT INTO kexo_progress (group_id, topic, partition, next_offset, updated_at) VALUES (?, ?, ?, ?, ?)
        ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = max(next_offset, excluded.next_offset), updated_at = excluded.updated_at`,
@@ -526,6 +612,19 @@ function prepareAll(conn: Conn) {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
   };
+}
+
+/**
+ * Whether kexo_started covers every record in this journal: true for a journal that was empty
+ * when tracking began. A journal with records from before (schema 1) never skips a lookup.
+ */
+function trackStarted(conn: Conn): boolean {
+  const flag = conn.prepare("SELECT value FROM kexo_meta WHERE key = 'started_tracking'").get() as { value: string } | undefined;
+  if (flag) return flag.value === "1";
+  const any = conn.prepare("SELECT (SELECT count(*) FROM (SELECT 1 FROM kexo_messages LIMIT 1)) + (SELECT count(*) FROM (SELECT 1 FROM kexo_steps LIMIT 1)) AS n").get() as { n: number };
+  const tracked = Number(any.n) === 0;
+  conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('started_tracking', ?)").run(tracked ? "1" : "0");
+  return tracked;
 }
 
 export function encodeHeaders(headers: Record<string, Buffer>): string {

@@ -1,7 +1,7 @@
 // The journal's tables. Names start with kexo_ so they never meet a handler's own tables.
 // Bump SCHEMA_VERSION and add a migration step when a released table changes.
 
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS kexo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -42,6 +42,17 @@ CREATE TABLE IF NOT EXISTS kexo_progress (
   next_offset INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   PRIMARY KEY (group_id, topic, partition)
+) WITHOUT ROWID;
+
+-- Per handler and partition: no offset at or above next_offset was ever started, so no record can
+-- exist for such an offset's default dedup id, and the executor skips its lookups. Written in the
+-- same transaction as (or before) any record of a message it covers. (Schema version 2.)
+CREATE TABLE IF NOT EXISTS kexo_started (
+  handler TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  next_offset INTEGER NOT NULL,
+  PRIMARY KEY (handler, topic, partition)
 ) WITHOUT ROWID;
 
 -- Messages recorded by ctx.emit, written in the same transaction as the completion.

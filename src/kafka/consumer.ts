@@ -28,6 +28,13 @@ export interface ConsumerOptions {
   commitIntervalMs: number;
   /** Fetching pauses while more journal writes than this wait for their commit. */
   maxPendingWrites: number;
+  /**
+   * Longest a Fetch waits for data. The development broker holds every Fetch that finds no data
+   * for this long, even when data arrives meanwhile, so it bounds end-to-end latency there (250 ms
+   * gave a p50 of 130 ms at 10k msg/s); real Kafka answers as soon as data arrives, and this only
+   * sets how often an idle consumer asks.
+   */
+  maxWaitTimeInMs: number;
 }
 
 export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
@@ -35,6 +42,7 @@ export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
   heartbeatIntervalMs: 500,
   commitIntervalMs: 200,
   maxPendingWrites: 10_000,
+  maxWaitTimeInMs: 20,
 };
 
 interface PartitionState {
@@ -172,7 +180,7 @@ export class HandlerConsumer {
       sessionTimeout: this.#opts.sessionTimeoutMs,
       heartbeatInterval: this.#opts.heartbeatIntervalMs,
       rebalanceTimeout: Math.max(this.#opts.sessionTimeoutMs, 10_000),
-      maxWaitTimeInMs: 250,
+      maxWaitTimeInMs: this.#opts.maxWaitTimeInMs,
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
     });
     this.#consumer = consumer;
@@ -382,6 +390,8 @@ export class HandlerConsumer {
         this.#log.debug("heartbeat failed during batch; finishing the current message", { error: err });
       });
     }, this.#opts.heartbeatIntervalMs);
+    // Resolved once per batch, not per message: kafkajs parses the offset into a Long each call.
+    let lastDone: string | undefined;
     try {
       for (const m of batch.messages) {
         if (this.#stopping || rebalancing || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
@@ -395,7 +405,7 @@ export class HandlerConsumer {
         const verdict = await this.#execute(message, below, (ms) => this.#deferPartition(pause, ms));
         if (verdict !== "done") break;
         if (offset >= state.next) state.next = offset + 1n;
-        resolveOffset(m.offset);
+        lastDone = m.offset;
         this.#journal.requestCommit();
       }
     } catch (err) {
@@ -406,6 +416,7 @@ export class HandlerConsumer {
     } finally {
       clearInterval(beat);
       unlock?.();
+      if (lastDone !== undefined) resolveOffset(lastDone);
       // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
       // progress log, where the partition's next owner looks.
       await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));

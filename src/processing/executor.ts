@@ -209,6 +209,8 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     if (pending.deadLetter) return deadLetter(run, pending.deadLetter);
   }
 
+  // Before anything can be recorded for this message: from here on its offset counts as started.
+  const fresh = journal.start(handler.name, message.topic, message.partition, message.offset);
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
   try {
@@ -238,8 +240,11 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     return deadLetter(run, failure(id, "poison", err, pending?.attempt ?? 1));
   }
 
-  await journal.settled();
-  const done = journal.lookup(handler.name, id);
+  // Fast path: the default dedup id of an offset never started before has no record to find.
+  const keyed = handler.def.key !== undefined || (message.headers["kexo-id"]?.length ?? 0) > 0;
+  const unrecorded = fresh && !below && !keyed;
+  if (!unrecorded) await journal.settled();
+  const done = unrecorded ? undefined : journal.lookup(handler.name, id);
   // A dead letter of this very delivery is done too (order "key" finishes messages above the
   // committed offset, which Kafka delivers again after a crash); a replayed dead letter arrives
   // at another offset and runs again.
@@ -256,12 +261,12 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     return "done";
   }
 
-  let steps: Map<string, string> | undefined;
+  let steps: Map<string, string> | undefined = unrecorded ? new Map() : undefined;
   for (let attempt = pending?.attempt ?? 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
     const encodes: PendingEncode[] = [];
-    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes);
+    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes, unrecorded && attempt === 1);
     bus.emit("message.started", { handler: handler.name, id });
     let result: unknown;
     let failed: unknown;
@@ -337,6 +342,8 @@ function createContext(
   outbox: OutboxRecord[],
   recorded: () => Map<string, string>,
   encodes: PendingEncode[],
+  /** Nothing is recorded for this message yet (first attempt of a fresh offset): no tx lookup. */
+  unrecorded = false,
 ): HandlerContext {
   const seen = new Map<string, number>();
   // The n-th call of a name in one run is `name`, `name#2`, …: a loop of steps keeps stable keys.
@@ -346,12 +353,16 @@ function createContext(
     return n === 1 ? name : `${name}#${n}`;
   };
   let txCount = 0;
+  let log: HandlerContext["log"] | undefined;
   return {
     message,
     id,
     attempt,
     signal,
-    log: deps.log.child({ handler: handler.name, id, attempt }),
+    // Made on first use: most handlers never log, and a child logger per message costs allocations.
+    get log() {
+      return (log ??= deps.log.child({ handler: handler.name, id, attempt }));
+    },
     async step<R>(name: string, fn: () => R | Promise<R>): Promise<R> {
       const key = occurrence(`step:${name}`);
       const steps = recorded();
@@ -364,7 +375,7 @@ function createContext(
       return result;
     },
     tx<R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> {
-      return deps.journal.runTx(handler.name, id, `tx:${++txCount}`, fn);
+      return deps.journal.runTx(handler.name, id, `tx:${++txCount}`, fn, unrecorded);
     },
     emit(topic: string, msg: EmitMessage): void {
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");
