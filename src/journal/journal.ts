@@ -396,7 +396,7 @@ export class Journal {
   /** Resolves once every write made before this call is committed to disk. */
   durable(): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
-    if (!this.#inTx && this.#queue.length === 0 && !this.#held && this.#done.size === 0) return Promise.resolve();
+    if (!this.#pending()) return Promise.resolve();
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#schedule();
@@ -407,8 +407,19 @@ export class Journal {
   flush(): Promise<void> {
     const p = this.durable();
     if (this.#held) this.#commitAfterQueue();
-    else if (this.#inTx || this.#done.size > 0 || this.#txRecords.size > 0) this.#commit();
+    else if (this.#pending()) this.#commit();
     return p;
+  }
+
+  /**
+   * Anything a COMMIT would make durable: an open transaction, queued or in-memory records, or
+   * partition progress that moved without a write (messages below progress, key lanes), which a
+   * drain must not leave behind: the next start would run those messages again.
+   */
+  #pending(): boolean {
+    if (this.#inTx || this.#held || this.#queue.length > 0 || this.#done.size > 0 || this.#txRecords.size > 0) return true;
+    for (const hook of this.#hooks) if (hook.progress().length > 0) return true;
+    return false;
   }
 
   async close(): Promise<void> {
