@@ -5,6 +5,7 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
+import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -22,16 +23,7 @@ beforeAll(async () => {
   dir = tempDir();
   await Bun.write(
     join(dir, "handlers", "drain.ts"),
-    `import { defineHandler, v } from "kexo";
-export default defineHandler({
-  topics: ["${TOPIC}"],
-  schema: v.object({ n: v.number() }),
-  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (n INTEGER NOT NULL)"); },
-  async handle(p, ctx) {
-    await new Promise((r) => setTimeout(r, 2));
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (n) VALUES (?)", args: [p.n] }));
-  },
-});`,
+    effectsHandler(TOPIC, { delayMs: "2" }),
   );
 });
 

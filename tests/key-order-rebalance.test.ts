@@ -5,6 +5,7 @@
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { join } from "node:path";
 import { columnIn } from "./support/db.ts";
+import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -20,19 +21,8 @@ beforeAll(async () => {
   dir = tempDir();
   await Bun.write(
     join(dir, "handlers", "keyed.ts"),
-    `import { defineHandler, v } from "kexo";
-export default defineHandler({
-  topics: ["${TOPIC}"],
-  schema: v.object({ n: v.number() }),
-  order: "key",
-  concurrency: 8,
-  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (n INTEGER NOT NULL)"); },
-  async handle(p, ctx) {
     // Key 0 is slow: its messages are still running when others of the partition are done.
-    await new Promise((r) => setTimeout(r, p.n % 32 === 0 ? 20 : 1));
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (n) VALUES (?)", args: [p.n] }));
-  },
-});`,
+    effectsHandler(TOPIC, { options: 'order: "key", concurrency: 8,', delayMs: "p.n % 32 === 0 ? 20 : 1" }),
   );
 });
 
