@@ -17,7 +17,7 @@ import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute, type Verdict } from "../processing/executor.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
-import { beforeJoin, rejoinAs } from "./membership.ts";
+import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
 
@@ -110,6 +110,9 @@ export class HandlerConsumer {
   #commitTimer: ReturnType<typeof setTimeout> | undefined;
   #committing: Promise<void> | undefined;
   #removeHook: () => void;
+  #removeGates: (() => void)[] = [];
+  /** A rejoin is under way (#beforeRejoin): batches stop taking messages until the next join. */
+  #rejoining = false;
   /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
   #rebuilding: Promise<void> | undefined;
   #crashes = 0;
@@ -145,8 +148,12 @@ export class HandlerConsumer {
     if (handler.order === "key") {
       // Queue bound: enough to keep every slot busy behind a few slow keys, small enough for memory.
       this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64));
-      beforeJoin(handler.groupId, () => this.#quiesceLanes());
+      this.#removeGates.push(beforeJoin(handler.groupId, () => this.#quiesceLanes()));
+    } else {
+      this.#removeGates.push(beforeJoin(handler.groupId, () => this.#beforeRejoin()));
     }
+    this.#removeGates.push(beforeLeave(handler.groupId, (via) =>
+      this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }))));
   }
 
   get ready(): boolean {
@@ -267,6 +274,7 @@ export class HandlerConsumer {
       // Left the group cleanly: the next start joins as a new member, nothing to rejoin as.
       if (left) this.#journal.setMeta(`member:${this.handler.groupId}`, null);
     }
+    for (const remove of this.#removeGates) remove();
     this.#joined = false;
     this.#bus.emit("consumer.stopped", { handler: this.handler.name, group: this.handler.groupId });
     return clean;
@@ -300,6 +308,7 @@ export class HandlerConsumer {
     this.#forgetRevoked(parts);
     this.#parts = parts;
     this.#assignment = assignment;
+    this.#rejoining = false;
     // Before the first transaction of this assignment: drop rows a committed one already carried.
     if (this.#txOut) void this.#txOut.reconcile(assignment);
     this.#joined = true;
@@ -394,7 +403,7 @@ export class HandlerConsumer {
     let lastDone: string | undefined;
     try {
       for (const m of batch.messages) {
-        if (this.#stopping || rebalancing || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
+        if (this.#stopping || rebalancing || this.#rejoining || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
         const offset = BigInt(m.offset);
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
@@ -417,9 +426,9 @@ export class HandlerConsumer {
       clearInterval(beat);
       unlock?.();
       if (lastDone !== undefined) resolveOffset(lastDone);
-      // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
-      // progress log, where the partition's next owner looks.
-      await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
+      // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
+      // what a rebalance needs shared is shared in #beforeRejoin. Settling every batch held the
+      // partition's next fetch behind a journal flush and an offset commit (most of p99).
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
       if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
     }
@@ -580,6 +589,46 @@ export class HandlerConsumer {
     await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
   }
 
+  /**
+   * order "partition"/"topic": runs before kafkajs (re)joins the group. The batches stop and what
+   * they journaled reaches Kafka's offsets or the progress log, where the partition's next owner
+   * looks (guarantee 7 with separate journals), before JoinGroup is sent; a partition gets a new
+   * owner only once every member rejoined (eager rebalancing), so no owner starts before this.
+   *
+   * Why this covers the graceful paths, in kafkajs 2.2.4 (consumer/runner.js, fetchManager.js,
+   * consumerGroup.js):
+   * - A rebalance noticed by a heartbeat, fetch or commit (REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID)
+   *   throws out of a fetcher; fetchManager.start stops every fetcher, and a fetcher ends only
+   *   after its workerQueue.push settled (allSettled: every batch of that fetch returned). Only
+   *   then does runner.scheduleFetchManager call joinAndSync. So no batch runs here, usually.
+   * - consumerGroup.recoverFromFetch (stale metadata or assignment) calls joinAndSync from inside
+   *   one fetcher's fetch while batches of other fetchers (other brokers) may run: #rejoining makes
+   *   them stop at the next message, and this waits for them (within the rebalance grace).
+   * - Start, and kafkajs's restart after a crash, join through joinAndSync too (a new runner); the
+   *   crash itself first leaves the group through consumer.disconnect → runner.stop → leave, which
+   *   passes the beforeLeave gate (settle with the group's own commit: the runner's no-ops once
+   *   stopped). So does stop().
+   * - Not covered: this member's session expiring (process stalled or cut off longer than the
+   *   session timeout). The coordinator then rebalances without this member calling anything; the
+   *   new owner sees Kafka's offsets as of the last timer commit (≈ commitIntervalMs behind) and
+   *   with a separate journal may redo that work. The per-batch settle this replaces had the same
+   *   hole for the batch in flight; a shared journal (libsql://) has none.
+   */
+  async #beforeRejoin(): Promise<void> {
+    this.#joined = false;
+    this.#rejoining = true;
+    if (this.#activeBatches > 0) {
+      const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([
+        new Promise<void>((r) => this.#idle.push(r)),
+        new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
+  }
+
   /** order: "topic": one batch at a time per topic, whichever partition it comes from. */
   async #lockTopic(topic: string): Promise<() => void> {
     const before = this.#topicLocks.get(topic);
@@ -596,11 +645,14 @@ export class HandlerConsumer {
 
   // ---- progress and commits ----
 
-  /** Journal durable, then offsets committed; if Kafka refuses (rebalance), progress published. */
-  async #settle(): Promise<void> {
+  /**
+   * Journal durable, then offsets committed; if Kafka refuses (rebalance), progress published.
+   * `via`: commit through this instead of the consumer (see beforeLeave).
+   */
+  async #settle(via?: CommitVia): Promise<void> {
     await this.#journal.flush();
     try {
-      await this.#commitOffsets();
+      await this.#commitOffsets(via);
     } catch (err) {
       const log = this.#progressLog;
       if (!log) throw err;
@@ -640,15 +692,16 @@ export class HandlerConsumer {
     }, this.#opts.commitIntervalMs);
   }
 
-  async #commitOffsets(): Promise<void> {
-    while (this.#committing) await this.#committing;
+  async #commitOffsets(via?: CommitVia): Promise<void> {
+    while (this.#committing) await this.#committing.catch(() => {});
     const consumer = this.#consumer;
-    if (!consumer) return;
+    const commit = via ?? (consumer && ((o: Parameters<CommitVia>[0]) => consumer.commitOffsets(o)));
+    if (!commit) return;
     const todo = [...this.#parts.values()].filter((p) => p.durable >= 0n && p.durable > p.committed);
     if (todo.length === 0) return;
     const offsets = todo.map((p) => ({ topic: p.topic, partition: p.partition, offset: p.durable.toString() }));
     const done = todo.map((p) => [p, p.durable] as const);
-    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : consumer.commitOffsets(offsets))
+    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : commit(offsets))
       .then(() => {
         for (const [p, at] of done) {
           if (at > p.committed) p.committed = at;
