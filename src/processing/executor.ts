@@ -299,9 +299,14 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       } catch (err) {
         return deadLetter(run, failure(id, "permanent", err, attempt));
       }
+      // A default id in partition/topic order is looked up only below the partition's progress,
+      // which then says "completed": with no result to return and nothing emitted, that progress
+      // (same COMMIT) can stand for the row. Keyed ids, key order (completes out of order),
+      // results, emits and Kafka transactions keep their row.
+      const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
-        offset: message.offset, attempts: attempt, result: json,
+        offset: message.offset, attempts: attempt, result: json, ...(byProgress ? { coveredBy: handler.groupId } : {}),
       }, outbox);
       report(id, "processed");
       return "done";
