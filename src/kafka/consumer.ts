@@ -14,7 +14,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute, type Verdict } from "../processing/executor.ts";
+import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } from "../processing/executor.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
 import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
@@ -399,6 +399,8 @@ export class HandlerConsumer {
         this.#log.debug("heartbeat failed during batch; finishing the current message", { error: err });
       });
     }, this.#opts.heartbeatIntervalMs);
+    // Made once per batch, not per message (allocations on the hot path).
+    const deps = this.#deps(key(batch.topic, batch.partition), (ms) => this.#deferPartition(pause, ms));
     // Resolved once per batch, not per message: kafkajs parses the offset into a Long each call.
     let lastDone: string | undefined;
     try {
@@ -411,7 +413,7 @@ export class HandlerConsumer {
         if (below) this.#behind(state, offset);
         if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
-        const verdict = await this.#execute(message, below, (ms) => this.#deferPartition(pause, ms));
+        const verdict = await this.#execute(message, below, deps);
         if (verdict !== "done") break;
         if (offset >= state.next) state.next = offset + 1n;
         lastDone = m.offset;
@@ -520,25 +522,29 @@ export class HandlerConsumer {
    * paused, so kafkajs fetches on for the others. Without it (key order) the message waits in its
    * lane, which holds up only its key.
    */
-  async #execute(message: KafkaMessage, below: boolean, defer?: (ms: number) => void): Promise<Verdict> {
-    const pk = key(message.topic, message.partition);
+  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps): Promise<Verdict> {
     this.#inflight++;
     try {
-      return await execute(this.handler, message, {
-        journal: this.#journal,
-        bus: this.#bus,
-        log: this.#log,
-        dlq: this.#dlq,
-        blocked: (reason) => {
-          if (reason === undefined) this.#blocked.delete(pk);
-          else this.#blocked.set(pk, reason);
-        },
-        retries: defer ? this.#retries : undefined,
-        defer,
-      }, this.#abort.signal, below);
+      return await execute(this.handler, message, deps, this.#abort.signal, below);
     } finally {
       this.#inflight--;
     }
+  }
+
+  /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
+  #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
+    return {
+      journal: this.#journal,
+      bus: this.#bus,
+      log: this.#log,
+      dlq: this.#dlq,
+      blocked: (reason) => {
+        if (reason === undefined) this.#blocked.delete(pk);
+        else this.#blocked.set(pk, reason);
+      },
+      retries: defer ? this.#retries : undefined,
+      defer,
+    };
   }
 
   /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
@@ -548,7 +554,7 @@ export class HandlerConsumer {
       if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
-        verdict = await this.#execute(message, below);
+        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)));
       } catch (err) {
         this.#lastError = errorMessage(err);
         this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
@@ -732,14 +738,18 @@ function toMessage(
   partition: number,
   m: EachBatchPayload["batch"]["messages"][number],
 ): KafkaMessage {
+  // Per message: no entries arrays or spread objects (allocations on the hot path).
   const headers: Record<string, Buffer> = {};
-  for (const [k, v] of Object.entries(m.headers ?? {})) {
-    if (v === undefined) continue;
-    const one = Array.isArray(v) ? v[v.length - 1] : v;
-    if (one !== undefined) headers[k] = Buffer.isBuffer(one) ? one : Buffer.from(one);
+  const raw = m.headers;
+  if (raw) {
+    for (const k in raw) {
+      const v = raw[k];
+      if (v === undefined) continue;
+      const one = Array.isArray(v) ? v[v.length - 1] : v;
+      if (one !== undefined) headers[k] = Buffer.isBuffer(one) ? one : Buffer.from(one);
+    }
   }
-  const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
-  return {
+  const message: KafkaMessage = {
     topic,
     partition,
     offset: m.offset,
@@ -747,6 +757,8 @@ function toMessage(
     value: m.value ?? null,
     headers,
     timestamp: m.timestamp,
-    ...(leaderEpoch === undefined ? {} : { leaderEpoch }),
   };
+  const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
+  if (leaderEpoch !== undefined) message.leaderEpoch = leaderEpoch;
+  return message;
 }

@@ -214,11 +214,13 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
   try {
-    const decode = () => decodePayload(handler, message);
     // JSON and raw decode synchronously (the hot path). Registry formats may wait for the registry,
     // except below the progress: the message is done, no need to wait to report it.
-    if (!REGISTRY_FORMATS.includes(handler.format)) payload = decode();
-    else payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+    if (!REGISTRY_FORMATS.includes(handler.format)) payload = decodePayload(handler, message);
+    else {
+      const decode = () => decodePayload(handler, message);
+      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+    }
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
       try {
