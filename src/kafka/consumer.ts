@@ -111,7 +111,7 @@ export class HandlerConsumer {
   #committing: Promise<void> | undefined;
   #removeHook: () => void;
   #removeGates: (() => void)[] = [];
-  /** A rejoin is under way (#beforeRejoin): batches stop taking messages until the next join. */
+  /** #beforeRejoin is waiting for the batches: they stop taking messages. */
   #rejoining = false;
   /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
   #rebuilding: Promise<void> | undefined;
@@ -308,7 +308,6 @@ export class HandlerConsumer {
     this.#forgetRevoked(parts);
     this.#parts = parts;
     this.#assignment = assignment;
-    this.#rejoining = false;
     // Before the first transaction of this assignment: drop rows a committed one already carried.
     if (this.#txOut) void this.#txOut.reconcile(assignment);
     this.#joined = true;
@@ -431,6 +430,8 @@ export class HandlerConsumer {
       // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
       // what a rebalance needs shared is shared in #beforeRejoin. Settling every batch held the
       // partition's next fetch behind a journal flush and an offset commit (most of p99).
+      // kafkaTransactions keeps it: its emits reach Kafka only with the offsets' transaction.
+      if (this.#txOut) await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
       if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
     }
@@ -609,7 +610,11 @@ export class HandlerConsumer {
    *   then does runner.scheduleFetchManager call joinAndSync. So no batch runs here, usually.
    * - consumerGroup.recoverFromFetch (stale metadata or assignment) calls joinAndSync from inside
    *   one fetcher's fetch while batches of other fetchers (other brokers) may run: #rejoining makes
-   *   them stop at the next message, and this waits for them (within the rebalance grace).
+   *   them stop at the next message, and this waits for them (within the rebalance grace). The
+   *   flag ends with this gate, not at the next join: a JoinGroup that fails (e.g. coordinator
+   *   not available) makes kafkajs fetch on with the old assignment without a join. A batch such
+   *   a fetcher starts during the JoinGroup round trip is not covered (as with the per-batch
+   *   settle, whose late commit was refused then); single-broker clusters have no such fetcher.
    * - Start, and kafkajs's restart after a crash, join through joinAndSync too (a new runner); the
    *   crash itself first leaves the group through consumer.disconnect → runner.stop → leave, which
    *   passes the beforeLeave gate (settle with the group's own commit: the runner's no-ops once
@@ -623,16 +628,20 @@ export class HandlerConsumer {
   async #beforeRejoin(): Promise<void> {
     this.#joined = false;
     this.#rejoining = true;
-    if (this.#activeBatches > 0) {
-      const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await Promise.race([
-        new Promise<void>((r) => this.#idle.push(r)),
-        new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
-      ]);
-      clearTimeout(timer);
+    try {
+      if (this.#activeBatches > 0) {
+        const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          new Promise<void>((r) => this.#idle.push(r)),
+          new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+        ]);
+        clearTimeout(timer);
+      }
+      await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
+    } finally {
+      this.#rejoining = false;
     }
-    await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
   }
 
   /** order: "topic": one batch at a time per topic, whichever partition it comes from. */
