@@ -1,5 +1,6 @@
 // `kexo inspect ID`: one message's journal entry: status, attempts, steps, result or error.
 import { UsageError } from "../errors.ts";
+import type { Journal } from "../journal/journal.ts";
 import type { Args } from "./args.ts";
 import { openJournalFor } from "./journal-read.ts";
 import { printJson, printLine } from "./output.ts";
@@ -17,6 +18,36 @@ interface Row {
   finished_at: number;
 }
 
+/** What partition progress says of a default dedup id (`kafka-unique-id-TOPIC-PARTITION-GROUP-OFFSET`). */
+interface ByProgress {
+  group: string;
+  topic: string;
+  partition: number;
+  offset: string;
+  completed: boolean;
+}
+
+const BY_PROGRESS = "(recorded by partition progress; no result)";
+
+/**
+ * Order partition/topic records a default-id message that returned nothing and emitted nothing
+ * only in kexo_progress (no kexo_messages row): the id is matched against each progress row,
+ * because topic and group names may contain "-".
+ */
+function byProgress(journal: Journal, id: string): ByProgress | undefined {
+  if (!id.startsWith("kafka-unique-id-")) return undefined;
+  const rows = journal.query<{ group_id: string; topic: string; partition: number; next_offset: number | bigint }>(
+    "SELECT group_id, topic, partition, next_offset FROM kexo_progress",
+  );
+  for (const r of rows) {
+    const prefix = `kafka-unique-id-${r.topic}-${r.partition}-${r.group_id}-`;
+    const offset = id.startsWith(prefix) ? id.slice(prefix.length) : "";
+    if (!/^\d+$/.test(offset)) continue;
+    return { group: r.group_id, topic: r.topic, partition: r.partition, offset, completed: BigInt(offset) < BigInt(r.next_offset) };
+  }
+  return undefined;
+}
+
 export async function inspectCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
   const id = args.positionals[0];
   if (!id) throw new UsageError("kexo inspect ID: give the message's dedup id (ctx.id)");
@@ -31,6 +62,17 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       `SELECT handler, name, result, recorded_at FROM kexo_steps WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY recorded_at`,
       ...(handler ? [id, handler] : [id]),
     );
+    const progress = rows.length === 0 ? byProgress(journal, id) : undefined;
+    if (rows.length === 0 && steps.length === 0 && progress?.completed) {
+      const { group, topic, partition, offset } = progress;
+      if (args.flags.json) printJson({ id, group, status: "completed", recordedBy: "partition progress", topic, partition, offset, steps: [] });
+      else {
+        printLine(`${id}  (group ${group})`);
+        printLine(`  status     completed ${BY_PROGRESS}`);
+        printLine(`  message    ${topic}/${partition}@${offset}`);
+      }
+      return 0;
+    }
     if (rows.length === 0 && steps.length === 0) {
       if (args.flags.json) printJson({ id, found: false });
       else printLine(`no journal entry for ${id}${handler ? ` in handler ${handler}` : ""} (not handled yet, or another --db)`);
@@ -42,7 +84,8 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       return {
         handler: h,
         id,
-        status: r?.status ?? "in progress",
+        status: r?.status ?? (progress?.completed ? "completed" : "in progress"),
+        recordedBy: !r && progress?.completed ? "partition progress" : undefined,
         topic: r?.topic,
         partition: r?.partition,
         offset: r?.offset === undefined ? undefined : String(r.offset),
@@ -59,7 +102,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
     }
     for (const e of entries) {
       printLine(`${e.id}  (handler ${e.handler})`);
-      printLine(`  status     ${e.status}`);
+      printLine(`  status     ${e.status}${e.recordedBy ? ` ${BY_PROGRESS}` : ""}`);
       if (e.topic !== undefined) printLine(`  message    ${e.topic}/${e.partition}@${e.offset}`);
       if (e.attempts !== undefined) printLine(`  attempts   ${e.attempts}`);
       if (e.finishedAt) printLine(`  finished   ${e.finishedAt}`);

@@ -13,6 +13,10 @@
 //   A tx record whose message completes before that COMMIT is dropped: the completion row, in the
 //   same transaction as the tx's writes, already says "never run again". Savepoint rollbacks never
 //   touch them: they are not in the database until the COMMIT.
+// - A completion marked `coveredBy` (a default-id message of order partition/topic, no result, no
+//   outbox) gets no row when that group's partition progress written by the same COMMIT passes
+//   its offset: the progress row says "completed" and is what later deliveries check first. If
+//   the COMMIT's progress does not pass it (progress taken before it finished), the row is written.
 // - kexo_started (see schema.ts) is written at every COMMIT that follows a start(), before any
 //   record of the started message can be durable.
 import { mkdirSync } from "node:fs";
@@ -38,6 +42,11 @@ export interface MessageRecord {
   attempts: number;
   result?: string | null;
   error?: string | null;
+  /**
+   * The group whose partition progress, once it passes `offset` in the same COMMIT, records this
+   * completion instead of a row. Only for ids no lookup at/above that progress can ask for.
+   */
+  coveredBy?: string;
 }
 
 /** A message's journal entry as the dedup lookup sees it; offset is where it finished. */
@@ -155,6 +164,8 @@ export class Journal {
   #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
   /** Pending completion rows by handler\0id (INSERT OR REPLACE: the last one wins). */
   #done = new Map<string, unknown[]>();
+  /** Completions in #done that partition progress may record instead (handler\0id → group). */
+  #coverable = new Map<string, string>();
   /** Pending ctx.tx records by handler\0id, then name. */
   #txRecords = new Map<string, Map<string, unknown[]>>();
   #insertDone: (rows: unknown[][]) => void;
@@ -295,6 +306,8 @@ export class Journal {
     if (this.#failed) throw this.#failed;
     const key = `${rec.handler}\0${rec.id}`;
     this.#done.set(key, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
+    if (rec.coveredBy !== undefined) this.#coverable.set(key, rec.coveredBy);
+    else this.#coverable.delete(key);
     // Only a completion supersedes tx records: a dead-lettered message may be replayed and run again.
     if (rec.status === "completed") this.#txRecords.delete(key);
     if (outbox.length === 0) return this.#counted();
@@ -449,11 +462,15 @@ export class Journal {
     else this.#schedule();
   }
 
-  /** Writes the rows waiting in memory and the started offsets; inside the open transaction. */
-  #writePending(): void {
+  /**
+   * Writes the rows waiting in memory and the started offsets; inside the open transaction, whose
+   * COMMIT writes `progress` too.
+   */
+  #writePending(progress: [CommitHook, ProgressEntry[]][]): void {
     if (this.#done.size > 0) {
-      this.#insertDone([...this.#done.values()]);
+      this.#insertDone(this.#coverable.size === 0 ? [...this.#done.values()] : this.#uncovered(progress));
       this.#done.clear();
+      this.#coverable.clear();
     }
     if (this.#txRecords.size > 0) {
       const rows: unknown[][] = [];
@@ -466,6 +483,19 @@ export class Journal {
       this.#s.startedSet.run(e.handler, e.topic, e.partition, e.next);
       e.dirty = false;
     }
+  }
+
+  /** The completion rows that `progress` (written by the same COMMIT) does not record. */
+  #uncovered(progress: [CommitHook, ProgressEntry[]][]): unknown[][] {
+    const next = new Map<string, bigint>();
+    for (const [, entries] of progress) for (const e of entries) next.set(`${e.groupId}\0${e.topic}\0${e.partition}`, e.nextOffset);
+    const rows: unknown[][] = [];
+    for (const [key, row] of this.#done) {
+      const group = this.#coverable.get(key);
+      const passed = group === undefined ? undefined : next.get(`${group}\0${row[3] as string}\0${row[4] as number}`);
+      if (passed === undefined || BigInt(row[5] as string) >= passed) rows.push(row);
+    }
+    return rows;
   }
 
   #ensureTx(): void {
@@ -536,7 +566,7 @@ export class Journal {
         this.#conn.exec("BEGIN IMMEDIATE");
         this.#inTx = true;
       }
-      this.#writePending();
+      this.#writePending(progress);
       const now = Date.now();
       for (const [, entries] of progress) {
         for (const e of entries) this.#s.setProgress.run(e.groupId, e.topic, e.partition, e.nextOffset, now);

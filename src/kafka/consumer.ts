@@ -14,10 +14,10 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute, type Verdict } from "../processing/executor.ts";
+import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } from "../processing/executor.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
-import { beforeJoin, rejoinAs } from "./membership.ts";
+import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
 
@@ -110,6 +110,9 @@ export class HandlerConsumer {
   #commitTimer: ReturnType<typeof setTimeout> | undefined;
   #committing: Promise<void> | undefined;
   #removeHook: () => void;
+  #removeGates: (() => void)[] = [];
+  /** #beforeRejoin is waiting for the batches: they stop taking messages. */
+  #rejoining = false;
   /** The chain of consumer rebuilds after crashes kafkajs won't restart from. */
   #rebuilding: Promise<void> | undefined;
   #crashes = 0;
@@ -145,8 +148,12 @@ export class HandlerConsumer {
     if (handler.order === "key") {
       // Queue bound: enough to keep every slot busy behind a few slow keys, small enough for memory.
       this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64));
-      beforeJoin(handler.groupId, () => this.#quiesceLanes());
+      this.#removeGates.push(beforeJoin(handler.groupId, () => this.#quiesceLanes()));
+    } else {
+      this.#removeGates.push(beforeJoin(handler.groupId, () => this.#beforeRejoin()));
     }
+    this.#removeGates.push(beforeLeave(handler.groupId, (via) =>
+      this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }))));
   }
 
   get ready(): boolean {
@@ -267,6 +274,7 @@ export class HandlerConsumer {
       // Left the group cleanly: the next start joins as a new member, nothing to rejoin as.
       if (left) this.#journal.setMeta(`member:${this.handler.groupId}`, null);
     }
+    for (const remove of this.#removeGates) remove();
     this.#joined = false;
     this.#bus.emit("consumer.stopped", { handler: this.handler.name, group: this.handler.groupId });
     return clean;
@@ -390,11 +398,13 @@ export class HandlerConsumer {
         this.#log.debug("heartbeat failed during batch; finishing the current message", { error: err });
       });
     }, this.#opts.heartbeatIntervalMs);
+    // Made once per batch, not per message (allocations on the hot path).
+    const deps = this.#deps(key(batch.topic, batch.partition), (ms) => this.#deferPartition(pause, ms));
     // Resolved once per batch, not per message: kafkajs parses the offset into a Long each call.
     let lastDone: string | undefined;
     try {
       for (const m of batch.messages) {
-        if (this.#stopping || rebalancing || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
+        if (this.#stopping || rebalancing || this.#rejoining || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
         const offset = BigInt(m.offset);
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
@@ -402,7 +412,7 @@ export class HandlerConsumer {
         if (below) this.#behind(state, offset);
         if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
-        const verdict = await this.#execute(message, below, (ms) => this.#deferPartition(pause, ms));
+        const verdict = await this.#execute(message, below, deps);
         if (verdict !== "done") break;
         if (offset >= state.next) state.next = offset + 1n;
         lastDone = m.offset;
@@ -417,9 +427,11 @@ export class HandlerConsumer {
       clearInterval(beat);
       unlock?.();
       if (lastDone !== undefined) resolveOffset(lastDone);
-      // Before kafkajs may rejoin the group, this batch's work is in Kafka's offsets or the
-      // progress log, where the partition's next owner looks.
-      await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
+      // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
+      // what a rebalance needs shared is shared in #beforeRejoin. Settling every batch held the
+      // partition's next fetch behind a journal flush and an offset commit (most of p99).
+      // kafkaTransactions keeps it: its emits reach Kafka only with the offsets' transaction.
+      if (this.#txOut) await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
       if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
     }
@@ -511,25 +523,29 @@ export class HandlerConsumer {
    * paused, so kafkajs fetches on for the others. Without it (key order) the message waits in its
    * lane, which holds up only its key.
    */
-  async #execute(message: KafkaMessage, below: boolean, defer?: (ms: number) => void): Promise<Verdict> {
-    const pk = key(message.topic, message.partition);
+  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps): Promise<Verdict> {
     this.#inflight++;
     try {
-      return await execute(this.handler, message, {
-        journal: this.#journal,
-        bus: this.#bus,
-        log: this.#log,
-        dlq: this.#dlq,
-        blocked: (reason) => {
-          if (reason === undefined) this.#blocked.delete(pk);
-          else this.#blocked.set(pk, reason);
-        },
-        retries: defer ? this.#retries : undefined,
-        defer,
-      }, this.#abort.signal, below);
+      return await execute(this.handler, message, deps, this.#abort.signal, below);
     } finally {
       this.#inflight--;
     }
+  }
+
+  /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
+  #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
+    return {
+      journal: this.#journal,
+      bus: this.#bus,
+      log: this.#log,
+      dlq: this.#dlq,
+      blocked: (reason) => {
+        if (reason === undefined) this.#blocked.delete(pk);
+        else this.#blocked.set(pk, reason);
+      },
+      retries: defer ? this.#retries : undefined,
+      defer,
+    };
   }
 
   /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
@@ -539,7 +555,7 @@ export class HandlerConsumer {
       if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
-        verdict = await this.#execute(message, below);
+        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)));
       } catch (err) {
         this.#lastError = errorMessage(err);
         this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
@@ -580,6 +596,54 @@ export class HandlerConsumer {
     await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
   }
 
+  /**
+   * order "partition"/"topic": runs before kafkajs (re)joins the group. The batches stop and what
+   * they journaled reaches Kafka's offsets or the progress log, where the partition's next owner
+   * looks (guarantee 7 with separate journals), before JoinGroup is sent; a partition gets a new
+   * owner only once every member rejoined (eager rebalancing), so no owner starts before this.
+   *
+   * Why this covers the graceful paths, in kafkajs 2.2.4 (consumer/runner.js, fetchManager.js,
+   * consumerGroup.js):
+   * - A rebalance noticed by a heartbeat, fetch or commit (REBALANCE_IN_PROGRESS, UNKNOWN_MEMBER_ID)
+   *   throws out of a fetcher; fetchManager.start stops every fetcher, and a fetcher ends only
+   *   after its workerQueue.push settled (allSettled: every batch of that fetch returned). Only
+   *   then does runner.scheduleFetchManager call joinAndSync. So no batch runs here, usually.
+   * - consumerGroup.recoverFromFetch (stale metadata or assignment) calls joinAndSync from inside
+   *   one fetcher's fetch while batches of other fetchers (other brokers) may run: #rejoining makes
+   *   them stop at the next message, and this waits for them (within the rebalance grace). The
+   *   flag ends with this gate, not at the next join: a JoinGroup that fails (e.g. coordinator
+   *   not available) makes kafkajs fetch on with the old assignment without a join. A batch such
+   *   a fetcher starts during the JoinGroup round trip is not covered (as with the per-batch
+   *   settle, whose late commit was refused then); single-broker clusters have no such fetcher.
+   * - Start, and kafkajs's restart after a crash, join through joinAndSync too (a new runner); the
+   *   crash itself first leaves the group through consumer.disconnect → runner.stop → leave, which
+   *   passes the beforeLeave gate (settle with the group's own commit: the runner's no-ops once
+   *   stopped). So does stop().
+   * - Not covered: this member's session expiring (process stalled or cut off longer than the
+   *   session timeout). The coordinator then rebalances without this member calling anything; the
+   *   new owner sees Kafka's offsets as of the last timer commit (≈ commitIntervalMs behind) and
+   *   with a separate journal may redo that work. The per-batch settle this replaces had the same
+   *   hole for the batch in flight; a shared journal (libsql://) has none.
+   */
+  async #beforeRejoin(): Promise<void> {
+    this.#joined = false;
+    this.#rejoining = true;
+    try {
+      if (this.#activeBatches > 0) {
+        const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([
+          new Promise<void>((r) => this.#idle.push(r)),
+          new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
+        ]);
+        clearTimeout(timer);
+      }
+      await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
+    } finally {
+      this.#rejoining = false;
+    }
+  }
+
   /** order: "topic": one batch at a time per topic, whichever partition it comes from. */
   async #lockTopic(topic: string): Promise<() => void> {
     const before = this.#topicLocks.get(topic);
@@ -596,11 +660,14 @@ export class HandlerConsumer {
 
   // ---- progress and commits ----
 
-  /** Journal durable, then offsets committed; if Kafka refuses (rebalance), progress published. */
-  async #settle(): Promise<void> {
+  /**
+   * Journal durable, then offsets committed; if Kafka refuses (rebalance), progress published.
+   * `via`: commit through this instead of the consumer (see beforeLeave).
+   */
+  async #settle(via?: CommitVia): Promise<void> {
     await this.#journal.flush();
     try {
-      await this.#commitOffsets();
+      await this.#commitOffsets(via);
     } catch (err) {
       const log = this.#progressLog;
       if (!log) throw err;
@@ -640,15 +707,16 @@ export class HandlerConsumer {
     }, this.#opts.commitIntervalMs);
   }
 
-  async #commitOffsets(): Promise<void> {
-    while (this.#committing) await this.#committing;
+  async #commitOffsets(via?: CommitVia): Promise<void> {
+    while (this.#committing) await this.#committing.catch(() => {});
     const consumer = this.#consumer;
-    if (!consumer) return;
+    const commit = via ?? (consumer && ((o: Parameters<CommitVia>[0]) => consumer.commitOffsets(o)));
+    if (!commit) return;
     const todo = [...this.#parts.values()].filter((p) => p.durable >= 0n && p.durable > p.committed);
     if (todo.length === 0) return;
     const offsets = todo.map((p) => ({ topic: p.topic, partition: p.partition, offset: p.durable.toString() }));
     const done = todo.map((p) => [p, p.durable] as const);
-    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : consumer.commitOffsets(offsets))
+    this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : commit(offsets))
       .then(() => {
         for (const [p, at] of done) {
           if (at > p.committed) p.committed = at;
@@ -679,14 +747,18 @@ function toMessage(
   partition: number,
   m: EachBatchPayload["batch"]["messages"][number],
 ): KafkaMessage {
+  // Per message: no entries arrays or spread objects (allocations on the hot path).
   const headers: Record<string, Buffer> = {};
-  for (const [k, v] of Object.entries(m.headers ?? {})) {
-    if (v === undefined) continue;
-    const one = Array.isArray(v) ? v[v.length - 1] : v;
-    if (one !== undefined) headers[k] = Buffer.isBuffer(one) ? one : Buffer.from(one);
+  const raw = m.headers;
+  if (raw) {
+    for (const k in raw) {
+      const v = raw[k];
+      if (v === undefined) continue;
+      const one = Array.isArray(v) ? v[v.length - 1] : v;
+      if (one !== undefined) headers[k] = Buffer.isBuffer(one) ? one : Buffer.from(one);
+    }
   }
-  const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
-  return {
+  const message: KafkaMessage = {
     topic,
     partition,
     offset: m.offset,
@@ -694,6 +766,8 @@ function toMessage(
     value: m.value ?? null,
     headers,
     timestamp: m.timestamp,
-    ...(leaderEpoch === undefined ? {} : { leaderEpoch }),
   };
+  const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
+  if (leaderEpoch !== undefined) message.leaderEpoch = leaderEpoch;
+  return message;
 }

@@ -4,21 +4,50 @@
 // development broker; the full session timeout on Kafka). An id the coordinator no longer knows
 // gets UNKNOWN_MEMBER_ID, on which kafkajs clears it and joins afresh, so a stale hint costs one
 // round trip. kafkajs has no option for this (no static membership), hence the narrow patch.
-// The same patch lets order: "key" finish and share its running work before a rejoin (beforeJoin).
+// The same patch lets a consumer share its journaled progress before a rejoin or a leave
+// (beforeJoin, beforeLeave): partitions move only after every member rejoined or left.
 // @ts-expect-error: kafkajs's internal consumer group has no type declarations.
 import ConsumerGroup from "kafkajs/src/consumer/consumerGroup.js";
 
 const hints = new Map<string, string>();
-const gates = new Map<string, () => Promise<void>>();
+const gates = new Map<string, Set<() => Promise<void>>>();
+const leaveGates = new Map<string, Set<(commit: CommitVia) => Promise<void>>>();
 let patched = false;
 
-type Group = { groupId: string; memberId: string | null };
+/** Commits offsets through the group itself (kafkajs's consumer no-ops once its runner stopped). */
+export type CommitVia = (offsets: { topic: string; partition: number; offset: string }[]) => Promise<void>;
+
+type Group = {
+  groupId: string;
+  memberId: string | null;
+  commitOffsets(offsets: { topics: { topic: string; partitions: { partition: number; offset: string }[] }[] }): Promise<void>;
+};
+
+/** kafkajs's consumer.commitOffsets list, in the shape its consumer group takes. */
+function byTopic(offsets: { topic: string; partition: number; offset: string }[]) {
+  const topics = new Map<string, { partition: number; offset: string }[]>();
+  for (const { topic, partition, offset } of offsets) {
+    let list = topics.get(topic);
+    if (!list) topics.set(topic, (list = []));
+    list.push({ partition, offset });
+  }
+  return { topics: [...topics].map(([topic, partitions]) => ({ topic, partitions })) };
+}
+
+async function all<A extends unknown[]>(set: Set<(...a: A) => Promise<void>> | undefined, ...args: A): Promise<void> {
+  if (set) await Promise.all([...set].map((g) => g(...args)));
+}
 
 function patch(): void {
   if (patched) return;
   patched = true;
-  const proto = (ConsumerGroup as { prototype: { joinAndSync(this: Group): Promise<unknown> } }).prototype;
+  const proto = (ConsumerGroup as { prototype: { joinAndSync(this: Group): Promise<unknown>; leave(this: Group): Promise<void> } }).prototype;
   const original = proto.joinAndSync;
+  const leave = proto.leave;
+  proto.leave = function (this: Group) {
+    // Still a member here: its generation's commits are accepted unless a rebalance began.
+    return all(leaveGates.get(this.groupId), (offsets) => this.commitOffsets(byTopic(offsets))).then(() => leave.call(this));
+  };
   proto.joinAndSync = function (this: Group) {
     const hint = hints.get(this.groupId);
     if (hint !== undefined) {
@@ -26,7 +55,7 @@ function patch(): void {
       if (!this.memberId) this.memberId = hint;
     }
     const gate = gates.get(this.groupId);
-    return gate ? gate().then(() => original.call(this)) : original.call(this);
+    return gate ? all(gate).then(() => original.call(this)) : original.call(this);
   };
 }
 
@@ -41,7 +70,22 @@ export function rejoinAs(groupId: string, memberId: string): void {
  * kafkajs does not see (messages still running after their batch returned) finishes and is shared
  * before the partitions can move. The gate must end well within the group's rebalance timeout.
  */
-export function beforeJoin(groupId: string, gate: () => Promise<void>): void {
+export function beforeJoin(groupId: string, gate: () => Promise<void>): () => void {
+  return add(gates, groupId, gate);
+}
+
+/**
+ * Every leave of `groupId` in this process (a stop, or kafkajs's own disconnect after a crash)
+ * first awaits `gate` (it must not reject), with a commit that still works there.
+ */
+export function beforeLeave(groupId: string, gate: (commit: CommitVia) => Promise<void>): () => void {
+  return add(leaveGates, groupId, gate);
+}
+
+function add<G>(map: Map<string, Set<G>>, groupId: string, gate: G): () => void {
   patch();
-  gates.set(groupId, gate);
+  let set = map.get(groupId);
+  if (!set) map.set(groupId, (set = new Set()));
+  set.add(gate);
+  return () => set.delete(gate);
 }

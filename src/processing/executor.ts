@@ -214,11 +214,13 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
   let payload: unknown;
   let id = messageId(message, handler.groupId, undefined);
   try {
-    const decode = () => decodePayload(handler, message);
     // JSON and raw decode synchronously (the hot path). Registry formats may wait for the registry,
     // except below the progress: the message is done, no need to wait to report it.
-    if (!REGISTRY_FORMATS.includes(handler.format)) payload = decode();
-    else payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+    if (!REGISTRY_FORMATS.includes(handler.format)) payload = decodePayload(handler, message);
+    else {
+      const decode = () => decodePayload(handler, message);
+      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+    }
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
       try {
@@ -299,9 +301,14 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       } catch (err) {
         return deadLetter(run, failure(id, "permanent", err, attempt));
       }
+      // A default id in partition/topic order is looked up only below the partition's progress,
+      // which then says "completed": with no result to return and nothing emitted, that progress
+      // (same COMMIT) can stand for the row. Keyed ids, key order (completes out of order),
+      // results, emits and Kafka transactions keep their row.
+      const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
-        offset: message.offset, attempts: attempt, result: json,
+        offset: message.offset, attempts: attempt, result: json, ...(byProgress ? { coveredBy: handler.groupId } : {}),
       }, outbox);
       report(id, "processed");
       return "done";
