@@ -1,6 +1,7 @@
 // Prometheus metrics (prom-client), one registry per worker. This module only subscribes to the
 // event bus; metric names and labels are a contract (SPEC "HTTP").
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from "prom-client";
+import { BatchedCounts, BatchedHistogram, type HistogramSeries } from "./batched.ts";
 import type { EventBus, Outcome } from "../events.ts";
 import { LagTracker } from "./lag.ts";
 
@@ -13,6 +14,11 @@ export interface Metrics {
   close(): void;
 }
 
+interface TopicSeries {
+  cells: Record<Outcome, { n: number }>;
+  duration: HistogramSeries;
+}
+
 const OUTCOMES: Outcome[] = ["processed", "deduplicated", "retried", "dead_lettered", "failed"];
 /** Outcomes whose time is the handler's work (a dedup hit or a retry would skew the histogram). */
 const TIMED = new Set<Outcome>(["processed", "dead_lettered", "failed"]);
@@ -22,16 +28,20 @@ export function createMetrics(bus: EventBus, opts: { processMetrics?: boolean } 
   const registers = [registry];
   if (opts.processMetrics !== false) collectDefaultMetrics({ register: registry });
 
+  // Per-message counts and durations: plain numbers, given to prom-client when scraped (batched.ts).
+  const counts = new BatchedCounts<"handler" | "topic" | "outcome">();
   const messages = new Counter({
     name: "kexo_messages_total",
     help: "Messages by handler, topic and outcome (disjoint: a deduplicated message is not processed)",
     labelNames: ["handler", "topic", "outcome"] as const,
     registers,
+    collect() {
+      counts.flush(this);
+    },
   });
-  const duration = new Histogram({
+  const duration = new BatchedHistogram({
     name: "kexo_handler_duration_seconds",
     help: "Time from a message's arrival in the executor to its completion or dead letter, retries included",
-    labelNames: ["handler", "topic"] as const,
     buckets: [0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60],
     registers,
   });
@@ -75,20 +85,24 @@ export function createMetrics(bus: EventBus, opts: { processMetrics?: boolean } 
     registers,
   });
 
-  // Children cached per label set: message.handled fires for every message.
-  const counted = new Map<string, ReturnType<typeof messages.labels>>();
-  const timed = new Map<string, ReturnType<typeof duration.labels>>();
+  // message.handled fires for every message: its series are found through two map lookups.
+  const series = new Map<string, Map<string, TopicSeries>>();
+  const seriesOf = (handler: string, topic: string): TopicSeries => {
+    let byTopic = series.get(handler);
+    if (!byTopic) series.set(handler, (byTopic = new Map()));
+    let s = byTopic.get(topic);
+    if (!s) {
+      const cells = {} as Record<Outcome, { n: number }>;
+      for (const outcome of OUTCOMES) cells[outcome] = counts.cell({ handler, topic, outcome });
+      byTopic.set(topic, (s = { cells, duration: duration.series({ handler, topic }) }));
+    }
+    return s;
+  };
   const off = [
     bus.on("message.handled", (e) => {
-      const k = `${e.handler}\0${e.topic}\0${e.outcome}`;
-      let c = counted.get(k);
-      if (!c) counted.set(k, (c = messages.labels(e.handler, e.topic, e.outcome)));
-      c.inc();
-      if (!TIMED.has(e.outcome)) return;
-      const tk = `${e.handler}\0${e.topic}`;
-      let h = timed.get(tk);
-      if (!h) timed.set(tk, (h = duration.labels(e.handler, e.topic)));
-      h.observe(e.seconds);
+      const s = seriesOf(e.handler, e.topic);
+      s.cells[e.outcome].n++;
+      if (TIMED.has(e.outcome)) s.duration.observe(e.seconds);
     }),
     bus.on("message.started", (e) => void attempts.set(e.handler, (attempts.get(e.handler) ?? 0) + 1)),
     bus.on("message.finished", (e) => void attempts.set(e.handler, Math.max(0, (attempts.get(e.handler) ?? 1) - 1))),
