@@ -9,44 +9,131 @@ interface Stmt {
   /** A native getter on the driver's statement: read once, kept in `isReader`. */
   reader: boolean;
   isReader?: boolean;
+  /** Changes data: not a reader, or a reader through RETURNING (see Redo). */
+  writes?: boolean;
   all(...params: unknown[]): unknown[];
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
   columns(): { name: string }[];
 }
 
+/**
+ * Runs a statement that changed data again, the same way, and throws RedoMismatchError when it
+ * gives a result other than the one the handler saw. The journal keeps these (see journal.ts,
+ * "ctx.tx without a savepoint") to rebuild its transaction without a failed ctx.tx.
+ */
+export type Redo = () => void;
+
+export class RedoMismatchError extends Error {
+  constructor(sql: string, what: string) {
+    super(`statement gave another result when run again (${what}): ${sql.slice(0, 200)}`);
+    this.name = "RedoMismatchError";
+  }
+}
+
 // Handlers run the same few statements for every message: preparing once saves most of the cost.
 const MAX_CACHED = 512;
 
-function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement): ResultSet {
-  const { sql, args } = typeof stmt === "string" ? { sql: stmt, args: undefined } : stmt;
+function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
   let prepared = cache.get(sql);
   if (!prepared) {
     if (cache.size >= MAX_CACHED) cache.clear();
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
+    prepared.writes = !prepared.isReader || /\breturning\b/i.test(sql);
     cache.set(sql, prepared);
   }
+  return prepared;
+}
+
+/** Bound values as they are now: a handler may reuse its args (array, object, buffers) afterwards. */
+function snapshot(bind: unknown[]): unknown[] {
+  return bind.map((x) => {
+    if (x instanceof Uint8Array) return new Uint8Array(x); // a copy: Buffer's slice() is a view
+    if (x instanceof ArrayBuffer) return x.slice(0);
+    if (x !== null && typeof x === "object" && !(x instanceof Date)) {
+      // named parameters
+      const named: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(x)) named[k] = v instanceof Uint8Array ? new Uint8Array(v) : v instanceof ArrayBuffer ? v.slice(0) : v;
+      return named;
+    }
+    return x;
+  });
+}
+
+function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement, redo: Redo[] | undefined): ResultSet {
+  const { sql, args } = typeof stmt === "string" ? { sql: stmt, args: undefined } : stmt;
+  const prepared = prepare(conn, cache, sql);
   const bind: unknown[] = args === undefined ? [] : Array.isArray(args) ? args : [args];
   if (prepared.isReader) {
     const rows = prepared.all(...bind) as Record<string, unknown>[];
+    if (redo && prepared.writes) {
+      const again = snapshot(bind);
+      const seen = rows.map((r) => ({ ...r }));
+      redo.push(() => {
+        if (!sameRows(prepared.all(...again) as Record<string, unknown>[], seen)) throw new RedoMismatchError(sql, "returned rows");
+      });
+    }
     return { columns: prepared.columns().map((c) => c.name), rows, rowsAffected: 0, lastInsertRowid: undefined };
   }
   const info = prepared.run(...bind);
+  if (redo) {
+    const again = snapshot(bind);
+    redo.push(() => {
+      const now = prepared.run(...again);
+      if (now.changes !== info.changes || BigInt(now.lastInsertRowid) !== BigInt(info.lastInsertRowid)) {
+        throw new RedoMismatchError(sql, `rowsAffected ${info.changes} then ${now.changes}, lastInsertRowid ${info.lastInsertRowid} then ${now.lastInsertRowid}`);
+      }
+    });
+  }
   return { columns: [], rows: [], rowsAffected: info.changes, lastInsertRowid: BigInt(info.lastInsertRowid) };
 }
 
-/** batch() runs in a savepoint, so it is all-or-nothing inside or outside a transaction. */
-export function createHandlerDb(conn: Conn): HandlerDb {
+/** Blobs come back as ArrayBuffers. */
+function bytes(x: unknown): Buffer | undefined {
+  if (x instanceof ArrayBuffer) return Buffer.from(x);
+  if (x instanceof Uint8Array) return Buffer.from(x.buffer, x.byteOffset, x.byteLength);
+  return undefined;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  const ab = bytes(a);
+  const bb = bytes(b);
+  if (ab && bb) return ab.equals(bb);
+  return a === b || (typeof a === "number" && typeof b === "number" && Number.isNaN(a) && Number.isNaN(b));
+}
+
+function sameRows(a: Record<string, unknown>[], b: Record<string, unknown>[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    const keys = Object.keys(x);
+    if (keys.length !== Object.keys(y).length) return false;
+    for (const k of keys) if (!sameValue(x[k], y[k])) return false;
+  }
+  return true;
+}
+
+/**
+ * batch() runs in a savepoint, so it is all-or-nothing inside or outside a transaction.
+ * `redoLog()`: where statements that changed data go while the journal's transaction is open
+ * (undefined outside one, e.g. in setup()).
+ */
+export function createHandlerDb(conn: Conn, redoLog: () => Redo[] | undefined = () => undefined): HandlerDb {
   let depth = 0;
   const cache = new Map<string, Stmt>();
   return {
-    execute: async (stmt) => toResult(conn, cache, stmt),
+    execute: async (stmt) => toResult(conn, cache, stmt, redoLog()),
     batch: async (stmts) => {
       const sp = `kexo_batch_${depth++}`;
+      const log = redoLog();
+      // A failed batch leaves nothing to redo: its statements join the log only once it is released.
+      const mine: Redo[] | undefined = log ? [] : undefined;
       conn.exec(`SAVEPOINT ${sp}`);
       try {
-        const out = stmts.map((s) => toResult(conn, cache, s));
+        const out = stmts.map((s) => toResult(conn, cache, s, mine));
         conn.exec(`RELEASE ${sp}`);
+        if (log && mine) log.push(...mine);
         return out;
       } catch (err) {
         conn.exec(`ROLLBACK TO ${sp}`);

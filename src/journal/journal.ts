@@ -4,10 +4,16 @@
 // Invariants:
 // - Many messages' records share one transaction (group commit); durable() resolves only after
 //   the COMMIT that holds every write made before it was called.
-// - A handler's ctx.tx runs inside a SAVEPOINT together with the row that records it, so its
-//   writes and its record commit or vanish together, whatever else shares the transaction. While
-//   a savepoint is open, every other write waits in #queue: nothing of another message may be
-//   rolled back with it, and COMMIT never lands between a tx's writes and its record.
+// - A handler's ctx.tx commits or vanishes together with the record of it, whatever else shares
+//   the transaction. While its body runs, every other write waits in #queue: nothing of another
+//   message may be undone with it, and COMMIT never lands between a tx's writes and its record.
+// - ctx.tx without a savepoint: a SAVEPOINT/RELEASE pair cost about as much as the handler's
+//   INSERT (bench (b)). So the body runs straight in the group's transaction, and every write
+//   since BEGIN is kept as a Redo (#redo). When a body fails, the transaction is rolled back and
+//   redone without it (#undoTx); each handler statement checks it gets the result the handler saw
+//   (rowsAffected, lastInsertRowid, RETURNING rows), else the journal fails and kexo stops before
+//   anything is acknowledged, and later runs use savepoints (meta `tx_undo`). A handler whose body
+//   failed uses savepoints for its next SAVEPOINT_RUNS_AFTER_FAILURE runs: failures come in runs.
 // - Completion rows and ctx.tx records wait in memory (#done, #txRecords) and are written as
 //   multi-row INSERTs right before COMMIT, inside the same transaction; reads consult them first.
 //   A tx record whose message completes before that COMMIT is dropped: the completion row, in the
@@ -25,12 +31,15 @@ import Database from "libsql";
 import { ConfigError, ExitCode, KexoError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
-import { createHandlerDb } from "./handler-db.ts";
+import { createHandlerDb, type Redo } from "./handler-db.ts";
 import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 
 type Conn = InstanceType<typeof Database>;
+
+/** ctx.tx runs of a handler that use a savepoint after one of its bodies failed (see top). */
+export const SAVEPOINT_RUNS_AFTER_FAILURE = 1000;
 
 export interface MessageRecord {
   handler: string;
@@ -172,6 +181,12 @@ export class Journal {
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
   #started: Map<string, { handler: string; topic: string; partition: number; next: bigint; dirty: boolean }> | undefined;
+  /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
+  #redo: Redo[] = [];
+  /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
+  #savepointRuns = new Map<string, number>();
+  /** Every ctx.tx uses a savepoint: a redo once gave another result (meta `tx_undo`). */
+  #alwaysSavepoint: boolean;
 
   private constructor(path: string, conn: Conn, opts: JournalOptions) {
     this.path = path;
@@ -180,7 +195,8 @@ export class Journal {
     this.#interval = opts.commitIntervalMs ?? 4;
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
-    this.handlerDb = createHandlerDb(conn);
+    this.handlerDb = createHandlerDb(conn, () => (this.#inTx ? this.#redo : undefined));
+    this.#alwaysSavepoint = (this.#s.metaGet.get("tx_undo") as { value: string } | undefined)?.value === "savepoint";
     this.#insertDone = createMultiInsert(
       conn,
       `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)`,
@@ -375,11 +391,13 @@ export class Journal {
       this.#ensureTx();
       const recorded = unrecorded ? undefined : this.#recordedTx(handler, id, name);
       if (recorded !== undefined) return JSON.parse(recorded) as R;
-      this.#conn.exec("SAVEPOINT kexo_tx");
+      const savepoint = this.#alwaysSavepoint || this.#savepointRun(handler);
+      const mark = this.#redo.length;
+      if (savepoint) this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
         const json = result === undefined ? "null" : toJson(result, `ctx.tx result (${name})`);
-        this.#conn.exec("RELEASE kexo_tx");
+        if (savepoint) this.#conn.exec("RELEASE kexo_tx");
         const key = `${handler}\0${id}`;
         let records = this.#txRecords.get(key);
         if (!records) this.#txRecords.set(key, (records = new Map()));
@@ -387,8 +405,15 @@ export class Journal {
         this.#pendingWrites++;
         return result;
       } catch (err) {
-        this.#conn.exec("ROLLBACK TO kexo_tx");
-        this.#conn.exec("RELEASE kexo_tx");
+        this.#savepointRuns.set(handler, SAVEPOINT_RUNS_AFTER_FAILURE);
+        if (savepoint) {
+          this.#conn.exec("ROLLBACK TO kexo_tx");
+          this.#conn.exec("RELEASE kexo_tx");
+          // The savepoint's statements are undone: what the body logged must not be redone.
+          this.#redo.length = mark;
+        } else {
+          this.#undoTx(mark, handler, id);
+        }
         throw err;
       }
     } finally {
@@ -501,16 +526,67 @@ export class Journal {
   #ensureTx(): void {
     if (this.#failed) throw this.#failed;
     if (this.#closed) throw new KexoError("journal_closed", "journal is closed", { exitCode: ExitCode.invariant });
-    if (!this.#inTx) {
-      this.#conn.exec("BEGIN IMMEDIATE");
-      this.#inTx = true;
+    if (!this.#inTx) this.#begin();
+  }
+
+  #begin(): void {
+    this.#conn.exec("BEGIN IMMEDIATE");
+    this.#inTx = true;
+    this.#redo = [];
+  }
+
+  /** Whether this ctx.tx run of `handler` uses a savepoint (one of its bodies failed lately). */
+  #savepointRun(handler: string): boolean {
+    const left = this.#savepointRuns.get(handler);
+    if (left === undefined) return false;
+    if (left <= 1) this.#savepointRuns.delete(handler);
+    else this.#savepointRuns.set(handler, left - 1);
+    return true;
+  }
+
+  /**
+   * Undoes a failed ctx.tx that ran without a savepoint: rolls the transaction back and redoes
+   * every write before it (#redo up to `mark`). A redo that gives another result than the first
+   * time (a nondeterministic RETURNING, say) fails the journal: kexo stops with nothing of this
+   * transaction acknowledged, and from then on uses savepoints, so the restart can't repeat it.
+   */
+  #undoTx(mark: number, handler: string, id: string): void {
+    const redo = this.#redo.slice(0, mark);
+    try {
+      this.#conn.exec("ROLLBACK");
+      this.#inTx = false;
+      this.#begin();
+      for (const r of redo) r();
+      this.#redo = redo;
+    } catch (err) {
+      try {
+        if (this.#conn.inTransaction) this.#conn.exec("ROLLBACK");
+        this.#inTx = false;
+        this.#conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('tx_undo', 'savepoint')").run();
+      } catch {
+        // the journal fails below either way
+      }
+      this.#fail(new KexoError(
+        "journal_tx_undo_failed",
+        `could not undo the failed ctx.tx of ${handler} message ${id} without a savepoint (${this.path}): ${(err as Error).message}; ` +
+          "kexo stops with this group commit unacknowledged, and the restart runs it again using savepoints",
+        { exitCode: ExitCode.transient, cause: err },
+      ));
     }
+  }
+
+  /** Stops the journal: nothing pending is acknowledged; the worker exits and a restart redoes it. */
+  #fail(error: KexoError): void {
+    this.#failed = error;
+    for (const w of this.#waiters.splice(0)) w.reject(error);
+    this.#bus?.emit("worker.error", { error });
   }
 
   #write(fn: () => void): void {
     const run = () => {
       this.#ensureTx();
       fn();
+      this.#redo.push(fn);
       this.#pendingWrites++;
       if (this.#pendingWrites >= this.#maxPending) this.#commit();
       else this.#schedule();
@@ -562,10 +638,7 @@ export class Journal {
     const started = performance.now();
     const writes = this.#pendingWrites;
     try {
-      if (!this.#inTx) {
-        this.#conn.exec("BEGIN IMMEDIATE");
-        this.#inTx = true;
-      }
+      if (!this.#inTx) this.#begin();
       this.#writePending(progress);
       const now = Date.now();
       for (const [, entries] of progress) {
@@ -590,6 +663,7 @@ export class Journal {
     } finally {
       this.#inTx = false;
       this.#pendingWrites = 0;
+      this.#redo = [];
     }
     this.#bus?.emit("journal.committed", { seconds: (performance.now() - started) / 1000, writes });
     for (const [hook, entries] of progress) hook.committed(entries);

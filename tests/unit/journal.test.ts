@@ -2,6 +2,7 @@
 import { describe, expect, test } from "bun:test";
 import Database from "libsql";
 import { join } from "node:path";
+import type { HandlerDb, InValue } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
 import { tempDir } from "../support/tmp.ts";
 
@@ -55,6 +56,84 @@ describe("journal", () => {
     expect(other.prepare("SELECT id, name, result FROM kexo_steps").all()).toEqual([{ id: "m3", name: "tx:1", result: "7" }]);
     other.close();
     await journal.close();
+  });
+
+  test("failed txs in one group (undone by redo, then by savepoint) leave exactly the other txs' writes", async () => {
+    const { path, journal } = open();
+    await journal.handlerDb.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, v TEXT, b BLOB)");
+    const args: InValue[] = ["m1", Buffer.from("m1")];
+    const ids: bigint[] = [];
+    const insert = (db: HandlerDb, v: string) => db.execute({ sql: "INSERT INTO items (v, b) VALUES (?, ?)", args: [v, Buffer.from(v)] });
+    ids.push((await journal.runTx("h", "m1", "tx:1", async (db) => {
+      const r = await db.execute({ sql: "INSERT INTO items (v, b) VALUES (?, ?)", args });
+      // The handler reuses its array and buffer: a redo must bind what was bound then.
+      args[0] = "changed";
+      (args[1] as Buffer).fill(0);
+      return r;
+    })).lastInsertRowid!);
+    journal.recordStep("h", "m1", "step:a", "1");
+    // First failure of handler h: no savepoint, so the transaction is rolled back and redone.
+    await expect(journal.runTx("h", "m2", "tx:1", async (db) => {
+      await insert(db, "m2-a");
+      await insert(db, "m2-b");
+      throw new Error("boom m2");
+    })).rejects.toThrow("boom m2");
+    ids.push((await journal.runTx("h", "m3", "tx:1", async (db) => {
+      const named: Record<string, InValue> = { v: "m3", b: Buffer.from("m3") };
+      const r = await db.execute({ sql: "INSERT INTO items (v, b) VALUES (:v, :b)", args: named });
+      named.v = "changed";
+      return r;
+    })).lastInsertRowid!);
+    // h failed lately, so this one runs in a savepoint; its statements must not be redone later.
+    await expect(journal.runTx("h", "m4", "tx:1", async (db) => {
+      await insert(db, "m4");
+      throw new Error("boom m4");
+    })).rejects.toThrow("boom m4");
+    ids.push((await journal.runTx("h", "m5", "tx:1", (db) => insert(db, "m5"))).lastInsertRowid!);
+    // Another handler's first failure: a second redo, over the savepoint-era writes.
+    await expect(journal.runTx("g", "m6", "tx:1", async (db) => {
+      await db.execute({ sql: "UPDATE items SET v = 'ruined'", args: [] });
+      throw new Error("boom m6");
+    })).rejects.toThrow("boom m6");
+    await journal.durable();
+    const other = new Database(path);
+    expect(other.prepare("SELECT id, v, CAST(b AS TEXT) AS b FROM items ORDER BY id").all()).toEqual([
+      { id: 1, v: "m1", b: "m1" },
+      { id: 2, v: "m3", b: "m3" },
+      { id: 3, v: "m5", b: "m5" },
+    ]);
+    expect(ids).toEqual([1n, 2n, 3n]);
+    expect(other.prepare("SELECT id, name FROM kexo_steps ORDER BY id, name").all()).toEqual([
+      { id: "m1", name: "step:a" }, { id: "m1", name: "tx:1" }, { id: "m3", name: "tx:1" }, { id: "m5", name: "tx:1" },
+    ]);
+    other.close();
+    await journal.close();
+  });
+
+  test("a redo that returns other rows than the handler saw fails the journal, and later runs use savepoints", async () => {
+    const { path, journal } = open();
+    await journal.handlerDb.execute("CREATE TABLE items (v TEXT, r INTEGER)");
+    const lucky = (db: HandlerDb) => db.execute({ sql: "INSERT INTO items VALUES ('kept', random()) RETURNING r", args: [] });
+    const failing = async (db: HandlerDb) => {
+      await db.execute("INSERT INTO items VALUES ('undone', 0)");
+      throw new Error("boom");
+    };
+    await journal.runTx("h", "m1", "tx:1", lucky);
+    await expect(journal.runTx("h", "m2", "tx:1", failing)).rejects.toThrow("boom");
+    await expect(journal.durable()).rejects.toThrow(/could not undo the failed ctx\.tx of h message m2.*returned rows/);
+    const other = new Database(path);
+    // Nothing of the group was acknowledged, so nothing of it is in the file.
+    expect(other.prepare("SELECT count(*) AS n FROM items").all()).toEqual([{ n: 0 }]);
+    expect(other.prepare("SELECT value FROM kexo_meta WHERE key = 'tx_undo'").all()).toEqual([{ value: "savepoint" }]);
+    other.close();
+    await journal.close();
+
+    const again = Journal.open({ url: `file:${path}`, commitIntervalMs: 5 });
+    await again.runTx("h", "m1", "tx:1", lucky);
+    await expect(again.runTx("h", "m2", "tx:1", failing)).rejects.toThrow("boom");
+    await again.durable();
+    expect(again.query<{ v: string }>("SELECT v FROM items")).toEqual([{ v: "kept" }]);
+    await again.close();
   });
 
   test("a recorded tx is not run again and returns its recorded result", async () => {
