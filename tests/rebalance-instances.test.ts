@@ -71,6 +71,15 @@ test("three instances joining and leaving during a 20k stream: every message han
   console.log(`effects per instance: ${perInstance.join(", ")}`);
   expect(perInstance.every((n) => n > 0)).toBe(true);
   const twice = [...seen.entries()].filter(([, c]) => c > 1);
+  if (twice.length > 0) {
+    // What a failure needs to be understood: where the doubles are and what each instance logged
+    // around its joins, commits and leave.
+    const dup = new Set(twice.map(([n]) => n));
+    dbs.forEach((db, i) => console.log(`instance ${"abc"[i]} doubles: ${effects(db).filter((n) => dup.has(n)).sort((x, y) => x - y).join(",")}`));
+    [a, b, c].forEach((w, i) => {
+      for (const l of w.lines) if (l.level !== "debug") console.log(`${"abc"[i]} ${JSON.stringify(l)}`);
+    });
+  }
   expect(twice.length).toBe(0);
   expect(seen.size).toBe(COUNT);
 }, 240_000);

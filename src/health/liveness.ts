@@ -34,6 +34,8 @@ export class Liveness {
   readonly options: LivenessOptions;
   #now: () => number;
   #handlers = new Map<string, HandlerState>();
+  #lastName: string | undefined;
+  #lastState: HandlerState | undefined;
   #off: (() => void)[];
 
   constructor(bus: EventBus, options: Partial<LivenessOptions> = {}, now: () => number = Date.now) {
@@ -104,11 +106,15 @@ export class Liveness {
   }
 
   #state(handler: string): HandlerState {
+    // Called three times per message, nearly always for the same handler.
+    if (this.#lastName === handler) return this.#lastState!;
     let s = this.#handlers.get(handler);
     if (!s) {
       const t = this.#now();
       this.#handlers.set(handler, (s = { joined: false, lastActivity: t, lastContact: t, attempts: new Map() }));
     }
+    this.#lastName = handler;
+    this.#lastState = s;
     return s;
   }
 }
