@@ -180,7 +180,9 @@ export class Journal {
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
-  #started: Map<string, { handler: string; topic: string; partition: number; next: bigint; dirty: boolean }> | undefined;
+  #started: Map<string, StartedEntry> | undefined;
+  /** The entry the last start() used: consecutive messages share their partition. */
+  #lastStarted: StartedEntry | undefined;
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
   /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
@@ -275,16 +277,22 @@ export class Journal {
   start(handler: string, topic: string, partition: number, offset: string): boolean {
     const started = this.#started;
     if (!started) return false;
-    const key = `${handler}\0${topic}\0${partition}`;
-    let e = started.get(key);
-    if (!e) {
-      const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
-      e = { handler, topic, partition, next: row ? BigInt(row.next_offset) : -1n, dirty: false };
-      started.set(key, e);
+    // Offsets as numbers (no BigInt per message); one past 2^53 only ever takes the lookups.
+    if (offset.length > 15) return false;
+    let e = this.#lastStarted;
+    if (!e || e.partition !== partition || e.topic !== topic || e.handler !== handler) {
+      const key = `${handler}\0${topic}\0${partition}`;
+      e = started.get(key);
+      if (!e) {
+        const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
+        e = { handler, topic, partition, next: row ? Number(row.next_offset) : -1, dirty: false };
+        started.set(key, e);
+      }
+      this.#lastStarted = e;
     }
-    const at = BigInt(offset);
+    const at = Number(offset);
     if (at < e.next) return false;
-    e.next = at + 1n;
+    e.next = at + 1;
     e.dirty = true;
     return true;
   }
@@ -515,10 +523,31 @@ export class Journal {
     const next = new Map<string, bigint>();
     for (const [, entries] of progress) for (const e of entries) next.set(`${e.groupId}\0${e.topic}\0${e.partition}`, e.nextOffset);
     const rows: unknown[][] = [];
+    // Rows come in runs of one partition: its progress is looked up once per run.
+    let group: string | undefined;
+    let topic: unknown;
+    let partition: unknown;
+    let passed: bigint | undefined;
+    let passedNum = 0;
     for (const [key, row] of this.#done) {
-      const group = this.#coverable.get(key);
-      const passed = group === undefined ? undefined : next.get(`${group}\0${row[3] as string}\0${row[4] as number}`);
-      if (passed === undefined || BigInt(row[5] as string) >= passed) rows.push(row);
+      const g = this.#coverable.get(key);
+      if (g === undefined) {
+        rows.push(row);
+        continue;
+      }
+      if (g !== group || row[3] !== topic || row[4] !== partition) {
+        group = g;
+        topic = row[3];
+        partition = row[4];
+        passed = next.get(`${g}\0${topic as string}\0${partition as number}`);
+        passedNum = passed !== undefined && passed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(passed) : Number.NaN;
+      }
+      if (passed === undefined) rows.push(row);
+      else {
+        const offset = row[5] as string;
+        const below = offset.length <= 15 && !Number.isNaN(passedNum) ? Number(offset) < passedNum : BigInt(offset) < passed;
+        if (!below) rows.push(row);
+      }
     }
     return rows;
   }
@@ -727,6 +756,15 @@ function prepareAll(conn: Conn) {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
   };
+}
+
+/** The lowest offset never started, per handler and partition (kexo_started). */
+interface StartedEntry {
+  handler: string;
+  topic: string;
+  partition: number;
+  next: number;
+  dirty: boolean;
 }
 
 /**

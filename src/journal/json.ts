@@ -11,6 +11,8 @@ function replacer(_key: string, value: unknown): unknown {
 }
 
 export function toJson(value: unknown, what: string): string {
+  // Most handlers return nothing: JSON.stringify with a replacer is not free (≈ 0.35 µs).
+  if (value === undefined || value === null) return "null";
   try {
     return JSON.stringify(value ?? null, replacer) ?? "null";
   } catch (err) {

@@ -384,7 +384,8 @@ export class HandlerConsumer {
 
   async #eachBatch(payload: EachBatchPayload): Promise<void> {
     const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
-    const state = this.#parts.get(key(batch.topic, batch.partition));
+    const pk = key(batch.topic, batch.partition);
+    const state = this.#parts.get(pk);
     this.#fetched(batch);
     if (!state || this.#stopping) return;
     this.#activeBatches++;
@@ -399,12 +400,12 @@ export class HandlerConsumer {
       });
     }, this.#opts.heartbeatIntervalMs);
     // Made once per batch, not per message (allocations on the hot path).
-    const deps = this.#deps(key(batch.topic, batch.partition), (ms) => this.#deferPartition(pause, ms));
+    const deps = this.#deps(pk, (ms) => this.#deferPartition(pause, ms));
     // Resolved once per batch, not per message: kafkajs parses the offset into a Long each call.
     let lastDone: string | undefined;
     try {
       for (const m of batch.messages) {
-        if (this.#stopping || rebalancing || this.#rejoining || !isRunning() || isStale() || state !== this.#parts.get(key(batch.topic, batch.partition))) break;
+        if (this.#stopping || rebalancing || this.#rejoining || !isRunning() || isStale() || state !== this.#parts.get(pk)) break;
         const offset = BigInt(m.offset);
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.

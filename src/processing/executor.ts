@@ -308,7 +308,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
-        offset: message.offset, attempts: attempt, result: json, ...(byProgress ? { coveredBy: handler.groupId } : {}),
+        offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
       }, outbox);
       report(id, "processed");
       return "done";
