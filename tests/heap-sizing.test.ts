@@ -1,5 +1,5 @@
 // `kexo run` re-executes itself once, keeping its pid, with JavaScriptCore's heap sized for
-// 256 MiB (BUN_JSC_forceRAMSize) so a draining worker stays small; an operator's value is kept.
+// 192 MiB (BUN_JSC_forceRAMSize) so a draining worker stays small; an operator's value is kept.
 import { afterAll, expect, test } from "bun:test";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -28,7 +28,7 @@ export default defineHandler({ topics: ["heap-in"], schema: v.object({}), async 
 
 const environOf = (pid: number) => readFileSync(`/proc/${pid}/environ`, "utf8").split("\0");
 
-test("the worker that serves HTTP is the spawned pid, with the heap sized for 256 MiB", async () => {
+test("the worker that serves HTTP is the spawned pid, with the heap sized for 192 MiB", async () => {
   expect(process.env[RAM_SIZE_ENV]).toBeUndefined();
   const w = await start({});
   expect(environOf(w.proc.pid)).toContain(`${RAM_SIZE_ENV}=${WORKER_RAM_BYTES}`);

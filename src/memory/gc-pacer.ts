@@ -16,7 +16,7 @@ export interface GcPacerOptions {
   checkIntervalMs: number;
 }
 
-export const DEFAULT_GC_PACER: GcPacerOptions = { everyMessages: 5_000, checkIntervalMs: 250 };
+export const DEFAULT_GC_PACER: GcPacerOptions = { everyMessages: 5_000, checkIntervalMs: 100 };
 
 /** Bun's full, synchronous collection; undefined outside Bun (Deno runs the sources). */
 function bunFullGc(): (() => void) | undefined {
