@@ -45,18 +45,23 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
   return prepared;
 }
 
+/** A bound value as it is now: blobs are copied (Buffer's slice() is a view). */
+function copyValue(x: unknown): unknown {
+  if (x instanceof Uint8Array) return new Uint8Array(x);
+  if (x instanceof ArrayBuffer) return x.slice(0);
+  return x;
+}
+
 /** Bound values as they are now: a handler may reuse its args (array, object, buffers) afterwards. */
 function snapshot(bind: unknown[]): unknown[] {
   return bind.map((x) => {
-    if (x instanceof Uint8Array) return new Uint8Array(x); // a copy: Buffer's slice() is a view
-    if (x instanceof ArrayBuffer) return x.slice(0);
-    if (x !== null && typeof x === "object" && !(x instanceof Date)) {
+    if (x !== null && typeof x === "object" && !(x instanceof Date) && !(x instanceof Uint8Array) && !(x instanceof ArrayBuffer)) {
       // named parameters
       const named: Record<string, unknown> = {};
-      for (const [k, v] of Object.entries(x)) named[k] = v instanceof Uint8Array ? new Uint8Array(v) : v instanceof ArrayBuffer ? v.slice(0) : v;
+      for (const [k, v] of Object.entries(x)) named[k] = copyValue(v);
       return named;
     }
-    return x;
+    return copyValue(x);
   });
 }
 

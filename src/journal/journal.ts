@@ -198,7 +198,7 @@ export class Journal {
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
     this.handlerDb = createHandlerDb(conn, () => (this.#inTx ? this.#redo : undefined));
-    this.#alwaysSavepoint = (this.#s.metaGet.get("tx_undo") as { value: string } | undefined)?.value === "savepoint";
+    this.#alwaysSavepoint = this.getMeta("tx_undo") === "savepoint";
     this.#insertDone = createMultiInsert(
       conn,
       `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)`,
@@ -404,7 +404,7 @@ export class Journal {
       if (savepoint) this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
-        const json = result === undefined ? "null" : toJson(result, `ctx.tx result (${name})`);
+        const json = toJson(result, `ctx.tx result (${name})`);
         if (savepoint) this.#conn.exec("RELEASE kexo_tx");
         const key = `${handler}\0${id}`;
         let records = this.#txRecords.get(key);
@@ -591,7 +591,7 @@ export class Journal {
       try {
         if (this.#conn.inTransaction) this.#conn.exec("ROLLBACK");
         this.#inTx = false;
-        this.#conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('tx_undo', 'savepoint')").run();
+        this.#s.metaSet.run("tx_undo", "savepoint");
       } catch {
         // the journal fails below either way
       }
@@ -681,13 +681,13 @@ export class Journal {
       } catch {
         // already rolled back by the engine
       }
-      this.#failed = new KexoError(
+      const error = new KexoError(
         "journal_commit_failed",
         `journal commit failed (${this.path}): ${(err as Error).message}; kexo stops so that no offset runs ahead of the journal`,
         { exitCode: ExitCode.transient, cause: err },
       );
-      for (const w of [...waiters, ...this.#waiters.splice(0)]) w.reject(this.#failed);
-      this.#bus?.emit("worker.error", { error: this.#failed });
+      for (const w of waiters) w.reject(error);
+      this.#fail(error);
       return;
     } finally {
       this.#inTx = false;

@@ -14,7 +14,7 @@ export function toJson(value: unknown, what: string): string {
   // Most handlers return nothing: JSON.stringify with a replacer is not free (≈ 0.35 µs).
   if (value === undefined || value === null) return "null";
   try {
-    return JSON.stringify(value ?? null, replacer) ?? "null";
+    return JSON.stringify(value, replacer) ?? "null";
   } catch (err) {
     throw new PermanentError(`${what} is not JSON-serializable: ${(err as Error).message}`, { cause: err });
   }

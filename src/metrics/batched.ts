@@ -80,8 +80,9 @@ export class BatchedHistogram {
 }
 
 /**
- * Counts for one prom-client Counter kept in plain numbers: `add` on the hot path, `flush` from
- * the counter's collect() (before every scrape) moves what was added since into prom-client.
+ * Counts for one prom-client Counter kept in plain numbers: the hot path adds to a cell's `n`;
+ * `flush`, from the counter's collect() (before every scrape), moves what was added since into
+ * prom-client.
  */
 export class BatchedCounts<L extends string> {
   #entries = new Map<string, { labels: Partial<Record<L, string>>; n: number }>();
