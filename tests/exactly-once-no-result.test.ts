@@ -10,7 +10,8 @@ import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess } from "./support/worker.ts";
 
 const TOPIC = "noresult-in";
-const COUNT = 6000;
+// Enough that the third SIGKILL (at 4500 effects) still lands mid-stream at ≈ 70k msg/s.
+const COUNT = 60_000;
 let broker: TestBroker;
 let dir: string;
 
@@ -66,5 +67,5 @@ test("no-result handlers: exactly-once ctx.tx effects across SIGKILLs, with few 
   // Rows are left only where a COMMIT ran before the consumer moved progress past the message.
   const rows = countIn(db, "SELECT count(*) AS n FROM kexo_messages");
   console.log(`completion rows: ${rows} of ${COUNT}`);
-  expect(rows).toBeLessThan(COUNT / 2);
+  expect(rows).toBeLessThan(3000);
 }, 240_000);
