@@ -14,9 +14,9 @@ export interface Events {
     seconds: number;
     result?: unknown;
   };
-  /** One attempt of the handler's `handle` begins / ends (`id` pairs them). */
-  "message.started": { handler: string; id: string };
-  "message.finished": { handler: string; id: string };
+  /** One attempt of the handler's `handle` begins / ends: the same object both times. */
+  "message.started": Attempt;
+  "message.finished": Attempt;
   "journal.committed": { seconds: number; writes: number };
   "consumer.joining": { handler: string; group: string };
   "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number };
@@ -31,6 +31,12 @@ export interface Events {
   "consumer.stopped": { handler: string; group: string };
   "outbox.pending": { count: number };
   "worker.error": { handler?: string; error: unknown };
+}
+
+/** An attempt of `handle`; listeners may key on the object itself (no per-message string hashing). */
+export interface Attempt {
+  handler: string;
+  id: string;
 }
 
 type Listener<K extends keyof Events> = (payload: Events[K]) => void;

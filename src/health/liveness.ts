@@ -7,7 +7,7 @@
 //   against a default maxDelayMs of 30 s).
 // - Broker grace: a joined consumer with no answer from the broker (fetch, heartbeat, commit) for
 //   brokerGraceMs is not ready; shorter outages don't flap readiness.
-import type { EventBus } from "../events.ts";
+import type { Attempt, EventBus } from "../events.ts";
 
 export interface LivenessOptions {
   pollTtlMs: number;
@@ -26,8 +26,8 @@ interface HandlerState {
   joined: boolean;
   lastActivity: number;
   lastContact: number;
-  /** id → when its current attempt started. */
-  attempts: Map<string, number>;
+  /** Running attempts (message.started's object) → when they started. */
+  attempts: Map<Attempt, number>;
 }
 
 export class Liveness {
@@ -62,11 +62,11 @@ export class Liveness {
       bus.on("message.handled", (e) => active(e.handler)),
       bus.on("message.started", (e) => {
         active(e.handler);
-        this.#state(e.handler).attempts.set(e.id, now());
+        this.#state(e.handler).attempts.set(e, now());
       }),
       bus.on("message.finished", (e) => {
         active(e.handler);
-        this.#state(e.handler).attempts.delete(e.id);
+        this.#state(e.handler).attempts.delete(e);
       }),
     ];
   }
@@ -76,7 +76,7 @@ export class Liveness {
     const now = this.#now();
     const out: Finding[] = [];
     for (const [handler, s] of this.#handlers) {
-      for (const [id, since] of s.attempts) {
+      for (const [{ id }, since] of s.attempts) {
         if (now - since > this.options.handlerTtlMs) {
           out.push({ handler, reason: `handler ${handler}: message ${id} has been in handle() for ${now - since} ms, past the handler TTL of ${this.options.handlerTtlMs} ms` });
           break;

@@ -14,15 +14,20 @@
 //   (rowsAffected, lastInsertRowid, RETURNING rows), else the journal fails and kexo stops before
 //   anything is acknowledged, and later runs use savepoints (meta `tx_undo`). A handler whose body
 //   failed uses savepoints for its next SAVEPOINT_RUNS_AFTER_FAILURE runs: failures come in runs.
-// - Completion rows and ctx.tx records wait in memory (#done, #txRecords) and are written as
-//   multi-row INSERTs right before COMMIT, inside the same transaction; reads consult them first.
-//   A tx record whose message completes before that COMMIT is dropped: the completion row, in the
-//   same transaction as the tx's writes, already says "never run again". Savepoint rollbacks never
-//   touch them: they are not in the database until the COMMIT.
+// - Completion rows and ctx.tx records wait in memory (#done, #covered, #txRecords, #freshTx) and
+//   are written as multi-row INSERTs right before COMMIT, inside the same transaction; reads
+//   consult them first. A tx record whose message completes before that COMMIT is dropped: the
+//   completion, in the same transaction as the tx's writes, already says "never run again".
+//   Savepoint rollbacks never touch them: they are not in the database until the COMMIT.
 // - A completion marked `coveredBy` (a default-id message of order partition/topic, no result, no
 //   outbox) gets no row when that group's partition progress written by the same COMMIT passes
 //   its offset: the progress row says "completed" and is what later deliveries check first. If
 //   the COMMIT's progress does not pass it (progress taken before it finished), the row is written.
+//   These wait per partition (#covered), as offsets: no map keyed by the ~60-character id per
+//   message, the journal's largest per-message cost before. A lookup finds them by position.
+// - ctx.tx records of a message's first run at a never-started offset (`fresh` in runTx) wait in
+//   a plain list (#freshTx) that its completion empties; other runs' records are keyed by message
+//   (#txRecords). A lookup of a default id scans the list: only retries and redeliveries do.
 // - kexo_started (see schema.ts) is written at every COMMIT that follows a start(), before any
 //   record of the started message can be durable.
 import { mkdirSync } from "node:fs";
@@ -173,10 +178,15 @@ export class Journal {
   #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
   /** Pending completion rows by handler\0id (INSERT OR REPLACE: the last one wins). */
   #done = new Map<string, unknown[]>();
-  /** Completions in #done that partition progress may record instead (handler\0id → group). */
-  #coverable = new Map<string, string>();
+  /** Completions that partition progress may record instead, per handler, group and partition. */
+  #covered = new Map<string, CoveredRun>();
+  /** The run the last covered completion went to: consecutive completions share it. */
+  #lastCovered: CoveredRun | undefined;
+  #coveredCount = 0;
   /** Pending ctx.tx records by handler\0id, then name. */
   #txRecords = new Map<string, Map<string, unknown[]>>();
+  /** Pending ctx.tx records of fresh runs (see runTx), in order; emptied ([]) once superseded. */
+  #freshTx: unknown[][] = [];
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
@@ -254,11 +264,22 @@ export class Journal {
     return new Promise((resolve) => this.#queue.push(resolve));
   }
 
-  lookup(handler: string, id: string): LookupRow | undefined {
+  /**
+   * The message's journal entry, pending or committed. `at`: where the message is, when `id` is
+   * its default id (covered completions are found by position, see top).
+   */
+  lookup(handler: string, id: string, at?: { topic: string; partition: number; offset: string }): LookupRow | undefined {
     const pending = this.#done.get(`${handler}\0${id}`);
     if (pending) {
       const [, , status, topic, partition, offset, attempts, result] = pending as [string, string, string, string, number, string, number, string | null];
       return { status, result, attempts, topic, partition, offset: Number(offset) };
+    }
+    if (at && this.#coveredCount > 0) {
+      for (const run of this.#covered.values()) {
+        if (run.handler !== handler || run.partition !== at.partition || run.topic !== at.topic) continue;
+        const i = run.offsets.lastIndexOf(at.offset);
+        if (i >= 0) return { status: "completed", result: "null", attempts: run.attempts[i]!, topic: at.topic, partition: at.partition, offset: Number(at.offset) };
+      }
     }
     return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
@@ -326,14 +347,19 @@ export class Journal {
     this.#write(() => this.#s.step.run(handler, id, name, resultJson, Date.now()));
   }
 
-  finish(rec: MessageRecord, outbox: OutboxRecord[] = []): void {
+  /** `fresh`: the list runTx filled for this message's fresh run, if any. */
+  finish(rec: MessageRecord, outbox: OutboxRecord[] = [], fresh?: unknown[][]): void {
     if (this.#failed) throw this.#failed;
-    const key = `${rec.handler}\0${rec.id}`;
-    this.#done.set(key, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
-    if (rec.coveredBy !== undefined) this.#coverable.set(key, rec.coveredBy);
-    else this.#coverable.delete(key);
     // Only a completion supersedes tx records: a dead-lettered message may be replayed and run again.
-    if (rec.status === "completed") this.#txRecords.delete(key);
+    if (rec.status === "completed") {
+      if (fresh) for (const row of fresh) row.length = 0;
+      if (this.#txRecords.size > 0) this.#txRecords.delete(`${rec.handler}\0${rec.id}`);
+      if (rec.coveredBy !== undefined && outbox.length === 0) {
+        this.#cover(rec, rec.coveredBy);
+        return this.#counted();
+      }
+    }
+    this.#done.set(`${rec.handler}\0${rec.id}`, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
     if (outbox.length === 0) return this.#counted();
     this.#write(() => {
       for (const o of outbox) {
@@ -387,17 +413,20 @@ export class Journal {
   }
 
   /**
-   * Runs a handler's ctx.tx body in a savepoint with its record `name`. A recorded call returns
-   * its recorded JSON without running. `fn` sees every committed and pending journal write.
-   * `unrecorded`: the caller knows nothing was recorded for this message, so the lookup is skipped.
+   * Runs a handler's ctx.tx body with its record `name`. A recorded call returns its recorded
+   * JSON without running. `fn` sees every committed and pending journal write.
+   * `fresh`: the caller knows nothing was recorded for this message (its first run at an offset
+   * never started), so the lookup is skipped; the record goes to #freshTx and to `fresh`, which
+   * the caller hands to finish(). `defaultId`: `id` is the message's default id, so a lookup
+   * also searches #freshTx.
    */
-  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, unrecorded = false): Promise<R> {
+  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, fresh?: unknown[][], defaultId = false): Promise<R> {
     // Taken at once when free: awaiting an already-resolved promise costs a turn per message.
     if (this.#held) await this.#acquire();
     else this.#held = true;
     try {
       this.#ensureTx();
-      const recorded = unrecorded ? undefined : this.#recordedTx(handler, id, name);
+      const recorded = fresh ? undefined : this.#recordedTx(handler, id, name, defaultId);
       if (recorded !== undefined) return JSON.parse(recorded) as R;
       const savepoint = this.#alwaysSavepoint || this.#savepointRun(handler);
       const mark = this.#redo.length;
@@ -406,10 +435,16 @@ export class Journal {
         const result = await fn(this.handlerDb);
         const json = toJson(result, `ctx.tx result (${name})`);
         if (savepoint) this.#conn.exec("RELEASE kexo_tx");
-        const key = `${handler}\0${id}`;
-        let records = this.#txRecords.get(key);
-        if (!records) this.#txRecords.set(key, (records = new Map()));
-        records.set(name, [handler, id, name, json, Date.now()]);
+        const row = [handler, id, name, json, Date.now()];
+        if (fresh) {
+          fresh.push(row);
+          this.#freshTx.push(row);
+        } else {
+          const key = `${handler}\0${id}`;
+          let records = this.#txRecords.get(key);
+          if (!records) this.#txRecords.set(key, (records = new Map()));
+          records.set(name, row);
+        }
         this.#pendingWrites++;
         return result;
       } catch (err) {
@@ -463,7 +498,7 @@ export class Journal {
    * drain must not leave behind: the next start would run those messages again.
    */
   #pending(): boolean {
-    if (this.#inTx || this.#held || this.#queue.length > 0 || this.#done.size > 0 || this.#txRecords.size > 0) return true;
+    if (this.#inTx || this.#held || this.#queue.length > 0 || this.#inMemory()) return true;
     for (const hook of this.#hooks) if (hook.progress().length > 0) return true;
     return false;
   }
@@ -482,10 +517,36 @@ export class Journal {
 
   // ---- internals ----
 
-  #recordedTx(handler: string, id: string, name: string): string | undefined {
+  #recordedTx(handler: string, id: string, name: string, defaultId: boolean): string | undefined {
     const pending = this.#txRecords.get(`${handler}\0${id}`)?.get(name);
     if (pending) return pending[3] as string;
+    if (defaultId) {
+      const fresh = this.#freshTx;
+      for (let i = fresh.length - 1; i >= 0; i--) {
+        const row = fresh[i]!;
+        if (row[1] === id && row[2] === name && row[0] === handler) return row[3] as string;
+      }
+    }
     return (this.#s.stepGet.get(handler, id, name) as { result: string } | undefined)?.result;
+  }
+
+  /** Rows or records waiting in memory for the COMMIT. */
+  #inMemory(): boolean {
+    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#freshTx.length > 0;
+  }
+
+  #cover(rec: MessageRecord, group: string): void {
+    let run = this.#lastCovered;
+    if (!run || run.partition !== rec.partition || run.topic !== rec.topic || run.handler !== rec.handler || run.group !== group) {
+      const key = `${rec.handler}\0${group}\0${rec.topic}\0${rec.partition}`;
+      run = this.#covered.get(key);
+      if (!run) this.#covered.set(key, (run = { handler: rec.handler, group, topic: rec.topic, partition: rec.partition, ids: [], offsets: [], attempts: [] }));
+      this.#lastCovered = run;
+    }
+    run.ids.push(rec.id);
+    run.offsets.push(rec.offset);
+    run.attempts.push(rec.attempts);
+    this.#coveredCount++;
   }
 
   /** A write that waits in memory for the COMMIT; counts towards the group-commit size. */
@@ -500,16 +561,20 @@ export class Journal {
    * COMMIT writes `progress` too.
    */
   #writePending(progress: [CommitHook, ProgressEntry[]][]): void {
-    if (this.#done.size > 0) {
-      this.#insertDone(this.#coverable.size === 0 ? [...this.#done.values()] : this.#uncovered(progress));
+    if (this.#coveredCount > 0 || this.#done.size > 0) {
+      // Covered rows first: a #done row of the same id is the later one (INSERT OR REPLACE).
+      const rows = this.#coveredCount > 0 ? this.#uncovered(progress) : [];
+      for (const row of this.#done.values()) rows.push(row);
+      if (rows.length > 0) this.#insertDone(rows);
       this.#done.clear();
-      this.#coverable.clear();
     }
-    if (this.#txRecords.size > 0) {
+    if (this.#txRecords.size > 0 || this.#freshTx.length > 0) {
       const rows: unknown[][] = [];
+      for (const row of this.#freshTx) if (row.length > 0) rows.push(row);
       for (const records of this.#txRecords.values()) for (const row of records.values()) rows.push(row);
-      this.#insertSteps(rows);
+      if (rows.length > 0) this.#insertSteps(rows);
       this.#txRecords.clear();
+      this.#freshTx = [];
     }
     for (const e of this.#started?.values() ?? []) {
       if (!e.dirty) continue;
@@ -518,37 +583,29 @@ export class Journal {
     }
   }
 
-  /** The completion rows that `progress` (written by the same COMMIT) does not record. */
+  /** The covered completions that `progress` (written by the same COMMIT) does not record, as rows. */
   #uncovered(progress: [CommitHook, ProgressEntry[]][]): unknown[][] {
     const next = new Map<string, bigint>();
     for (const [, entries] of progress) for (const e of entries) next.set(`${e.groupId}\0${e.topic}\0${e.partition}`, e.nextOffset);
     const rows: unknown[][] = [];
-    // Rows come in runs of one partition: its progress is looked up once per run.
-    let group: string | undefined;
-    let topic: unknown;
-    let partition: unknown;
-    let passed: bigint | undefined;
-    let passedNum = 0;
-    for (const [key, row] of this.#done) {
-      const g = this.#coverable.get(key);
-      if (g === undefined) {
-        rows.push(row);
-        continue;
+    const now = Date.now();
+    for (const run of this.#covered.values()) {
+      const n = run.ids.length;
+      if (n === 0) continue;
+      const passed = next.get(`${run.group}\0${run.topic}\0${run.partition}`);
+      // Offsets as numbers while exact (15 digits); past that, as BigInt.
+      const passedNum = passed !== undefined && passed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(passed) : Number.NaN;
+      for (let i = 0; i < n; i++) {
+        const offset = run.offsets[i]!;
+        if (passed !== undefined) {
+          const below = offset.length <= 15 && !Number.isNaN(passedNum) ? Number(offset) < passedNum : BigInt(offset) < passed;
+          if (below) continue;
+        }
+        rows.push([run.handler, run.ids[i], "completed", run.topic, run.partition, offset, run.attempts[i], "null", null, now]);
       }
-      if (g !== group || row[3] !== topic || row[4] !== partition) {
-        group = g;
-        topic = row[3];
-        partition = row[4];
-        passed = next.get(`${g}\0${topic as string}\0${partition as number}`);
-        passedNum = passed !== undefined && passed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(passed) : Number.NaN;
-      }
-      if (passed === undefined) rows.push(row);
-      else {
-        const offset = row[5] as string;
-        const below = offset.length <= 15 && !Number.isNaN(passedNum) ? Number(offset) < passedNum : BigInt(offset) < passed;
-        if (!below) rows.push(row);
-      }
+      run.ids.length = run.offsets.length = run.attempts.length = 0;
     }
+    this.#coveredCount = 0;
     return rows;
   }
 
@@ -660,7 +717,7 @@ export class Journal {
     const inlineEarly = !ticket && this.#queue.length > 0;
     if (inlineEarly) this.#schedule();
     const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
-    if (!this.#inTx && progress.length === 0 && this.#done.size === 0 && this.#txRecords.size === 0) {
+    if (!this.#inTx && progress.length === 0 && !this.#inMemory()) {
       for (const w of waiters) w.resolve();
       return;
     }
@@ -756,6 +813,17 @@ function prepareAll(conn: Conn) {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
     ),
   };
+}
+
+/** Covered completions of one handler, group and partition waiting for the COMMIT, in parallel arrays. */
+interface CoveredRun {
+  handler: string;
+  group: string;
+  topic: string;
+  partition: number;
+  ids: string[];
+  offsets: string[];
+  attempts: number[];
 }
 
 /** The lowest offset never started, per handler and partition (kexo_started). */

@@ -246,7 +246,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
   const keyed = handler.def.key !== undefined || (message.headers["kexo-id"]?.length ?? 0) > 0;
   const unrecorded = fresh && !below && !keyed;
   if (!unrecorded) await journal.settled();
-  const done = unrecorded ? undefined : journal.lookup(handler.name, id);
+  const done = unrecorded ? undefined : journal.lookup(handler.name, id, keyed ? undefined : message);
   // A dead letter of this very delivery is done too (order "key" finishes messages above the
   // committed offset, which Kafka delivers again after a crash); a replayed dead letter arrives
   // at another offset and runs again.
@@ -264,12 +264,16 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
   }
 
   let steps: Map<string, string> | undefined = unrecorded ? new Map() : undefined;
+  // ctx.tx records of the first attempt at a fresh offset: finish() drops them (see runTx).
+  const freshTx: unknown[][] | undefined = unrecorded ? [] : undefined;
   for (let attempt = pending?.attempt ?? 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const outbox: OutboxRecord[] = [];
     const encodes: PendingEncode[] = [];
-    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes, unrecorded && attempt === 1);
-    bus.emit("message.started", { handler: handler.name, id });
+    const tx = { fresh: attempt === 1 ? freshTx : undefined, defaultId: !keyed };
+    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes, tx);
+    const attemptEvent = { handler: handler.name, id };
+    bus.emit("message.started", attemptEvent);
     let result: unknown;
     let failed: unknown;
     let ok = false;
@@ -279,7 +283,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     } catch (err) {
       failed = err;
     } finally {
-      bus.emit("message.finished", { handler: handler.name, id });
+      bus.emit("message.finished", attemptEvent);
     }
     if (ok) {
       // emit() is synchronous, so registry encoding happens here, before the journal records the
@@ -309,7 +313,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
         offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
-      }, outbox);
+      }, outbox, freshTx);
       report(id, "processed");
       return "done";
     }
@@ -349,8 +353,8 @@ function createContext(
   outbox: OutboxRecord[],
   recorded: () => Map<string, string>,
   encodes: PendingEncode[],
-  /** Nothing is recorded for this message yet (first attempt of a fresh offset): no tx lookup. */
-  unrecorded = false,
+  /** How ctx.tx finds and keeps its records (Journal.runTx's `fresh` and `defaultId`). */
+  tx: { fresh: unknown[][] | undefined; defaultId: boolean },
 ): HandlerContext {
   const seen = new Map<string, number>();
   // The n-th call of a name in one run is `name`, `name#2`, …: a loop of steps keeps stable keys.
@@ -382,7 +386,7 @@ function createContext(
       return result;
     },
     tx<R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> {
-      return deps.journal.runTx(handler.name, id, `tx:${++txCount}`, fn, unrecorded);
+      return deps.journal.runTx(handler.name, id, ++txCount === 1 ? "tx:1" : `tx:${txCount}`, fn, tx.fresh, tx.defaultId);
     },
     emit(topic: string, msg: EmitMessage): void {
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");

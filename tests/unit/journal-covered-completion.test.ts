@@ -71,3 +71,46 @@ test("kexo inspect answers for an id recorded only by partition progress", async
   // At or above progress: not handled yet.
   expect(inspect(3).code).toBe(1);
 });
+
+test("a covered completion is found by its position before the COMMIT, and after it by progress or row", async () => {
+  const { journal, view, rows } = setup();
+  journal.finish(rec(4, "my-group"));
+  // A redelivery of offset 4 before the COMMIT: the lookup by id alone can't see it, by position it does.
+  const at = { topic: "my-topic", partition: 1, offset: "4" };
+  expect(journal.lookup("h", id(4), at)).toMatchObject({ status: "completed", result: "null", attempts: 1, offset: 4 });
+  expect(journal.lookup("h", id(4), { ...at, offset: "5" })).toBeUndefined();
+  expect(journal.lookup("other-handler", id(4), at)).toBeUndefined();
+  view.next = 3n; // progress below 4: the row is written
+  await journal.flush();
+  expect(rows()).toEqual([id(4)]);
+  expect(journal.lookup("h", id(4), at)?.status).toBe("completed");
+  await journal.close();
+});
+
+test("fresh ctx.tx records: a retry finds them before the COMMIT, and a completion drops them", async () => {
+  const { path, journal, view } = setup();
+  await journal.handlerDb.execute("CREATE TABLE items (v TEXT)");
+  const steps = () => columnIn<string>(path, "SELECT id || ' ' || name || ' ' || result FROM kexo_steps ORDER BY id");
+  let runs = 0;
+  const body = async (db: import("../../src/index.ts").HandlerDb) => {
+    runs++;
+    await db.execute({ sql: "INSERT INTO items VALUES (?)", args: ["x"] });
+    return runs;
+  };
+  // Message 1: first attempt (fresh) runs its tx, then fails after it; the retry's lookup
+  // (defaultId) finds the record in memory and does not run the body again.
+  const fresh1: unknown[][] = [];
+  expect(await journal.runTx("h", id(1), "tx:1", body, fresh1)).toBe(1);
+  expect(await journal.runTx("h", id(1), "tx:1", body, undefined, true)).toBe(1);
+  expect(runs).toBe(1);
+  // Message 2 ran its tx and completes before the COMMIT: its record is dropped.
+  const fresh2: unknown[][] = [];
+  await journal.runTx("h", id(2), "tx:1", body, fresh2);
+  journal.finish(rec(2, "my-group"), [], fresh2);
+  view.next = 3n;
+  await journal.flush();
+  // Message 1 never completed: its record stays, so a later run does not repeat the tx.
+  expect(steps()).toEqual([`${id(1)} tx:1 1`]);
+  expect(columnIn<string>(path, "SELECT v FROM items")).toEqual(["x", "x"]);
+  await journal.close();
+});

@@ -37,14 +37,15 @@ test("a consumer that is not joined (rebalancing, crashed, stopped) is not repor
 test("a handler attempt past the handler TTL is stalled, though the poll TTL does not apply meanwhile", () => {
   const { bus, l, advance } = setup();
   bus.emit("consumer.joined", { handler: "h", group: "g", assignment: { t: [0] }, generation: 1 });
-  bus.emit("message.started", { handler: "h", id: "m1" });
+  const attempt = { handler: "h", id: "m1" };
+  bus.emit("message.started", attempt);
   advance(4000);
   expect(l.stalls()).toEqual([]);
   advance(1500);
   const [stall] = l.stalls();
   expect(stall?.reason).toContain("message m1");
   expect(stall?.reason).toContain("handler TTL");
-  bus.emit("message.finished", { handler: "h", id: "m1" });
+  bus.emit("message.finished", attempt);
   expect(l.stalls()).toEqual([]);
 });
 

@@ -1,0 +1,129 @@
+// Per-stage timings of kexo's per-message path, in process and without Kafka: synthetic messages
+// of the benchmark's shape run through execute() exactly as the consumer's batch loop runs them
+// (a real journal file, the worker's metrics, liveness and GC pacer listening, partition progress
+// through a commit hook). Each stage adds one part, so the differences say what each part costs.
+//
+//   bun bench/stages.ts [--messages 200000] [--only decode,noop,tx]
+//
+// The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
+// kafkajs's fetch and decode on top.
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { parseArgs } from "node:util";
+import { EventBus } from "../src/events.ts";
+import { Liveness } from "../src/health/liveness.ts";
+import { resolveHandler } from "../src/handlers/resolve.ts";
+import { defineHandler, type KafkaMessage, v } from "../src/index.ts";
+import { Journal, type ProgressEntry } from "../src/journal/journal.ts";
+import { createLogger } from "../src/log.ts";
+import { startGcPacer } from "../src/memory/gc-pacer.ts";
+import { createMetrics } from "../src/metrics/metrics.ts";
+import { decodePayload } from "../src/processing/decode.ts";
+import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
+import { value } from "./data.ts";
+
+const { values: a } = parseArgs({
+  options: { messages: { type: "string", default: "200000" }, only: { type: "string", default: "decode,noop,tx" }, partitions: { type: "string", default: "8" } },
+});
+const N = Number(a.messages);
+const P = Number(a.partitions);
+const only = new Set(a.only!.split(","));
+
+const schema = v.object({ id: v.string(), account: v.string(), amount: v.number(), sentAt: v.number(), pad: v.string() });
+const TOPIC = "stages";
+
+/** The broker's messages, made before timing: kafkajs's work is not measured here. */
+function messages(): KafkaMessage[] {
+  const out: KafkaMessage[] = [];
+  for (let i = 0; i < N; i++) {
+    out.push({ topic: TOPIC, partition: i % P, offset: String(Math.floor(i / P)), key: null, value: Buffer.from(value(i)), headers: {}, timestamp: "0" });
+  }
+  return out;
+}
+
+function resolved(name: string, def: unknown) {
+  const h = resolveHandler(`${name}.ts`, name, def, []);
+  if (!h) throw new Error(`handler ${name} did not resolve`);
+  return h;
+}
+
+const handlers = {
+  noop: resolved("noop", defineHandler({ topics: [TOPIC], schema, async handle() {} })),
+  tx: resolved("tx", defineHandler({
+    topics: [TOPIC],
+    schema,
+    async setup(db) {
+      await db.execute("CREATE TABLE IF NOT EXISTS bench_rows (id TEXT PRIMARY KEY, account TEXT NOT NULL, amount REAL NOT NULL)");
+    },
+    async handle(e, ctx) {
+      await ctx.tx(async (db) => {
+        await db.execute({ sql: "INSERT INTO bench_rows (id, account, amount) VALUES (?, ?, ?)", args: [e.id, e.account, e.amount] });
+      });
+    },
+  })),
+};
+
+function report(name: string, ms: number): void {
+  console.log(`${name.padEnd(44)} ${((ms * 1000) / N).toFixed(2).padStart(6)} µs/msg  ${Math.round(N / (ms / 1000)).toString().padStart(8)} msg/s`);
+}
+
+async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise<void> {
+  const handler = handlers[name];
+  const dir = mkdtempSync(join(tmpdir(), "kexo-stages-"));
+  const bus = new EventBus();
+  const journal = Journal.open({ url: `file:${join(dir, "kexo.db")}`, bus });
+  const metrics = createMetrics(bus);
+  const liveness = new Liveness(bus);
+  const stopGc = startGcPacer(bus);
+  try {
+    await handler.def.setup?.(journal.handlerDb);
+    // The consumer's partition progress: next offset per partition, shared at every COMMIT.
+    const next = new Array<number>(P).fill(0);
+    const shared = new Array<number>(P).fill(0);
+    journal.addCommitHook({
+      progress: () => {
+        const out: ProgressEntry[] = [];
+        for (let p = 0; p < P; p++) if (next[p]! > shared[p]!) out.push({ groupId: handler.groupId, topic: TOPIC, partition: p, nextOffset: BigInt(next[p]!) });
+        return out;
+      },
+      committed: (entries) => {
+        for (const e of entries) shared[e.partition] = Number(e.nextOffset);
+      },
+    });
+    const deps: ExecutorDeps = {
+      journal, bus, log: createLogger({ level: "warn" }),
+      dlq: { publish: () => Promise.reject(new Error("no dead letters in this benchmark")) },
+    };
+    const signal = new AbortController().signal;
+    const t0 = performance.now();
+    // One loop per partition, interleaved as kafkajs's concurrent eachBatch calls are.
+    await Promise.all(Array.from({ length: P }, async (_, p) => {
+      for (let i = p; i < msgs.length; i += P) {
+        const m = msgs[i]!;
+        if (journal.pendingWrites >= 4000) await journal.flush();
+        const verdict = await execute(handler, m, deps, signal);
+        if (verdict !== "done") throw new Error(`${name}: ${m.partition}@${m.offset} ended ${verdict}`);
+        next[p] = Number(m.offset) + 1;
+        journal.requestCommit();
+      }
+    }));
+    await journal.flush();
+    report(`execute(), ${name} handler, journal + listeners`, performance.now() - t0);
+  } finally {
+    stopGc();
+    liveness.close();
+    metrics.close();
+    await journal.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+const msgs = messages();
+if (only.has("decode")) {
+  const t0 = performance.now();
+  for (const m of msgs) decodePayload(handlers.noop, m);
+  report("decode: UTF-8, JSON.parse, valibot", performance.now() - t0);
+}
+if (only.has("noop")) await stage("noop", msgs);
+if (only.has("tx")) await stage("tx", msgs);
