@@ -15,6 +15,8 @@ export interface KexoResult {
   peakRssMiB: number;
   /** The child's CPU time over the measured interval, as a share of one core. */
   cpu?: number;
+  /** The same for its main (JavaScript) thread alone: below 100% it waited, for the broker mostly. */
+  mainCpu?: number;
   latency?: { p50: number; p99: number; max: number; count: number };
 }
 
@@ -36,9 +38,9 @@ export interface KexoRunOptions {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** utime + stime of a process, in seconds (clock ticks of 100 Hz). */
-function cpuSeconds(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, "utf8").replace(/^.*\) /s, "").split(" ");
+/** utime + stime of a process (or of its main thread), in seconds (clock ticks of 100 Hz). */
+function cpuSeconds(pid: number, mainThread = false): number {
+  const fields = readFileSync(mainThread ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, "utf8").replace(/^.*\) /s, "").split(" ");
   return (Number(fields[11]) + Number(fields[12])) / 100;
 }
 
@@ -90,6 +92,7 @@ export async function runKexo(o: KexoRunOptions): Promise<KexoResult> {
       let first = 0;
       let firstCount = 0;
       let firstCpu = 0;
+      let firstMain = 0;
       let last = -1;
       let lastChange = performance.now();
       for (;;) {
@@ -102,11 +105,13 @@ export async function runKexo(o: KexoRunOptions): Promise<KexoResult> {
           first = t;
           firstCount = done;
           firstCpu = cpuSeconds(proc.pid);
+          firstMain = cpuSeconds(proc.pid, true);
         }
         if (done >= o.count) {
           const seconds = (t - first) / 1000;
           const cpu = (cpuSeconds(proc.pid) - firstCpu) / seconds;
-          return { rate: (o.count - firstCount) / seconds, seconds, peakRssMiB: peakRssMiB(proc.pid), cpu };
+          const mainCpu = (cpuSeconds(proc.pid, true) - firstMain) / seconds;
+          return { rate: (o.count - firstCount) / seconds, seconds, peakRssMiB: peakRssMiB(proc.pid), cpu, mainCpu };
         }
         await sleep(10);
       }

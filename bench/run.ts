@@ -51,6 +51,7 @@ interface Row {
   p99?: number;
   rss?: number;
   cpu?: number;
+  mainCpu?: number;
   note?: string;
 }
 const rows: Row[] = [];
@@ -61,8 +62,8 @@ async function scenario(name: string, fn: () => Promise<KexoResult>, note?: stri
   say(`… ${name}`);
   try {
     const r = await fn();
-    rows.push({ name, rate: r.rate, p50: r.latency?.p50, p99: r.latency?.p99, rss: r.peakRssMiB, cpu: r.cpu, note });
-    say(`  ${Math.round(r.rate)} msg/s${r.latency ? `, p50 ${r.latency.p50.toFixed(1)} ms, p99 ${r.latency.p99.toFixed(1)} ms` : ""}, peak RSS ${r.peakRssMiB.toFixed(0)} MiB${r.cpu === undefined ? "" : `, CPU ${(100 * r.cpu).toFixed(0)}% of a core`}`);
+    rows.push({ name, rate: r.rate, p50: r.latency?.p50, p99: r.latency?.p99, rss: r.peakRssMiB, cpu: r.cpu, mainCpu: r.mainCpu, note });
+    say(`  ${Math.round(r.rate)} msg/s${r.latency ? `, p50 ${r.latency.p50.toFixed(1)} ms, p99 ${r.latency.p99.toFixed(1)} ms` : ""}, peak RSS ${r.peakRssMiB.toFixed(0)} MiB${r.cpu === undefined ? "" : `, CPU ${(100 * r.cpu).toFixed(0)}% of a core (main thread ${(100 * (r.mainCpu ?? 0)).toFixed(0)}%)`}`);
   } catch (err) {
     rows.push({ name, note: `failed: ${(err as Error).message.split("\n")[0]}` });
     say(`  failed: ${(err as Error).message}`);
@@ -132,7 +133,7 @@ const lines = [
   "",
   "| scenario | msg/s | of raw | p50 ms | p99 ms | peak RSS MiB | kexo CPU | note |",
   "|---|---:|---:|---:|---:|---:|---:|---|",
-  ...rows.map((r) => `| ${r.name} | ${cell(r.rate)} | ${r.rate !== undefined && raw ? `${((100 * r.rate) / raw).toFixed(0)}%` : ""} | ${cell(r.p50, 1)} | ${cell(r.p99, 1)} | ${cell(r.rss)} | ${r.cpu === undefined ? "" : `${(100 * r.cpu).toFixed(0)}%`} | ${r.note ?? ""} |`),
+  ...rows.map((r) => `| ${r.name} | ${cell(r.rate)} | ${r.rate !== undefined && raw ? `${((100 * r.rate) / raw).toFixed(0)}%` : ""} | ${cell(r.p50, 1)} | ${cell(r.p99, 1)} | ${cell(r.rss)} | ${r.cpu === undefined ? "" : `${(100 * r.cpu).toFixed(0)}% (main ${(100 * (r.mainCpu ?? 0)).toFixed(0)}%)`} | ${r.note ?? ""} |`),
 ];
 const table = lines.join("\n") + "\n";
 mkdirSync(join(a.out!, ".."), { recursive: true });

@@ -11,8 +11,9 @@ interface Stmt {
   isReader?: boolean;
   /** Changes data: not a reader, or a reader through RETURNING (see Redo). */
   writes?: boolean;
-  all(...params: unknown[]): unknown[];
-  run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
+  /** Called with one argument, the driver binds it as is: an array positionally, an object by name. */
+  all(params: unknown): unknown[];
+  run(params: unknown): { changes: number; lastInsertRowid: number | bigint };
   columns(): { name: string }[];
 }
 
@@ -53,38 +54,41 @@ function copyValue(x: unknown): unknown {
 }
 
 /** Bound values as they are now: a handler may reuse its args (array, object, buffers) afterwards. */
-function snapshot(bind: unknown[]): unknown[] {
-  return bind.map((x) => {
-    if (x !== null && typeof x === "object" && !(x instanceof Date) && !(x instanceof Uint8Array) && !(x instanceof ArrayBuffer)) {
-      // named parameters
-      const named: Record<string, unknown> = {};
-      for (const [k, v] of Object.entries(x)) named[k] = copyValue(v);
-      return named;
-    }
-    return copyValue(x);
-  });
+function snapshot(params: unknown[] | Record<string, unknown>): unknown[] | Record<string, unknown> {
+  if (Array.isArray(params)) {
+    const out = new Array<unknown>(params.length);
+    for (let i = 0; i < params.length; i++) out[i] = copyValue(params[i]);
+    return out;
+  }
+  const named: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(params)) named[k] = copyValue(v);
+  return named;
 }
 
+const NO_ARGS: readonly unknown[] = Object.freeze([]);
+
 function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement, redo: Redo[] | undefined): ResultSet {
-  const { sql, args } = typeof stmt === "string" ? { sql: stmt, args: undefined } : stmt;
+  const sql = typeof stmt === "string" ? stmt : stmt.sql;
+  const args = typeof stmt === "string" ? undefined : stmt.args;
   const prepared = prepare(conn, cache, sql);
-  const bind: unknown[] = args === undefined ? [] : Array.isArray(args) ? args : [args];
+  // Positional (array) or named (object), handed to the driver as one argument: no spread.
+  const params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
   if (prepared.isReader) {
-    const rows = prepared.all(...bind) as Record<string, unknown>[];
+    const rows = prepared.all(params) as Record<string, unknown>[];
     if (redo && prepared.writes) {
-      const again = snapshot(bind);
+      const again = snapshot(params);
       const seen = rows.map((r) => ({ ...r }));
       redo.push(() => {
-        if (!sameRows(prepared.all(...again) as Record<string, unknown>[], seen)) throw new RedoMismatchError(sql, "returned rows");
+        if (!sameRows(prepared.all(again) as Record<string, unknown>[], seen)) throw new RedoMismatchError(sql, "returned rows");
       });
     }
     return { columns: prepared.columns().map((c) => c.name), rows, rowsAffected: 0, lastInsertRowid: undefined };
   }
-  const info = prepared.run(...bind);
+  const info = prepared.run(params);
   if (redo) {
-    const again = snapshot(bind);
+    const again = snapshot(params);
     redo.push(() => {
-      const now = prepared.run(...again);
+      const now = prepared.run(again);
       if (now.changes !== info.changes || BigInt(now.lastInsertRowid) !== BigInt(info.lastInsertRowid)) {
         throw new RedoMismatchError(sql, `rowsAffected ${info.changes} then ${now.changes}, lastInsertRowid ${info.lastInsertRowid} then ${now.lastInsertRowid}`);
       }

@@ -130,7 +130,7 @@ async function untilRegistryAnswers<T>(
  * `below`: the journal's partition progress is past this offset, so the message is done (completed
  * or dead-lettered) and must not run again; it is only reported, with its recorded result.
  */
-export async function execute(
+export function execute(
   handler: ResolvedHandler,
   message: KafkaMessage,
   deps: ExecutorDeps,
@@ -138,24 +138,51 @@ export async function execute(
   below = false,
 ): Promise<Verdict> {
   const pending = deps.retries?.get(message.topic, message.partition, message.offset);
-  const run: Run = { handler, message, deps, signal, blocked: pending?.blocked ?? false, report: undefined! };
-  const verdict = await executeOnce(run, pending, below);
-  if (verdict === "done") {
-    if (pending) deps.retries?.delete(message.topic, message.partition, message.offset);
-    if (run.blocked) deps.blocked?.(undefined);
-  }
-  return verdict;
+  return executeOnce(new Run(handler, message, deps, signal, pending), pending, below);
 }
 
+/** Reported outcomes after which the message is done ("done" verdicts report one of these). */
+const FINAL: ReadonlySet<Outcome> = new Set(["processed", "deduplicated", "dead_lettered"]);
+
 /** One message's run through execute: what its helpers share. */
-interface Run {
-  handler: ResolvedHandler;
-  message: KafkaMessage;
-  deps: ExecutorDeps;
-  signal: AbortSignal;
+class Run {
   /** This message told the consumer it holds the partition up (cleared once it is done). */
   blocked: boolean;
-  report: (id: string, outcome: Outcome, result?: unknown) => void;
+  /** Step results by key, shared by the attempts (made on first use). */
+  steps: Map<string, string> | undefined;
+  /** No record can exist for this message: its first run at a never-started offset, default id. */
+  unrecorded = false;
+  /** ctx.tx records of the unrecorded first attempt, for finish() to drop (see Journal.runTx). */
+  freshTx: unknown[][] | undefined;
+  readonly started = performance.now();
+
+  constructor(
+    readonly handler: ResolvedHandler,
+    readonly message: KafkaMessage,
+    readonly deps: ExecutorDeps,
+    readonly signal: AbortSignal,
+    readonly pending: Pending | undefined,
+  ) {
+    this.blocked = pending?.blocked ?? false;
+  }
+
+  /** Reports an outcome; a final one also ends what the message held (retry entry, readiness). */
+  report(id: string, outcome: Outcome, result?: unknown): void {
+    const { handler, message, deps } = this;
+    deps.bus.emit("message.handled", {
+      handler: handler.name,
+      topic: message.topic,
+      partition: message.partition,
+      offset: message.offset,
+      id,
+      outcome,
+      seconds: (performance.now() - this.started) / 1000,
+      result,
+    });
+    if (!FINAL.has(outcome)) return;
+    if (this.pending) deps.retries?.delete(message.topic, message.partition, message.offset);
+    if (this.blocked) deps.blocked?.(undefined);
+  }
 }
 
 function block(run: Run, reason: string): void {
@@ -185,18 +212,6 @@ async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefo
 async function executeOnce(run: Run, pending: Pending | undefined, below: boolean): Promise<Verdict> {
   const { handler, message, deps, signal } = run;
   const { journal, bus } = deps;
-  const started = performance.now();
-  const report = (run.report = (id: string, outcome: Outcome, result?: unknown) =>
-    bus.emit("message.handled", {
-      handler: handler.name,
-      topic: message.topic,
-      partition: message.partition,
-      offset: message.offset,
-      id,
-      outcome,
-      seconds: (performance.now() - started) / 1000,
-      result,
-    }));
 
   if (pending && !below) {
     // Fetched again before its time (the partition came back after a rebalance): wait the rest.
@@ -219,7 +234,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     if (!REGISTRY_FORMATS.includes(handler.format)) payload = decodePayload(handler, message);
     else {
       const decode = () => decodePayload(handler, message);
-      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => report(id, "retried"));
+      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => run.report(id, "retried"));
     }
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
@@ -236,7 +251,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
   } catch (err) {
     if (err instanceof AbortedError) return "aborted";
     if (below) {
-      report(id, "deduplicated");
+      run.report(id, "deduplicated");
       return "done";
     }
     return deadLetter(run, failure(id, "poison", err, pending?.attempt ?? 1));
@@ -244,7 +259,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
 
   // Fast path: the default dedup id of an offset never started before has no record to find.
   const keyed = handler.def.key !== undefined || (message.headers["kexo-id"]?.length ?? 0) > 0;
-  const unrecorded = fresh && !below && !keyed;
+  const unrecorded = (run.unrecorded = fresh && !below && !keyed);
   if (!unrecorded) await journal.settled();
   const done = unrecorded ? undefined : journal.lookup(handler.name, id, keyed ? undefined : message);
   // A dead letter of this very delivery is done too (order "key" finishes messages above the
@@ -254,24 +269,18 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
     String(done.offset) === message.offset;
   if (done?.status === "completed" || below || deadHere) {
     if (done?.status !== "completed") {
-      report(id, "deduplicated");
+      run.report(id, "deduplicated");
       return "done";
     }
     const result = done.result === null ? undefined : JSON.parse(done.result);
     deps.log.debug("message deduplicated", { handler: handler.name, id, offset: message.offset, result });
-    report(id, "deduplicated", result);
+    run.report(id, "deduplicated", result);
     return "done";
   }
 
-  let steps: Map<string, string> | undefined = unrecorded ? new Map() : undefined;
-  // ctx.tx records of the first attempt at a fresh offset: finish() drops them (see runTx).
-  const freshTx: unknown[][] | undefined = unrecorded ? [] : undefined;
   for (let attempt = pending?.attempt ?? 1; ; attempt++) {
     if (signal.aborted) return "aborted";
-    const outbox: OutboxRecord[] = [];
-    const encodes: PendingEncode[] = [];
-    const tx = { fresh: attempt === 1 ? freshTx : undefined, defaultId: !keyed };
-    const ctx = createContext(handler, message, deps, signal, id, attempt, outbox, () => (steps ??= journal.steps(handler.name, id)), encodes, tx);
+    const ctx = new Context(run, id, attempt, !keyed);
     const attemptEvent = { handler: handler.name, id };
     bus.emit("message.started", attemptEvent);
     let result: unknown;
@@ -286,6 +295,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       bus.emit("message.finished", attemptEvent);
     }
     if (ok) {
+      const { outbox, encodes } = ctx.emitted();
       // emit() is synchronous, so registry encoding happens here, before the journal records the
       // outbox: it stores the encoded bytes, and `handle` is not run again while the registry is away.
       try {
@@ -294,7 +304,7 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
         }
       } catch (err) {
         if (err instanceof AbortedError) {
-          report(id, "failed");
+          run.report(id, "failed");
           return "aborted";
         }
         return deadLetter(run, failure(id, "permanent", err, attempt));
@@ -313,12 +323,12 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
         offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
-      }, outbox, freshTx);
-      report(id, "processed");
+      }, outbox, run.freshTx);
+      run.report(id, "processed");
       return "done";
     }
     if (signal.aborted) {
-      report(id, "failed");
+      run.report(id, "failed");
       return "aborted";
     }
     if (failed instanceof PermanentError || failed instanceof PoisonError) {
@@ -337,78 +347,111 @@ async function executeOnce(run: Run, pending: Pending | undefined, below: boolea
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
       attempt, nextAttemptInMs: delay, error: failed,
     });
-    report(id, "retried");
+    run.report(id, "retried");
     const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
     if (w !== "continue") return w;
   }
 }
 
-function createContext(
-  handler: ResolvedHandler,
-  message: KafkaMessage,
-  deps: ExecutorDeps,
-  signal: AbortSignal,
-  id: string,
-  attempt: number,
-  outbox: OutboxRecord[],
-  recorded: () => Map<string, string>,
-  encodes: PendingEncode[],
-  /** How ctx.tx finds and keeps its records (Journal.runTx's `fresh` and `defaultId`). */
-  tx: { fresh: unknown[][] | undefined; defaultId: boolean },
-): HandlerContext {
-  const seen = new Map<string, number>();
-  // The n-th call of a name in one run is `name`, `name#2`, …: a loop of steps keeps stable keys.
-  const occurrence = (name: string) => {
-    const n = (seen.get(name) ?? 0) + 1;
-    seen.set(name, n);
-    return n === 1 ? name : `${name}#${n}`;
-  };
-  let txCount = 0;
-  let log: HandlerContext["log"] | undefined;
-  return {
-    message,
-    id,
-    attempt,
-    signal,
-    // Made on first use: most handlers never log, and a child logger per message costs allocations.
-    get log() {
-      return (log ??= deps.log.child({ handler: handler.name, id, attempt }));
-    },
-    async step<R>(name: string, fn: () => R | Promise<R>): Promise<R> {
-      const key = occurrence(`step:${name}`);
-      const steps = recorded();
+const NO_OUTBOX: readonly never[] = Object.freeze([]);
+
+/**
+ * The handler's `ctx`. One object per attempt; `step`, `tx`, `emit` and `log` are made on first
+ * use (getters, so `const { tx } = ctx` works), as is what only some handlers need: most use one
+ * or two of them, and every allocation per message shows in the throughput.
+ */
+class Context implements HandlerContext {
+  readonly message: KafkaMessage;
+  readonly signal: AbortSignal;
+  #run: Run;
+  #seen: Map<string, number> | undefined;
+  #txCount = 0;
+  #outbox: OutboxRecord[] | undefined;
+  #encodes: PendingEncode[] | undefined;
+  #log: HandlerContext["log"] | undefined;
+  #step: HandlerContext["step"] | undefined;
+  #tx: HandlerContext["tx"] | undefined;
+  #emit: HandlerContext["emit"] | undefined;
+
+  constructor(
+    run: Run,
+    readonly id: string,
+    readonly attempt: number,
+    /** `id` is the message's default id (Journal.runTx's `defaultId`). */
+    readonly defaultId: boolean,
+  ) {
+    this.#run = run;
+    this.message = run.message;
+    this.signal = run.signal;
+  }
+
+  /** What the attempt emitted: outbox records, and those whose value waits for the registry. */
+  emitted(): { outbox: OutboxRecord[]; encodes: readonly PendingEncode[] } {
+    return { outbox: this.#outbox ?? (NO_OUTBOX as never[]), encodes: this.#encodes ?? NO_OUTBOX };
+  }
+
+  get log(): HandlerContext["log"] {
+    const run = this.#run;
+    return (this.#log ??= run.deps.log.child({ handler: run.handler.name, id: this.id, attempt: this.attempt }));
+  }
+
+  get step(): HandlerContext["step"] {
+    return (this.#step ??= async <R>(name: string, fn: () => R | Promise<R>): Promise<R> => {
+      const run = this.#run;
+      const key = this.#occurrence(`step:${name}`);
+      const steps = (run.steps ??= run.unrecorded ? new Map() : run.deps.journal.steps(run.handler.name, this.id));
       const hit = steps.get(key);
       if (hit !== undefined) return JSON.parse(hit) as R;
       const result = await fn();
       const json = toJson(result, `ctx.step("${name}") result`);
       steps.set(key, json);
-      deps.journal.recordStep(handler.name, id, key, json);
+      run.deps.journal.recordStep(run.handler.name, this.id, key, json);
       return result;
-    },
-    tx<R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> {
-      return deps.journal.runTx(handler.name, id, ++txCount === 1 ? "tx:1" : `tx:${txCount}`, fn, tx.fresh, tx.defaultId);
-    },
-    emit(topic: string, msg: EmitMessage): void {
+    });
+  }
+
+  get tx(): HandlerContext["tx"] {
+    return (this.#tx ??= <R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> => {
+      const run = this.#run;
+      const n = ++this.#txCount;
+      // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
+      const fresh = run.unrecorded && this.attempt === 1 ? (run.freshTx ??= []) : undefined;
+      return run.deps.journal.runTx(run.handler.name, this.id, n === 1 ? "tx:1" : `tx:${n}`, fn, fresh, this.defaultId);
+    });
+  }
+
+  get emit(): HandlerContext["emit"] {
+    return (this.#emit ??= (topic: string, msg: EmitMessage): void => {
+      const handler = this.#run.handler;
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");
+      const outbox = (this.#outbox ??= []);
       const headers: Record<string, Buffer> = {};
       for (const [k, v] of Object.entries(msg.headers ?? {})) headers[k] = toBuffer(v);
-      headers["kexo-id"] = Buffer.from(`${id}:emit:${outbox.length + 1}`);
+      headers["kexo-id"] = Buffer.from(`${this.id}:emit:${outbox.length + 1}`);
       if (msg.schema && !handler.registry) {
         throw new PermanentError(`ctx.emit to ${topic} with a schema needs a schema registry: pass --schema-registry URL or set KEXO_SCHEMA_REGISTRY`);
       }
       const record: OutboxRecord = {
         handler: handler.name,
-        messageId: id,
+        messageId: this.id,
         topic,
         key: msg.key === undefined || msg.key === null ? null : toBuffer(msg.key),
         value: msg.value === null || msg.schema ? null : toBuffer(msg.value),
         headers,
         partition: msg.partition,
       };
-      if (msg.schema) encodes.push({ record, schema: msg.schema, value: msg.value });
+      if (msg.schema) (this.#encodes ??= []).push({ record, schema: msg.schema, value: msg.value });
       outbox.push(record);
-    },
-  };
+    });
+  }
+
+  /** The n-th call of a name in one attempt is `name`, `name#2`, …: a loop of steps keeps stable keys. */
+  #occurrence(name: string): string {
+    const seen = (this.#seen ??= new Map());
+    const n = (seen.get(name) ?? 0) + 1;
+    seen.set(name, n);
+    return n === 1 ? name : `${name}#${n}`;
+  }
 }
 
 function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: number): PendingDeadLetter {
@@ -424,7 +467,7 @@ function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: n
  * partition waits (deferred) and tries again, never running the handler again.
  */
 async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
-  const { handler, message, deps, report } = run;
+  const { handler, message, deps } = run;
   const { id, reason, error, attempts } = f;
   const where = { handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset };
   const dlqTopic = handler.deadLetterTopic(message.topic);
@@ -432,7 +475,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
     deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
     block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason} (deadLetter: false, retrying): ${error}`);
-    report(id, "retried");
+    run.report(id, "retried");
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;
   }
@@ -467,6 +510,6 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     },
   );
   deps.log.warn("message dead-lettered", { ...where, dlqTopic, reason, attempts, error });
-  report(id, "dead_lettered");
+  run.report(id, "dead_lettered");
   return "done";
 }
