@@ -185,9 +185,7 @@ export class Journal {
   /** Pending completion rows by handler\0id (INSERT OR REPLACE: the last one wins). */
   #done = new Map<string, unknown[]>();
   /** Completions that partition progress may record instead, per handler, group and partition. */
-  #covered = new Map<string, CoveredRun>();
-  /** The run the last covered completion went to: consecutive completions share it. */
-  #lastCovered: CoveredRun | undefined;
+  #covered = new PerPartition<CoveredRun>();
   #coveredCount = 0;
   /** Pending ctx.tx records by handler\0id, then name. */
   #txRecords = new Map<string, Map<string, unknown[]>>();
@@ -196,9 +194,7 @@ export class Journal {
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
-  #started: Map<string, StartedEntry> | undefined;
-  /** The entry the last start() used: consecutive messages share their partition. */
-  #lastStarted: StartedEntry | undefined;
+  #started: PerPartition<StartedEntry> | undefined;
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
   /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
@@ -221,7 +217,7 @@ export class Journal {
       10,
     );
     this.#insertSteps = createMultiInsert(conn, "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at)", 5);
-    this.#started = trackStarted(conn) ? new Map() : undefined;
+    this.#started = trackStarted(conn) ? new PerPartition() : undefined;
   }
 
   static open(opts: JournalOptions): Journal {
@@ -280,13 +276,9 @@ export class Journal {
       const [, , status, topic, partition, offset, attempts, result] = pending as [string, string, string, string, number, string, number, string | null];
       return { status, result, attempts, topic, partition, offset: Number(offset) };
     }
-    if (at && this.#coveredCount > 0) {
-      for (const run of this.#covered.values()) {
-        if (run.handler !== handler || run.partition !== at.partition || run.topic !== at.topic) continue;
-        const i = run.offsets.lastIndexOf(at.offset);
-        if (i >= 0) return { status: "completed", result: "null", attempts: run.attempts[i]!, topic: at.topic, partition: at.partition, offset: Number(at.offset) };
-      }
-    }
+    const run = at && this.#coveredCount > 0 ? this.#covered.get(handler, at.topic, at.partition) : undefined;
+    const i = run ? run.offsets.lastIndexOf(at!.offset) : -1;
+    if (i >= 0) return { status: "completed", result: "null", attempts: run!.attempts[i]!, topic: at!.topic, partition: at!.partition, offset: Number(at!.offset) };
     return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
 
@@ -306,16 +298,10 @@ export class Journal {
     if (!started) return false;
     // Offsets as numbers (no BigInt per message); one past 2^53 only ever takes the lookups.
     if (offset.length > 15) return false;
-    let e = this.#lastStarted;
-    if (!e || e.partition !== partition || e.topic !== topic || e.handler !== handler) {
-      const key = `${handler}\0${topic}\0${partition}`;
-      e = started.get(key);
-      if (!e) {
-        const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
-        e = { handler, topic, partition, next: row ? Number(row.next_offset) : -1, dirty: false };
-        started.set(key, e);
-      }
-      this.#lastStarted = e;
+    let e = started.get(handler, topic, partition);
+    if (!e) {
+      const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
+      e = started.add(handler, topic, partition, { handler, topic, partition, next: row ? Number(row.next_offset) : -1, dirty: false });
     }
     const at = Number(offset);
     if (at < e.next) return false;
@@ -360,10 +346,7 @@ export class Journal {
     if (rec.status === "completed") {
       if (fresh) for (const row of fresh) row.length = 0;
       if (this.#txRecords.size > 0) this.#txRecords.delete(`${rec.handler}\0${rec.id}`);
-      if (rec.coveredBy !== undefined && outbox.length === 0) {
-        this.#cover(rec, rec.coveredBy);
-        return this.#counted();
-      }
+      if (rec.coveredBy !== undefined && outbox.length === 0 && this.#cover(rec, rec.coveredBy)) return this.#counted();
     }
     this.#done.set(`${rec.handler}\0${rec.id}`, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
     if (outbox.length === 0) return this.#counted();
@@ -441,7 +424,8 @@ export class Journal {
         const result = await fn(this.handlerDb);
         const json = toJson(result, `ctx.tx result (${name})`);
         if (savepoint) this.#conn.exec("RELEASE kexo_tx");
-        const row = [handler, id, name, json, Date.now()];
+        // recorded_at is set when the row is written (#writePending): most are dropped before.
+        const row: unknown[] = [handler, id, name, json, 0];
         if (fresh) {
           fresh.push(row);
           this.#freshTx.push(row);
@@ -541,18 +525,17 @@ export class Journal {
     return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#freshTx.length > 0;
   }
 
-  #cover(rec: MessageRecord, group: string): void {
-    let run = this.#lastCovered;
-    if (!run || run.partition !== rec.partition || run.topic !== rec.topic || run.handler !== rec.handler || run.group !== group) {
-      const key = `${rec.handler}\0${group}\0${rec.topic}\0${rec.partition}`;
-      run = this.#covered.get(key);
-      if (!run) this.#covered.set(key, (run = { handler: rec.handler, group, topic: rec.topic, partition: rec.partition, ids: [], offsets: [], attempts: [] }));
-      this.#lastCovered = run;
-    }
+  /** Keeps a covered completion in its partition's run; false (a row then) if the run has another group. */
+  #cover(rec: MessageRecord, group: string): boolean {
+    // A handler has one group (its groupId), so handler, topic and partition name the run.
+    const run = this.#covered.get(rec.handler, rec.topic, rec.partition) ??
+      this.#covered.add(rec.handler, rec.topic, rec.partition, { handler: rec.handler, group, topic: rec.topic, partition: rec.partition, ids: [], offsets: [], attempts: [] });
+    if (run.group !== group) return false;
     run.ids.push(rec.id);
     run.offsets.push(rec.offset);
     run.attempts.push(rec.attempts);
     this.#coveredCount++;
+    return true;
   }
 
   /** A write that waits in memory for the COMMIT; counts towards the group-commit size. */
@@ -576,8 +559,18 @@ export class Journal {
     }
     if (this.#txRecords.size > 0 || this.#freshTx.length > 0) {
       const rows: unknown[][] = [];
-      for (const row of this.#freshTx) if (row.length > 0) rows.push(row);
-      for (const records of this.#txRecords.values()) for (const row of records.values()) rows.push(row);
+      const now = Date.now();
+      for (const row of this.#freshTx) {
+        if (row.length === 0) continue;
+        row[4] = now;
+        rows.push(row);
+      }
+      for (const records of this.#txRecords.values()) {
+        for (const row of records.values()) {
+          row[4] = now;
+          rows.push(row);
+        }
+      }
       if (rows.length > 0) this.#insertSteps(rows);
       this.#txRecords.clear();
       this.#freshTx = [];
@@ -825,7 +818,45 @@ function prepareAll(conn: Conn) {
   };
 }
 
-/** Covered completions of one handler, group and partition waiting for the COMMIT, in parallel arrays. */
+/**
+ * Entries per handler, topic and partition, found without building a key per message: the last
+ * handler and topic's partition array is kept (partitions interleave; handler and topic rarely do).
+ */
+class PerPartition<T> {
+  #byName = new Map<string, T[]>();
+  #all: T[] = [];
+  #handler: string | undefined;
+  #topic: string | undefined;
+  #last: T[] | undefined;
+
+  get(handler: string, topic: string, partition: number): T | undefined {
+    let parts = this.#last;
+    if (parts === undefined || this.#topic !== topic || this.#handler !== handler) {
+      const key = `${handler}\0${topic}`;
+      parts = this.#byName.get(key);
+      if (!parts) this.#byName.set(key, (parts = []));
+      this.#handler = handler;
+      this.#topic = topic;
+      this.#last = parts;
+    }
+    return parts[partition];
+  }
+
+  add(handler: string, topic: string, partition: number, entry: T): T {
+    const key = `${handler}\0${topic}`;
+    let parts = this.#byName.get(key);
+    if (!parts) this.#byName.set(key, (parts = []));
+    parts[partition] = entry;
+    this.#all.push(entry);
+    return entry;
+  }
+
+  values(): readonly T[] {
+    return this.#all;
+  }
+}
+
+/** Covered completions of one handler (so group) and partition waiting for the COMMIT, in parallel arrays. */
 interface CoveredRun {
   handler: string;
   group: string;
