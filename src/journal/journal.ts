@@ -14,7 +14,7 @@
 //   (rowsAffected, lastInsertRowid, RETURNING rows), else the journal fails and kexo stops before
 //   anything is acknowledged, and later runs use savepoints (meta `tx_undo`). A handler whose body
 //   failed uses savepoints for its next SAVEPOINT_RUNS_AFTER_FAILURE runs: failures come in runs.
-// - Completion rows and ctx.tx records wait in memory (#done, #covered, #txRecords, #freshTx) and
+// - Completion rows and ctx.tx records wait in memory (#done, #covered, #txRecords, #fresh) and
 //   are written as multi-row INSERTs right before COMMIT, inside the same transaction; reads
 //   consult them first. A tx record whose message completes before that COMMIT is dropped: the
 //   completion, in the same transaction as the tx's writes, already says "never run again".
@@ -26,8 +26,9 @@
 //   These wait per partition (#covered), as offsets: no map keyed by the ~60-character id per
 //   message, the journal's largest per-message cost before. A lookup finds them by position.
 // - ctx.tx records of a message's first run at a never-started offset (`fresh` in runTx) wait in
-//   a plain list (#freshTx) that its completion empties; other runs' records are keyed by message
-//   (#txRecords). A lookup of a default id scans the list: only retries and redeliveries do.
+//   that run's own list, which #fresh holds until its completion (which supersedes them) or the
+//   COMMIT (which writes them): short-lived, so young garbage. Other runs' records are keyed by
+//   message (#txRecords). A lookup of a default id scans #fresh: only retries and redeliveries do.
 // - kexo_started (see schema.ts) is written at every COMMIT that follows a start(), before any
 //   record of the started message can be durable.
 import { mkdirSync } from "node:fs";
@@ -36,9 +37,11 @@ import Database from "libsql";
 import { ConfigError, ExitCode, KexoError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
-import { createHandlerDb, type Redo } from "./handler-db.ts";
+import { createHandlerDb, type Redo, runRedo } from "./handler-db.ts";
 import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
+import { PerPartition } from "../kafka/per-partition.ts";
+import { defaultMessageId } from "../processing/decode.ts";
 import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 
 type Conn = InstanceType<typeof Database>;
@@ -62,7 +65,8 @@ export interface MessageRecord {
   error?: string | null;
   /**
    * The group whose partition progress, once it passes `offset` in the same COMMIT, records this
-   * completion instead of a row. Only for ids no lookup at/above that progress can ask for.
+   * completion instead of a row. Only for ids no lookup at/above that progress can ask for, and
+   * only for the message's default id in that group (a row, if written, rebuilds it from these).
    */
   coveredBy?: string;
 }
@@ -189,8 +193,8 @@ export class Journal {
   #coveredCount = 0;
   /** Pending ctx.tx records by handler\0id, then name. */
   #txRecords = new Map<string, Map<string, unknown[]>>();
-  /** Pending ctx.tx records of fresh runs (see runTx), in order; emptied ([]) once superseded. */
-  #freshTx: unknown[][] = [];
+  /** Fresh runs' lists of ctx.tx records not yet written (see runTx and the top). */
+  #fresh = new Set<unknown[][]>();
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
@@ -344,7 +348,7 @@ export class Journal {
     if (this.#failed) throw this.#failed;
     // Only a completion supersedes tx records: a dead-lettered message may be replayed and run again.
     if (rec.status === "completed") {
-      if (fresh) for (const row of fresh) row.length = 0;
+      if (fresh) this.#fresh.delete(fresh);
       if (this.#txRecords.size > 0) this.#txRecords.delete(`${rec.handler}\0${rec.id}`);
       if (rec.coveredBy !== undefined && outbox.length === 0 && this.#cover(rec, rec.coveredBy)) return this.#counted();
     }
@@ -405,9 +409,9 @@ export class Journal {
    * Runs a handler's ctx.tx body with its record `name`. A recorded call returns its recorded
    * JSON without running. `fn` sees every committed and pending journal write.
    * `fresh`: the caller knows nothing was recorded for this message (its first run at an offset
-   * never started), so the lookup is skipped; the record goes to #freshTx and to `fresh`, which
+   * never started), so the lookup is skipped; the record goes to `fresh`, the run's list, which
    * the caller hands to finish(). `defaultId`: `id` is the message's default id, so a lookup
-   * also searches #freshTx.
+   * also searches #fresh.
    */
   async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, fresh?: unknown[][], defaultId = false): Promise<R> {
     // Taken at once when free: awaiting an already-resolved promise costs a turn per message.
@@ -428,7 +432,7 @@ export class Journal {
         const row: unknown[] = [handler, id, name, json, 0];
         if (fresh) {
           fresh.push(row);
-          this.#freshTx.push(row);
+          this.#fresh.add(fresh);
         } else {
           const key = `${handler}\0${id}`;
           let records = this.#txRecords.get(key);
@@ -511,10 +515,8 @@ export class Journal {
     const pending = this.#txRecords.get(`${handler}\0${id}`)?.get(name);
     if (pending) return pending[3] as string;
     if (defaultId) {
-      const fresh = this.#freshTx;
-      for (let i = fresh.length - 1; i >= 0; i--) {
-        const row = fresh[i]!;
-        if (row[1] === id && row[2] === name && row[0] === handler) return row[3] as string;
+      for (const rows of this.#fresh) {
+        for (const row of rows) if (row[1] === id && row[2] === name && row[0] === handler) return row[3] as string;
       }
     }
     return (this.#s.stepGet.get(handler, id, name) as { result: string } | undefined)?.result;
@@ -522,16 +524,15 @@ export class Journal {
 
   /** Rows or records waiting in memory for the COMMIT. */
   #inMemory(): boolean {
-    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#freshTx.length > 0;
+    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0;
   }
 
   /** Keeps a covered completion in its partition's run; false (a row then) if the run has another group. */
   #cover(rec: MessageRecord, group: string): boolean {
     // A handler has one group (its groupId), so handler, topic and partition name the run.
     const run = this.#covered.get(rec.handler, rec.topic, rec.partition) ??
-      this.#covered.add(rec.handler, rec.topic, rec.partition, { handler: rec.handler, group, topic: rec.topic, partition: rec.partition, ids: [], offsets: [], attempts: [] });
+      this.#covered.add(rec.handler, rec.topic, rec.partition, { handler: rec.handler, group, topic: rec.topic, partition: rec.partition, offsets: [], attempts: [] });
     if (run.group !== group) return false;
-    run.ids.push(rec.id);
     run.offsets.push(rec.offset);
     run.attempts.push(rec.attempts);
     this.#coveredCount++;
@@ -557,13 +558,16 @@ export class Journal {
       if (rows.length > 0) this.#insertDone(rows);
       this.#done.clear();
     }
-    if (this.#txRecords.size > 0 || this.#freshTx.length > 0) {
+    if (this.#txRecords.size > 0 || this.#fresh.size > 0) {
       const rows: unknown[][] = [];
       const now = Date.now();
-      for (const row of this.#freshTx) {
-        if (row.length === 0) continue;
-        row[4] = now;
-        rows.push(row);
+      for (const list of this.#fresh) {
+        for (const row of list) {
+          row[4] = now;
+          rows.push(row);
+        }
+        // Written: the run's later records start a new list's worth.
+        list.length = 0;
       }
       for (const records of this.#txRecords.values()) {
         for (const row of records.values()) {
@@ -573,7 +577,7 @@ export class Journal {
       }
       if (rows.length > 0) this.#insertSteps(rows);
       this.#txRecords.clear();
-      this.#freshTx = [];
+      this.#fresh.clear();
     }
     for (const e of this.#started?.values() ?? []) {
       if (!e.dirty) continue;
@@ -589,7 +593,7 @@ export class Journal {
     const rows: unknown[][] = [];
     const now = Date.now();
     for (const run of this.#covered.values()) {
-      const n = run.ids.length;
+      const n = run.offsets.length;
       if (n === 0) continue;
       const passed = next.get(`${run.group}\0${run.topic}\0${run.partition}`);
       // Offsets as numbers while exact (15 digits); past that, as BigInt.
@@ -600,9 +604,9 @@ export class Journal {
           const below = offset.length <= 15 && !Number.isNaN(passedNum) ? Number(offset) < passedNum : BigInt(offset) < passed;
           if (below) continue;
         }
-        rows.push([run.handler, run.ids[i], "completed", run.topic, run.partition, offset, run.attempts[i], "null", null, now]);
+        rows.push([run.handler, defaultMessageId(run.topic, run.partition, run.group, offset), "completed", run.topic, run.partition, offset, run.attempts[i], "null", null, now]);
       }
-      run.ids.length = run.offsets.length = run.attempts.length = 0;
+      run.offsets.length = run.attempts.length = 0;
     }
     this.#coveredCount = 0;
     return rows;
@@ -641,7 +645,7 @@ export class Journal {
       this.#conn.exec("ROLLBACK");
       this.#inTx = false;
       this.#begin();
-      for (const r of redo) r();
+      for (const r of redo) runRedo(r);
       this.#redo = redo;
     } catch (err) {
       try {
@@ -818,51 +822,13 @@ function prepareAll(conn: Conn) {
   };
 }
 
-/**
- * Entries per handler, topic and partition, found without building a key per message: the last
- * handler and topic's partition array is kept (partitions interleave; handler and topic rarely do).
- */
-class PerPartition<T> {
-  #byName = new Map<string, T[]>();
-  #all: T[] = [];
-  #handler: string | undefined;
-  #topic: string | undefined;
-  #last: T[] | undefined;
-
-  get(handler: string, topic: string, partition: number): T | undefined {
-    let parts = this.#last;
-    if (parts === undefined || this.#topic !== topic || this.#handler !== handler) {
-      const key = `${handler}\0${topic}`;
-      parts = this.#byName.get(key);
-      if (!parts) this.#byName.set(key, (parts = []));
-      this.#handler = handler;
-      this.#topic = topic;
-      this.#last = parts;
-    }
-    return parts[partition];
-  }
-
-  add(handler: string, topic: string, partition: number, entry: T): T {
-    const key = `${handler}\0${topic}`;
-    let parts = this.#byName.get(key);
-    if (!parts) this.#byName.set(key, (parts = []));
-    parts[partition] = entry;
-    this.#all.push(entry);
-    return entry;
-  }
-
-  values(): readonly T[] {
-    return this.#all;
-  }
-}
-
 /** Covered completions of one handler (so group) and partition waiting for the COMMIT, in parallel arrays. */
 interface CoveredRun {
   handler: string;
   group: string;
   topic: string;
   partition: number;
-  ids: string[];
+  /** Their ids are default ids: made from these when a row is written, not kept. */
   offsets: string[];
   attempts: number[];
 }

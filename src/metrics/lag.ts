@@ -4,6 +4,7 @@
 // has none), and on Kafka the fetch response's high watermark is the same log end an admin
 // client would read, so the figure means the same on both.
 import type { EventBus } from "../events.ts";
+import { PerPartition } from "../kafka/per-partition.ts";
 
 export interface PartitionLag {
   group: string;
@@ -32,13 +33,13 @@ export class LagTracker {
   #groups = new Map<string, Map<string, Entry>>();
   #groupOf = new Map<string, string>();
   #off: (() => void)[];
-  /** The entry the last handled message found: consecutive messages share their partition. */
-  #last: { handler: string; topic: string; partition: number; entry: Entry | undefined } | undefined;
+  /** Each handled message's entry (null: not assigned), found without a key per message. */
+  #handled = new PerPartition<Entry | null>();
 
   constructor(bus: EventBus) {
     this.#off = [
       bus.on("consumer.joined", (e) => {
-        this.#last = undefined;
+        this.#handled.clear();
         this.#groupOf.set(e.handler, e.group);
         // A partition kept across the rebalance keeps its figures; a revoked one disappears.
         const before = this.#groups.get(e.group);
@@ -49,7 +50,7 @@ export class LagTracker {
         this.#groups.set(e.group, now);
       }),
       bus.on("consumer.stopped", (e) => {
-        this.#last = undefined;
+        this.#handled.clear();
         this.#groups.delete(e.group);
       }),
       bus.on("consumer.fetched", (e) => {
@@ -65,13 +66,12 @@ export class LagTracker {
       bus.on("message.handled", (e) => {
         // A retried or aborted message is still ahead of the position.
         if (e.outcome === "retried" || e.outcome === "failed") return;
-        let last = this.#last;
-        if (!last || last.partition !== e.partition || last.topic !== e.topic || last.handler !== e.handler) {
+        let x = this.#handled.get(e.handler, e.topic, e.partition);
+        if (x === undefined) {
           const group = this.#groupOf.get(e.handler);
-          const entry = group === undefined ? undefined : this.#groups.get(group)?.get(key(e.topic, e.partition));
-          this.#last = last = { handler: e.handler, topic: e.topic, partition: e.partition, entry };
+          x = (group === undefined ? undefined : this.#groups.get(group)?.get(key(e.topic, e.partition))) ?? null;
+          this.#handled.add(e.handler, e.topic, e.partition, x);
         }
-        const x = last.entry;
         if (!x) return;
         const next = Number(e.offset) + 1;
         if (x.handledNext === undefined || next > x.handledNext) x.handledNext = next;

@@ -60,5 +60,9 @@ export function messageId(message: KafkaMessage, groupId: string, businessKey: s
   const header = message.headers["kexo-id"];
   if (header !== undefined && header.length > 0) return header.toString();
   if (businessKey !== undefined) return businessKey;
-  return `kafka-unique-id-${message.topic}-${message.partition}-${groupId}-${message.offset}`;
+  return defaultMessageId(message.topic, message.partition, groupId, message.offset);
+}
+
+export function defaultMessageId(topic: string, partition: number, groupId: string, offset: string): string {
+  return `kafka-unique-id-${topic}-${partition}-${groupId}-${offset}`;
 }
