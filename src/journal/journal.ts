@@ -49,10 +49,6 @@ type Conn = InstanceType<typeof Database>;
 /** ctx.tx runs of a handler that use a savepoint after one of its bodies failed (see top). */
 export const SAVEPOINT_RUNS_AFTER_FAILURE = 1000;
 
-/** A group this big doubles the next commit interval, up to MAX_INTERVAL_FACTOR × the base. */
-const BUSY_GROUP_WRITES = 500;
-const MAX_INTERVAL_FACTOR = 4;
-
 export interface MessageRecord {
   handler: string;
   id: string;
@@ -171,9 +167,7 @@ export class Journal {
   readonly handlerDb: HandlerDb;
   #conn: Conn;
   #bus: EventBus | undefined;
-  /** The group-commit interval now: the base, or longer while groups are big (see #commit). */
   #interval: number;
-  #baseInterval: number;
   #maxPending: number;
   #inTx = false;
   #held = false;
@@ -210,7 +204,7 @@ export class Journal {
     this.path = path;
     this.#conn = conn;
     this.#bus = opts.bus;
-    this.#interval = this.#baseInterval = opts.commitIntervalMs ?? 4;
+    this.#interval = opts.commitIntervalMs ?? 4;
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
     this.handlerDb = createHandlerDb(conn, () => (this.#inTx ? this.#redo : undefined));
@@ -754,10 +748,6 @@ export class Journal {
       this.#pendingWrites = 0;
       this.#redo = [];
     }
-    // Under load, longer intervals make bigger groups: a COMMIT's fsync costs as much as ~500
-    // messages' rows, so at 80k msg/s 4 ms groups spent ~10% of the thread in COMMIT. Light load
-    // (small groups) keeps the base interval, and its latency.
-    this.#interval = writes >= BUSY_GROUP_WRITES ? Math.min(this.#interval * 2, this.#baseInterval * MAX_INTERVAL_FACTOR) : this.#baseInterval;
     this.#bus?.emit("journal.committed", { seconds: (performance.now() - started) / 1000, writes });
     for (const [hook, entries] of progress) hook.committed(entries);
     for (const w of waiters) w.resolve();
