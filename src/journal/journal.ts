@@ -182,7 +182,7 @@ export class Journal {
   #adhoc = new Map<string, { run(...args: unknown[]): unknown }>();
   /** Pending completion rows by handler\0id (INSERT OR REPLACE: the last one wins). */
   #done = new Map<string, unknown[]>();
-  /** Completions that partition progress may record instead, per handler, group and partition. */
+  /** Completions that partition progress may record instead, per handler (so group), topic and partition. */
   #covered = new PerPartition<CoveredRun>();
   #coveredCount = 0;
   /** Pending ctx.tx records by handler\0id, then name. */
@@ -191,7 +191,7 @@ export class Journal {
   #fresh = new Set<unknown[][]>();
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
-  /** Started offsets per handler\0topic\0partition; undefined when this journal predates tracking. */
+  /** Started offsets per handler, topic and partition; undefined when this journal predates tracking. */
   #started: PerPartition<StartedEntry> | undefined;
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
@@ -274,9 +274,11 @@ export class Journal {
       const [, , status, topic, partition, offset, attempts, result] = pending as [string, string, string, string, number, string, number, string | null];
       return { status, result, attempts, topic, partition, offset: Number(offset) };
     }
-    const run = at && this.#coveredCount > 0 ? this.#covered.get(handler, at.topic, at.partition) : undefined;
-    const i = run ? run.offsets.lastIndexOf(at!.offset) : -1;
-    if (i >= 0) return { status: "completed", result: "null", attempts: run!.attempts[i]!, topic: at!.topic, partition: at!.partition, offset: Number(at!.offset) };
+    if (at && this.#coveredCount > 0) {
+      const run = this.#covered.get(handler, at.topic, at.partition);
+      const i = run ? run.offsets.lastIndexOf(at.offset) : -1;
+      if (i >= 0) return { status: "completed", result: "null", attempts: run!.attempts[i]!, topic: at.topic, partition: at.partition, offset: Number(at.offset) };
+    }
     return this.#s.lookup.get(handler, id) as LookupRow | undefined;
   }
 

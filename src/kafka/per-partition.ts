@@ -12,6 +12,21 @@ export class PerPartition<T> {
   #last: T[] | undefined;
 
   get(handler: string, topic: string, partition: number): T | undefined {
+    return this.#parts(handler, topic)[partition];
+  }
+
+  /** Only where get() found none. */
+  add(handler: string, topic: string, partition: number, entry: T): T {
+    this.#parts(handler, topic)[partition] = entry;
+    this.#all.push(entry);
+    return entry;
+  }
+
+  values(): readonly T[] {
+    return this.#all;
+  }
+
+  #parts(handler: string, topic: string): T[] {
     let parts = this.#last;
     if (parts === undefined || this.#topic !== topic || this.#handler !== handler) {
       const key = `${handler}\0${topic}`;
@@ -21,21 +36,7 @@ export class PerPartition<T> {
       this.#topic = topic;
       this.#last = parts;
     }
-    return parts[partition];
-  }
-
-  /** Only where get() found none. */
-  add(handler: string, topic: string, partition: number, entry: T): T {
-    const key = `${handler}\0${topic}`;
-    let parts = this.#byName.get(key);
-    if (!parts) this.#byName.set(key, (parts = []));
-    parts[partition] = entry;
-    this.#all.push(entry);
-    return entry;
-  }
-
-  values(): readonly T[] {
-    return this.#all;
+    return parts;
   }
 
   clear(): void {

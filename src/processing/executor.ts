@@ -138,7 +138,7 @@ export function execute(
   below = false,
 ): Promise<Verdict> {
   const pending = deps.retries?.get(message.topic, message.partition, message.offset);
-  return executeOnce(new Run(handler, message, deps, signal, pending), pending, below);
+  return executeOnce(new Run(handler, message, deps, signal, pending), below);
 }
 
 /** Reported outcomes after which the message is done ("done" verdicts report one of these). */
@@ -209,8 +209,8 @@ async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefo
   }
 }
 
-async function executeOnce(run: Run, pending: Pending | undefined, below: boolean): Promise<Verdict> {
-  const { handler, message, deps, signal } = run;
+async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
+  const { handler, message, deps, signal, pending } = run;
   const { journal, bus } = deps;
 
   if (pending && !below) {
@@ -364,6 +364,7 @@ class Context implements HandlerContext {
   readonly message: KafkaMessage;
   readonly signal: AbortSignal;
   #run: Run;
+  #defaultId: boolean;
   #seen: Map<string, number> | undefined;
   #txCount = 0;
   #outbox: OutboxRecord[] | undefined;
@@ -378,9 +379,10 @@ class Context implements HandlerContext {
     readonly id: string,
     readonly attempt: number,
     /** `id` is the message's default id (Journal.runTx's `defaultId`). */
-    readonly defaultId: boolean,
+    defaultId: boolean,
   ) {
     this.#run = run;
+    this.#defaultId = defaultId;
     this.message = run.message;
     this.signal = run.signal;
   }
@@ -416,7 +418,7 @@ class Context implements HandlerContext {
       const n = ++this.#txCount;
       // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
       const fresh = run.unrecorded && this.attempt === 1 ? (run.freshTx ??= []) : undefined;
-      return run.deps.journal.runTx(run.handler.name, this.id, n === 1 ? "tx:1" : `tx:${n}`, fn, fresh, this.defaultId);
+      return run.deps.journal.runTx(run.handler.name, this.id, n === 1 ? "tx:1" : `tx:${n}`, fn, fresh, this.#defaultId);
     });
   }
 
