@@ -1,6 +1,7 @@
 // `npm run bench`: one run on the development broker (in this process) that produces the data,
 // measures raw kafkajs (the ceiling), then kexo as a child process per scenario, and prints and
 // writes a markdown table. Ratios are within one run: the machine is shared, absolute numbers drift.
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
@@ -27,6 +28,8 @@ const { values: a } = parseArgs({
     keys: { type: "string", default: "1000" },
     "key-partitions": { type: "string", default: "4" },
     out: { type: "string", default: join(ROOT, "bench", "results", "latest.md") },
+    // A slow disk: every fsync of kexo's takes this much longer (bench/slow-fsync.c; needs cc).
+    "fsync-delay-ms": { type: "string" },
   },
 });
 const N = Number(a.n);
@@ -35,6 +38,15 @@ const only = new Set(a.only!.split(","));
 const dist = join(ROOT, "dist", "kexo");
 // --kexo "bun --cpu-prof-md main.ts" works too: the command is split on spaces.
 const cmd = a.kexo ? a.kexo.split(/\s+/) : existsSync(dist) ? [dist] : [process.execPath, join(ROOT, "main.ts")];
+const fsyncDelayMs = a["fsync-delay-ms"] === undefined ? undefined : Number(a["fsync-delay-ms"]);
+/** kexo's environment: the slow-fsync shim when asked for. */
+const kexoEnv = fsyncDelayMs === undefined ? undefined : (() => {
+  const dir = join(ROOT, ".tmp");
+  mkdirSync(dir, { recursive: true });
+  const lib = join(dir, "slow-fsync.so");
+  execFileSync("cc", ["-shared", "-fPIC", "-O2", "-o", lib, join(ROOT, "bench", "slow-fsync.c"), "-ldl"]);
+  return { LD_PRELOAD: lib, KEXO_BENCH_FSYNC_DELAY_US: String(Math.round(fsyncDelayMs * 1000)) };
+})();
 // The dev broker keeps ≤100k messages and ≤5 MiB per partition; ~230 bytes per record on disk.
 if (N / P > 20_000) throw new Error(`--n ${N} over ${P} partitions exceeds the dev broker's retention (≈20k of these messages per partition); add partitions`);
 
@@ -85,7 +97,7 @@ try {
     rows.push({ name: "raw kafkajs eachBatch, no-op (ceiling)", rate: r.rate, rss: r.peakRssMiB });
     say(`  ${Math.round(r.rate)} msg/s, peak RSS ${r.peakRssMiB.toFixed(0)} MiB`);
   }
-  const base = { cmd, brokers, count: N, topic };
+  const base = { cmd, brokers, count: N, topic, env: kexoEnv };
   if (only.has("a")) await scenario("(a) kexo, no-op handler", () => runKexo({ ...base, name: "noop", handler: handlerSource("noop", topic) }));
   if (only.has("b")) await scenario("(b) kexo, one ctx.tx insert", () => runKexo({ ...base, name: "tx", handler: handlerSource("tx", topic) }));
   if (only.has("c")) await scenario("(c) kexo, ctx.step + ctx.tx", () => runKexo({ ...base, name: "step-tx", handler: handlerSource("step-tx", topic) }));
@@ -95,7 +107,7 @@ try {
     const kp = Number(a["key-partitions"]);
     cluster.createTopic(kt, kp);
     await produceBulk(kafka, kt, kp, count, { keys: Number(a.keys) });
-    await scenario(`(d) kexo, order "key", 5 ms handler, ${a.keys} keys`, () => runKexo({ cmd, brokers, count, topic: kt, name: "key-order", handler: handlerSource("key-order", kt) }),
+    await scenario(`(d) kexo, order "key", 5 ms handler, ${a.keys} keys`, () => runKexo({ cmd, brokers, count, topic: kt, env: kexoEnv, name: "key-order", handler: handlerSource("key-order", kt) }),
       `${count} msgs on ${kp} partitions; per-partition order would cap at ${kp * 200} msg/s`);
   }
   if (only.has("latency")) {
@@ -112,7 +124,7 @@ try {
       say(`  p50 ${r.p50.toFixed(1)} ms, p99 ${r.p99.toFixed(1)} ms (${r.count} msgs)`);
     }
     await scenario(`(b) at ${rate} msg/s offered, ${seconds} s`, () =>
-      runKexo({ cmd, brokers, count: 0, topic: lt, name: "latency", handler: handlerSource("tx", lt), offer: () => producePaced(kafka, lt, P, rate, seconds) }),
+      runKexo({ cmd, brokers, count: 0, topic: lt, env: kexoEnv, name: "latency", handler: handlerSource("tx", lt), offer: () => producePaced(kafka, lt, P, rate, seconds) }),
       "latency: producer send → journal commit");
   }
 } finally {
@@ -129,7 +141,7 @@ const bunVersion = (() => {
 })();
 const lines = [
   `kexo benchmark, ${new Date().toISOString()}: ${N} messages of ~150 B on ${P} partitions, development broker (librdkafka mock).`,
-  `Machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Bun ${bunVersion}; kexo: \`${a.kexo ?? (cmd.length === 1 ? "dist/kexo" : "bun main.ts")}\`.`,
+  `Machine: ${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; Bun ${bunVersion}; kexo: \`${a.kexo ?? (cmd.length === 1 ? "dist/kexo" : "bun main.ts")}\`${fsyncDelayMs === undefined ? "" : `; every kexo fsync slowed by ${fsyncDelayMs} ms (bench/slow-fsync.c)`}.`,
   "",
   "| scenario | msg/s | of raw | p50 ms | p99 ms | peak RSS MiB | kexo CPU | note |",
   "|---|---:|---:|---:|---:|---:|---:|---|",

@@ -78,18 +78,21 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise
   const stopGc = startGcPacer(bus);
   try {
     await handler.def.setup?.(journal.handlerDb);
-    // The consumer's partition progress: next offset per partition, shared at every COMMIT.
+    // The consumer's partition progress: next offset per partition, handed to a COMMIT once.
     const next = new Array<number>(P).fill(0);
     const shared = new Array<number>(P).fill(0);
     journal.addCommitHook({
       progress: () => {
         const out: ProgressEntry[] = [];
-        for (let p = 0; p < P; p++) if (next[p]! > shared[p]!) out.push({ groupId: handler.groupId, topic: TOPIC, partition: p, nextOffset: BigInt(next[p]!) });
+        for (let p = 0; p < P; p++) {
+          if (next[p]! <= shared[p]!) continue;
+          out.push({ groupId: handler.groupId, topic: TOPIC, partition: p, nextOffset: BigInt(next[p]!) });
+          shared[p] = next[p]!;
+        }
         return out;
       },
-      committed: (entries) => {
-        for (const e of entries) shared[e.partition] = Number(e.nextOffset);
-      },
+      hasProgress: () => next.some((n, p) => n > shared[p]!),
+      committed: () => {},
     });
     const deps: ExecutorDeps = {
       journal, bus, log: createLogger({ level: "warn" }),
@@ -101,7 +104,7 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise
     await Promise.all(Array.from({ length: P }, async (_, p) => {
       for (let i = p; i < msgs.length; i += P) {
         const m = msgs[i]!;
-        if (journal.pendingWrites >= 4000) await journal.flush();
+        if (journal.pendingWrites >= 10_000) await journal.commit();
         const verdict = await execute(handler, m, deps, signal);
         if (verdict !== "done") throw new Error(`${name}: ${m.partition}@${m.offset} ended ${verdict}`);
         next[p] = Number(m.offset) + 1;

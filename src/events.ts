@@ -17,7 +17,11 @@ export interface Events {
   /** One attempt of the handler's `handle` begins / ends: the same object both times. */
   "message.started": Attempt;
   "message.finished": Attempt;
-  "journal.committed": { seconds: number; writes: number };
+  /**
+   * A COMMIT is on disk (fired in commit order). `seconds`: from its start to the end of its fsync.
+   * `outboxSeq`: the outbox's highest seq in it, when it wrote outbox rows.
+   */
+  "journal.committed": { seconds: number; writes: number; outboxSeq?: number };
   "consumer.joining": { handler: string; group: string };
   "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number };
   /** `position`: the fetch reached this offset (every offset below was delivered or skipped). */

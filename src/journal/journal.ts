@@ -31,6 +31,10 @@
 //   message (#txRecords). A lookup of a default id scans #fresh: only retries and redeliveries do.
 // - kexo_started (see schema.ts) is written at every COMMIT that follows a start(), before any
 //   record of the started message can be durable.
+// - A file journal runs with synchronous = NORMAL and acknowledges a COMMIT (hooks' committed(),
+//   durable() waiters, journal.committed) only after WalSync fsynced the WAL, off the JS thread
+//   (see wal-sync.ts). Until then nothing outside the journal learns of it: no Kafka offset, no
+//   outbox publish (journal.committed carries the outbox's committed seq, not a later read).
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "libsql";
@@ -43,6 +47,7 @@ import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 import { defaultMessageId } from "../processing/decode.ts";
 import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
+import { WalSync } from "./wal-sync.ts";
 
 type Conn = InstanceType<typeof Database>;
 
@@ -129,7 +134,10 @@ export interface ProgressEntry {
  * it covers.
  */
 export interface CommitHook {
+  /** Takes the progress to write: the COMMIT being prepared writes it (or the journal fails). */
   progress(): ProgressEntry[];
+  /** Whether progress() would return anything; takes nothing. */
+  hasProgress(): boolean;
   committed(entries: ProgressEntry[]): void;
 }
 
@@ -174,6 +182,8 @@ export class Journal {
   #queue: (() => void)[] = [];
   #pendingWrites = 0;
   #waiters: Waiter[] = [];
+  /** commit() callers: resolved by the next COMMIT that runs, before its fsync. */
+  #afterCommit: Waiter[] = [];
   #timer: ReturnType<typeof setTimeout> | undefined;
   #failed: unknown;
   #closed = false;
@@ -199,10 +209,20 @@ export class Journal {
   #savepointRuns = new Map<string, number>();
   /** Every ctx.tx uses a savepoint: a redo once gave another result (meta `tx_undo`). */
   #alwaysSavepoint: boolean;
+  /** Syncs the WAL before a COMMIT is acknowledged; undefined when COMMIT syncs itself (see top). */
+  #walSync: WalSync | undefined;
+  /** The open transaction wrote outbox rows: its COMMIT reports the outbox's highest seq. */
+  #outboxInTx = false;
 
-  private constructor(path: string, conn: Conn, opts: JournalOptions) {
+  private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: boolean) {
     this.path = path;
     this.#conn = conn;
+    this.#walSync = walSync
+      ? new WalSync(`${path}-wal`, (err) => {
+        this.#failed ??= err;
+        this.#bus?.emit("worker.error", { error: err });
+      })
+      : undefined;
     this.#bus = opts.bus;
     this.#interval = opts.commitIntervalMs ?? 4;
     this.#maxPending = opts.maxPendingWrites ?? 4000;
@@ -221,13 +241,16 @@ export class Journal {
   static open(opts: JournalOptions): Journal {
     const path = journalPath(opts.url);
     let conn: Conn;
+    let walSync = false;
     try {
       if (path !== ":memory:") mkdirSync(dirname(resolve(path)), { recursive: true });
       conn = new Database(path);
       conn.exec("PRAGMA busy_timeout = 10000");
-      if (path !== ":memory:") conn.exec("PRAGMA journal_mode = WAL");
-      // FULL: a committed journal row survives power loss, because Kafka offsets follow it.
-      conn.exec("PRAGMA synchronous = FULL");
+      const mode = path === ":memory:" ? undefined : (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode: string } | undefined)?.journal_mode;
+      walSync = mode === "wal";
+      // A committed journal row must survive power loss, because Kafka offsets follow it: in WAL
+      // mode WalSync fsyncs before anything is acknowledged (see top); otherwise COMMIT does.
+      conn.exec(`PRAGMA synchronous = ${walSync ? "NORMAL" : "FULL"}`);
       conn.exec(SCHEMA);
       const row = conn.prepare("SELECT value FROM kexo_meta WHERE key = 'schema_version'").get() as
         | { value: string }
@@ -250,7 +273,7 @@ export class Journal {
         { exitCode: ExitCode.unavailable, cause: err },
       );
     }
-    return new Journal(path, conn, opts);
+    return new Journal(path, conn, opts, walSync);
   }
 
   // ---- reads (see committed and pending writes of this connection) ----
@@ -329,8 +352,11 @@ export class Journal {
     return this.#conn.prepare(sql).all(...args) as T[];
   }
 
+  /** Runs at once, outside the group commit, and is on disk when it returns. */
   run(sql: string, ...args: unknown[]): number {
-    return this.#conn.prepare(sql).run(...args).changes;
+    const changes = this.#conn.prepare(sql).run(...args).changes;
+    if (!this.#conn.inTransaction) this.#walSync?.syncNow();
+    return changes;
   }
 
   // ---- writes (group-committed) ----
@@ -351,6 +377,7 @@ export class Journal {
     this.#done.set(`${rec.handler}\0${rec.id}`, [rec.handler, rec.id, rec.status, rec.topic, rec.partition, rec.offset, rec.attempts, rec.result ?? null, rec.error ?? null, Date.now()]);
     if (outbox.length === 0) return this.#counted();
     this.#write(() => {
+      this.#outboxInTx = true;
       for (const o of outbox) {
         this.#s.outbox.run(
           o.handler,
@@ -467,38 +494,60 @@ export class Journal {
   /** Resolves once every write made before this call is committed to disk. */
   durable(): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
-    if (!this.#pending()) return Promise.resolve();
+    if (!this.#unwritten()) {
+      const sync = this.#walSync;
+      if (!sync?.busy) return Promise.resolve();
+      // Only an fsync of an earlier COMMIT is outstanding.
+      return new Promise((resolve, reject) => sync.whenIdle(() => (this.#failed ? reject(this.#failed) : resolve())));
+    }
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#schedule();
     });
   }
 
-  /** Commits what is pending now (or as soon as an open ctx.tx ends). */
+  /**
+   * Commits what is pending now (or as soon as an open ctx.tx ends), and resolves once a COMMIT
+   * wrote it, maybe before its fsync: for freeing what waits in memory, not for acknowledging.
+   */
+  commit(): Promise<void> {
+    if (this.#failed) return Promise.reject(this.#failed);
+    if (!this.#unwritten()) return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.#afterCommit.push({ resolve, reject }));
+    if (this.#held) this.#commitAfterQueue();
+    else this.#commit();
+    return p;
+  }
+
+  /** Commits what is pending now (or as soon as an open ctx.tx ends); resolves once it is durable. */
   flush(): Promise<void> {
     const p = this.durable();
     if (this.#held) this.#commitAfterQueue();
-    else if (this.#pending()) this.#commit();
+    else if (this.#unwritten()) this.#commit();
     return p;
   }
 
   /**
    * Anything a COMMIT would make durable: an open transaction, queued or in-memory records, or
    * partition progress that moved without a write (messages below progress, key lanes), which a
-   * drain must not leave behind: the next start would run those messages again.
+   * drain must not leave behind: the next start would run those messages again. Not the fsync of
+   * a COMMIT made already (WalSync.busy).
    */
-  #pending(): boolean {
+  #unwritten(): boolean {
     if (this.#inTx || this.#held || this.#queue.length > 0 || this.#inMemory()) return true;
-    for (const hook of this.#hooks) if (hook.progress().length > 0) return true;
+    for (const hook of this.#hooks) if (hook.hasProgress()) return true;
     return false;
   }
 
   async close(): Promise<void> {
     if (this.#closed) return;
     await this.flush().catch(() => {});
+    // A failed flush may leave an fsync running: its descriptor closes after it.
+    if (this.#walSync) await new Promise<void>((resolve) => this.#walSync!.whenIdle(resolve));
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#conn.close();
+    this.#walSync?.close();
   }
 
   get pendingWrites(): number {
@@ -664,6 +713,7 @@ export class Journal {
   #fail(error: KexoError): void {
     this.#failed = error;
     for (const w of this.#waiters.splice(0)) w.reject(error);
+    for (const w of this.#afterCommit.splice(0)) w.reject(error);
     this.#bus?.emit("worker.error", { error });
   }
 
@@ -716,8 +766,19 @@ export class Journal {
     const inlineEarly = !ticket && this.#queue.length > 0;
     if (inlineEarly) this.#schedule();
     const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
+    const afterCommit = this.#afterCommit;
+    if (afterCommit.length > 0) this.#afterCommit = [];
     if (!this.#inTx && progress.length === 0 && !this.#inMemory()) {
-      for (const w of waiters) w.resolve();
+      for (const w of afterCommit) w.resolve();
+      // Nothing to commit, but an earlier COMMIT may still wait for its fsync.
+      const settle = () => {
+        for (const w of waiters) {
+          if (this.#failed) w.reject(this.#failed);
+          else w.resolve();
+        }
+      };
+      if (this.#walSync) this.#walSync.whenIdle(settle);
+      else settle();
       return;
     }
     const started = performance.now();
@@ -731,6 +792,7 @@ export class Journal {
       }
       this.#conn.exec("COMMIT");
     } catch (err) {
+      this.#outboxInTx = false;
       // Nothing from this transaction may be acknowledged; kexo stops and redoes it on restart.
       try {
         this.#conn.exec("ROLLBACK");
@@ -742,7 +804,7 @@ export class Journal {
         `journal commit failed (${this.path}): ${(err as Error).message}; kexo stops so that no offset runs ahead of the journal`,
         { exitCode: ExitCode.transient, cause: err },
       );
-      for (const w of waiters) w.reject(error);
+      for (const w of [...waiters, ...afterCommit]) w.reject(error);
       this.#fail(error);
       return;
     } finally {
@@ -750,9 +812,28 @@ export class Journal {
       this.#pendingWrites = 0;
       this.#redo = [];
     }
-    this.#bus?.emit("journal.committed", { seconds: (performance.now() - started) / 1000, writes });
-    for (const [hook, entries] of progress) hook.committed(entries);
-    for (const w of waiters) w.resolve();
+    for (const w of afterCommit) w.resolve();
+    // Read now: the next transaction may write rows before the fsync ends.
+    const outboxSeq = this.#outboxInTx ? ((this.#s.outboxSeq.get() as { m: number | null }).m ?? undefined) : undefined;
+    this.#outboxInTx = false;
+    const ack = () => {
+      this.#bus?.emit("journal.committed", { seconds: (performance.now() - started) / 1000, writes, outboxSeq });
+      for (const [hook, entries] of progress) hook.committed(entries);
+      for (const w of waiters) w.resolve();
+    };
+    if (!this.#walSync) return ack();
+    this.#walSync.after({
+      run: ack,
+      fail: (err) => {
+        const error = new KexoError(
+          "journal_sync_failed",
+          `journal commit could not be made durable (${err.message}); kexo stops so that no offset runs ahead of the journal, and the restart redoes what was not acknowledged`,
+          { exitCode: ExitCode.transient, cause: err },
+        );
+        for (const w of waiters) w.reject(error);
+        if (!this.#failed) this.#fail(error);
+      },
+    });
   }
 
   #acquire(): Promise<void> {
@@ -786,6 +867,7 @@ export class Journal {
 function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
+    outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
     lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),

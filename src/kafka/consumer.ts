@@ -51,6 +51,8 @@ class PartitionState {
   #doneAt: string | undefined;
   /** Every offset below is durable in the journal. */
   durable: bigint;
+  /** Progress handed to a journal COMMIT, maybe not yet acknowledged (≥ durable). */
+  journaled: bigint;
   /**
    * Kafka's committed offset is known to be at least this (-1: unknown): what this epoch committed,
    * else the journal's progress at join. Kafka may be ahead of this journal (another instance with
@@ -65,7 +67,7 @@ class PartitionState {
   lanes?: PartitionLanes;
 
   constructor(readonly topic: string, readonly partition: number, readonly epoch: number, next: bigint, ready: Promise<void>) {
-    this.#next = this.durable = this.committed = next;
+    this.#next = this.durable = this.journaled = this.committed = next;
     this.ready = ready;
   }
 
@@ -161,6 +163,7 @@ export class HandlerConsumer {
     this.#opts = { ...DEFAULT_CONSUMER_OPTIONS, ...opts };
     const hook: CommitHook = {
       progress: () => this.#progressToJournal(),
+      hasProgress: () => this.#hasProgress(),
       committed: (entries) => this.#journalCommitted(entries),
     };
     this.#removeHook = this.#journal.addCommitHook(hook);
@@ -507,7 +510,8 @@ export class HandlerConsumer {
     this.#pauseAll();
     this.#log.debug("fetching paused: journal writes pending", { pending, limit: this.#opts.maxPendingWrites });
     try {
-      await this.#journal.flush();
+      // Written frees what waited in memory; its fsync need not hold up fetching.
+      await this.#journal.commit();
     } finally {
       const topics = this.#topics();
       if (!this.#stopping && topics.length > 0) this.#consumer?.resume(topics);
@@ -733,11 +737,18 @@ export class HandlerConsumer {
   #progressToJournal(): ProgressEntry[] {
     const out: ProgressEntry[] = [];
     for (const p of this.#parts.values()) {
-      if (p.next > p.durable) {
-        out.push({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, nextOffset: p.next });
+      const next = p.next;
+      if (next > p.journaled) {
+        out.push({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, nextOffset: next });
+        p.journaled = next;
       }
     }
     return out;
+  }
+
+  #hasProgress(): boolean {
+    for (const p of this.#parts.values()) if (p.next > p.journaled) return true;
+    return false;
   }
 
   #journalCommitted(entries: ProgressEntry[]): void {

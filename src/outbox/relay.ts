@@ -2,9 +2,9 @@
 // emit order, and deletes them once the broker acknowledged them.
 //
 // Invariants:
-// - A row goes out only after the journal transaction that wrote it committed: the relay reads
-//   rows up to the highest seq seen right after a COMMIT ("journal.committed" fires after COMMIT
-//   and before any later write can open the next transaction).
+// - A row goes out only after the journal transaction that wrote it committed and is on disk:
+//   the relay reads rows up to the seq that "journal.committed" reports (read at COMMIT, before
+//   any later write, and announced after the fsync).
 // - Rows go out in seq order, one request at a time, acks from all in-sync replicas: per topic and
 //   partition, the order on the wire is the emit order.
 // - A row is deleted only after its acknowledgement. A crash in between publishes it again on the
@@ -81,8 +81,9 @@ export class OutboxRelay {
   /** Starts publishing what a previous run left, then every commit's rows. */
   start(): void {
     this.#watermark = this.#maxSeq();
-    this.#off = this.#deps.bus.on("journal.committed", () => {
-      this.#watermark = this.#maxSeq();
+    this.#off = this.#deps.bus.on("journal.committed", (e) => {
+      if (e.outboxSeq === undefined || e.outboxSeq <= this.#watermark) return;
+      this.#watermark = e.outboxSeq;
       this.#wake?.();
     });
     this.#loop = this.#run();
@@ -90,8 +91,8 @@ export class OutboxRelay {
 
   /** Publishes what is committed, for up to `timeoutMs`; then stops. */
   async stop(timeoutMs: number): Promise<void> {
+    // Once flushed, journal.committed has moved the watermark past everything committed.
     await this.#deps.journal.flush().catch(() => {});
-    this.#watermark = this.#maxSeq();
     this.#stopping = true;
     this.#wake?.();
     this.#off();

@@ -21,6 +21,7 @@ function setup(opts: { maxPendingWrites?: number } = {}) {
   const view = { next: -1n, durable: -1n };
   const hook: CommitHook = {
     progress: () => (view.next > view.durable ? [{ groupId: "my-group", topic: "my-topic", partition: 1, nextOffset: view.next }] : []),
+    hasProgress: () => view.next > view.durable,
     committed: (entries) => {
       for (const e of entries) view.durable = e.nextOffset;
     },

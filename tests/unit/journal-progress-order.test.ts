@@ -22,6 +22,7 @@ async function scenario(trigger: "timer" | "size"): Promise<void> {
   const violations: string[] = [];
   const hook: CommitHook = {
     progress: () => (next > durable ? [{ groupId: "g", topic: "t", partition: 1, nextOffset: next }] : []),
+    hasProgress: () => next > durable,
     committed: (entries: ProgressEntry[]) => {
       for (const e of entries) {
         durable = e.nextOffset;

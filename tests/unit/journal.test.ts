@@ -155,6 +155,7 @@ describe("journal", () => {
     const seen: bigint[] = [];
     journal.addCommitHook({
       progress: () => [{ groupId: "g", topic: "t", partition: 3, nextOffset: next }],
+      hasProgress: () => true,
       committed: (entries) => seen.push(...entries.map((e) => e.nextOffset)),
     });
     journal.finish(rec("x", 9));
