@@ -3,10 +3,13 @@
 // (a real journal file, the worker's metrics, liveness and GC pacer listening, partition progress
 // through a commit hook). Each stage adds one part, so the differences say what each part costs.
 //
-//   bun bench/stages.ts [--messages 200000] [--only decode,noop,tx]
+//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx]
 //
 // The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
-// kafkajs's fetch and decode on top.
+// kafkajs's fetch and decode on top. `insert` is the handler's INSERT alone through the libsql
+// driver kexo uses, prepared, 4000 to a transaction, without kexo: with decode and kafkajs's own
+// cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
+import Database from "libsql";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -24,7 +27,7 @@ import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
 import { value } from "./data.ts";
 
 const { values: a } = parseArgs({
-  options: { messages: { type: "string", default: "200000" }, only: { type: "string", default: "decode,noop,tx" }, partitions: { type: "string", default: "8" } },
+  options: { messages: { type: "string", default: "200000" }, only: { type: "string", default: "decode,insert,noop,tx" }, partitions: { type: "string", default: "8" } },
 });
 const N = Number(a.messages);
 const P = Number(a.partitions);
@@ -127,6 +130,28 @@ if (only.has("decode")) {
   const t0 = performance.now();
   for (const m of msgs) decodePayload(handlers.noop, m);
   report("decode: UTF-8, JSON.parse, valibot", performance.now() - t0);
+}
+if (only.has("insert")) {
+  // The payloads decoded beforehand: this times the statement alone.
+  const rows = msgs.map((m) => decodePayload(handlers.tx, m) as unknown as { id: string; account: string; amount: number });
+  const dir = mkdtempSync(join(tmpdir(), "kexo-stages-"));
+  const db = new Database(join(dir, "insert.db"));
+  try {
+    db.exec("PRAGMA journal_mode = WAL");
+    db.exec("PRAGMA synchronous = NORMAL");
+    db.exec("CREATE TABLE bench_rows (id TEXT PRIMARY KEY, account TEXT NOT NULL, amount REAL NOT NULL)");
+    const insert = db.prepare("INSERT INTO bench_rows (id, account, amount) VALUES (?, ?, ?)");
+    const t0 = performance.now();
+    for (let i = 0; i < rows.length; i += 4000) {
+      db.exec("BEGIN IMMEDIATE");
+      for (const r of rows.slice(i, i + 4000)) insert.run([r.id, r.account, r.amount]);
+      db.exec("COMMIT");
+    }
+    report("the handler's INSERT alone (libsql driver)", performance.now() - t0);
+  } finally {
+    db.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 if (only.has("noop")) await stage("noop", msgs);
 if (only.has("tx")) await stage("tx", msgs);
