@@ -41,6 +41,8 @@ export interface Events {
 export interface Attempt {
   handler: string;
   id: string;
+  /** Liveness's index of the attempt in its running list (see liveness.ts); -1 when not running. */
+  slot?: number;
 }
 
 type Listener<K extends keyof Events> = (payload: Events[K]) => void;

@@ -2,7 +2,7 @@
 // the journal record (completion or dead letter). Kafka offsets are not this file's business: it
 // answers "done" (progress may pass this offset once the journal is durable) or "aborted".
 import { errorMessage, errorType, PermanentError, PoisonError } from "../errors.ts";
-import type { EventBus, Outcome } from "../events.ts";
+import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
 import type { Journal, OutboxRecord } from "../journal/journal.ts";
@@ -281,7 +281,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
   for (let attempt = pending?.attempt ?? 1; ; attempt++) {
     if (signal.aborted) return "aborted";
     const ctx = new Context(run, id, attempt, !keyed);
-    const attemptEvent = { handler: handler.name, id };
+    // slot: liveness's, set from the start so the object keeps one shape.
+    const attemptEvent: Attempt = { handler: handler.name, id, slot: -1 };
     bus.emit("message.started", attemptEvent);
     let result: unknown;
     let failed: unknown;

@@ -49,6 +49,35 @@ test("a handler attempt past the handler TTL is stalled, though the poll TTL doe
   expect(l.stalls()).toEqual([]);
 });
 
+test("attempts finishing out of order: the one still running past the TTL is the one reported", () => {
+  const { bus, l, advance } = setup();
+  bus.emit("consumer.joined", { handler: "h", group: "g", assignment: { t: [0, 1, 2] }, generation: 1 });
+  const a = { handler: "h", id: "a" };
+  const b = { handler: "h", id: "b" };
+  const c = { handler: "h", id: "c" };
+  bus.emit("message.started", a);
+  advance(1000);
+  bus.emit("message.started", b);
+  bus.emit("message.started", c);
+  // a finishes first: c moves into its place; then c finishes, leaving b.
+  bus.emit("message.finished", a);
+  bus.emit("message.finished", c);
+  // Finishing twice, or an attempt never started, changes nothing.
+  bus.emit("message.finished", a);
+  bus.emit("message.finished", { handler: "h", id: "never" });
+  advance(4500);
+  expect(l.stalls()).toEqual([]);
+  advance(600);
+  expect(l.stalls().map((s) => s.reason)).toEqual([expect.stringContaining("message b has been in handle() for 5100 ms")]);
+  bus.emit("message.finished", b);
+  expect(l.stalls()).toEqual([]);
+  // A new attempt after all finished is tracked from its own start.
+  const d = { handler: "h", id: "d" };
+  bus.emit("message.started", d);
+  advance(5001);
+  expect(l.stalls().map((s) => s.reason)).toEqual([expect.stringContaining("message d")]);
+});
+
 test("retries with backoff keep the loop alive", () => {
   const { bus, l, advance } = setup();
   bus.emit("consumer.joined", { handler: "h", group: "g", assignment: { t: [0] }, generation: 1 });
