@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "bad-in";
 const DLQ = "bad-in.dlq";
@@ -104,7 +104,7 @@ test("poison and permanent errors are dead-lettered at once, exact to the byte; 
   writeFileSync(callsLog, "");
   const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number; t: number });
   const w = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"],
+    runArgs(broker.brokers, join(dir, "handlers"), db),
     { env: { CALLS_LOG: callsLog } },
   );
   const address = await w.httpAddress();

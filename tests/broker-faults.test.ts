@@ -10,7 +10,7 @@ import { ApiKey, KafkaErr } from "../src/dev/mock-cluster.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "faults-in";
 const GROUP = "kexo-faults-faults-in";
@@ -61,7 +61,7 @@ function effects(db: string): { rows: number; ids: number } {
 
 test("broker faults: same process, every message's effect exactly once", async () => {
   const db = join(dir, "journal.db");
-  const w = new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+  const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
   await w.waitJoined();
   let sent = 0;
   const produce = async (phase: string, n: number) => {

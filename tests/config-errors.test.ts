@@ -5,7 +5,7 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "./support/tmp.ts";
-import { BUN, ROOT } from "./support/worker.ts";
+import { BUN, ROOT, runArgs } from "./support/worker.ts";
 
 function kexo(args: string[], env: Record<string, string> = {}, cwd = ROOT) {
   const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
@@ -58,7 +58,7 @@ describe("invalid handler files", () => {
     const dir = handlerDir({
       "bad-setup.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["t"], setup: async (db) => { await db.execute("CREATE TABLE oops (") }, handle: async () => {} });`,
     });
-    const r = kexo(["run", "--brokers", "127.0.0.1:1", "--handlers", dir, "--db", `file:${join(tempDir(), "j.db")}`, "--http", "127.0.0.1:0"]);
+    const r = kexo(runArgs("127.0.0.1:1", dir, join(tempDir(), "j.db")));
     expect(r.code).toBe(78);
     expect(r.stderr).toContain(`${join(dir, "bad-setup.ts")}: setup:`);
   });

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "dedup-in";
 const GROUP = `kexo-dedup-${TOPIC}`;
@@ -60,7 +60,7 @@ test("redelivered and re-published completed messages are not handled again; the
   const db = join(dir, "journal.db");
   const handledLog = join(dir, "handled.log");
   writeFileSync(handledLog, "");
-  const args = ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0", "--log-level", "debug"];
+  const args = runArgs(broker.brokers, join(dir, "handlers"), db, "--log-level", "debug");
   const env = { HANDLED_LOG: handledLog };
   const handled = () => readFileSync(handledLog, "utf8").split("\n").filter(Boolean);
 

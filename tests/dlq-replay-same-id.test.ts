@@ -8,7 +8,7 @@ import { columnIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { BUN, ROOT, WorkerProcess } from "./support/worker.ts";
+import { BUN, ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "rpid-in";
 let broker: TestBroker;
@@ -42,7 +42,7 @@ test("a dead letter whose ctx.tx committed is replayed without applying that tx 
   const db = join(dir, "journal.db");
   const failFile = join(dir, "fail");
   writeFileSync(failFile, "");
-  const w = new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"], { env: { FAIL_FILE: failFile } });
+  const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env: { FAIL_FILE: failFile } });
   await w.waitJoined();
   await broker.produce(TOPIC, [{ value: JSON.stringify({ n: 1 }) }]);
   await w.waitForLog("dead letter", (l) => l.msg === "message dead-lettered");

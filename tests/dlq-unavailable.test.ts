@@ -10,7 +10,7 @@ import { PROGRESS_TOPIC } from "../src/kafka/progress-log.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "dl-in";
 const DLQ = "dl-in.dlq";
@@ -71,7 +71,7 @@ test("an unwritable dead-letter topic holds up only its partition, says why, and
   const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number });
   const handled = (id: string) => calls().some((c) => c.id === id);
   const w = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"],
+    runArgs(broker.brokers, join(dir, "handlers"), db),
     { env: { CALLS_LOG: callsLog } },
   );
   const address = await w.httpAddress();

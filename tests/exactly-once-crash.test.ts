@@ -9,7 +9,7 @@ import { countIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { ROOT, WorkerProcess } from "./support/worker.ts";
+import { ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "crash-in";
 const COUNT = 5000;
@@ -62,7 +62,7 @@ test("exactly-once effects and at-least-once steps across SIGKILLs", async () =>
   writeFileSync(stepLog, "");
   const start = () =>
     new WorkerProcess(
-      ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"],
+      runArgs(broker.brokers, join(dir, "handlers"), db),
       { env: { STEP_LOG: stepLog } },
     );
 

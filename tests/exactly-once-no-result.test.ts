@@ -7,7 +7,7 @@ import { countIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "noresult-in";
 // Enough that the third SIGKILL (at 4500 effects) still lands mid-stream at ≈ 70k msg/s.
@@ -44,7 +44,7 @@ afterAll(async () => {
 test("no-result handlers: exactly-once ctx.tx effects across SIGKILLs, with few or no completion rows", async () => {
   const db = join(dir, "journal.db");
   const effects = () => countIn(db, "SELECT count(*) AS n FROM effects");
-  const start = () => new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+  const start = () => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
   for (const threshold of [1500, 3000, 4500]) {
     const w = start();
     await w.waitJoined();

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "restart-in";
 let broker: TestBroker;
@@ -45,7 +45,7 @@ function seen(db: string): number {
 
 test("restart after SIGKILL resumes processing within 10 s", async () => {
   const db = join(dir, "journal.db");
-  const args = ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"];
+  const args = runArgs(broker.brokers, join(dir, "handlers"), db);
   await broker.produce(TOPIC, Array.from({ length: 200 }, (_, i) => ({ value: `a${i}` })));
   const first = new WorkerProcess(args);
   await first.waitJoined();

@@ -9,7 +9,7 @@ import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { type LogLine, WorkerProcess } from "./support/worker.ts";
+import { type LogLine, WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "drain-in";
 const PARTITIONS = 4;
@@ -49,7 +49,7 @@ const owned = (l: LogLine) => Object.values(l.assignment as Record<string, numbe
 test("SIGTERM mid-stream: exit 0 within the timeout, a peer takes the partitions within 10 s, effects exact after a restart", async () => {
   const [dbA, dbB] = [join(dir, "a.db"), join(dir, "b.db")];
   const start = (db: string) =>
-    new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0", "--shutdown-timeout", String(SHUTDOWN_TIMEOUT_MS)]);
+    new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db, "--shutdown-timeout", String(SHUTDOWN_TIMEOUT_MS)));
   const a = start(dbA);
   await a.waitJoined();
   const b = start(dbB);
@@ -98,7 +98,7 @@ test("SIGTERM mid-stream: exit 0 within the timeout, a peer takes the partitions
 
 test("SIGTERM before the group was joined exits 0, also when the broker never answers", async () => {
   // 127.0.0.1:1 refuses connections: the start is still retrying when the signal comes, then fails.
-  const w = new WorkerProcess(["run", "--brokers", "127.0.0.1:1", "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "never.db")}`, "--http", "127.0.0.1:0"]);
+  const w = new WorkerProcess(runArgs("127.0.0.1:1", join(dir, "handlers"), join(dir, "never.db")));
   await w.httpAddress();
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);

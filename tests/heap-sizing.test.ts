@@ -5,7 +5,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { RAM_SIZE_ENV, WORKER_RAM_BYTES } from "../src/memory/heap-sizing.ts";
 import { tempDir } from "./support/tmp.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const dir = tempDir("kexo-heap-");
 const workers: WorkerProcess[] = [];
@@ -20,7 +20,7 @@ async function start(env: Record<string, string>): Promise<WorkerProcess> {
 export default defineHandler({ topics: ["heap-in"], schema: v.object({}), async handle() {} });`,
   );
   // No broker is needed: the variable is set before the worker connects anywhere.
-  const w = new WorkerProcess(["run", "--brokers", "127.0.0.1:1", "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, `${workers.length}.db`)}`, "--http", "127.0.0.1:0"], { env });
+  const w = new WorkerProcess(runArgs("127.0.0.1:1", join(dir, "handlers"), join(dir, `${workers.length}.db`)), { env });
   workers.push(w);
   await w.httpAddress();
   return w;

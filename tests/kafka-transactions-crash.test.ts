@@ -15,7 +15,7 @@ import { readTopic, startBroker, type TestBroker } from "./support/broker.ts";
 import { countIn } from "./support/db.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const COUNT = 3000;
 const REAL = process.env.KEXO_TEST_KAFKA_BROKERS;
@@ -58,7 +58,7 @@ async function scenario(brokers: string, kafka: Kafka, prepare: (topics: string[
   const db = join(dir, "journal.db");
   const completed = () => countIn(db, "SELECT count(*) AS n FROM kexo_messages WHERE status = 'completed'");
   const start = (env: Record<string, string> = {}) =>
-    new WorkerProcess(["run", "--brokers", brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"], { env });
+    new WorkerProcess(runArgs(brokers, join(dir, "handlers"), db), { env });
 
   // Named windows first: the worker kills itself there, on its third transaction.
   for (const point of ["kafka-tx.sent", "kafka-tx.committed"]) {

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "keys-crash-in";
 const OTHERS = 200;
@@ -62,7 +62,7 @@ test("completed work above the lowest unfinished offset is not redone after SIGK
   const db = join(dir, "journal.db");
   const log = join(dir, "handled.log");
   writeFileSync(log, "");
-  const args = ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"];
+  const args = runArgs(broker.brokers, join(dir, "handlers"), db);
   const runs = () => {
     const m = new Map<string, number>();
     for (const l of readFileSync(log, "utf8").split("\n").filter(Boolean)) m.set(l, (m.get(l) ?? 0) + 1);

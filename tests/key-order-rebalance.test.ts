@@ -9,7 +9,7 @@ import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "keys-rebalance-in";
 const COUNT = 6000;
@@ -35,7 +35,7 @@ const effects = (db: string) => columnIn<number>(db, "SELECT n FROM effects");
 test("keyed work in flight at a rebalance is handled once overall", async () => {
   const dbs = ["a", "b"].map((n) => join(dir, `${n}.db`));
   const start = (db: string) =>
-    new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+    new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
   const distinct = () => new Set(dbs.flatMap((db) => effects(db))).size;
 
   const a = start(dbs[0]!);

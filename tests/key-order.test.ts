@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "keys-in";
 const PER_KEY = 30;
@@ -60,7 +60,7 @@ test("per-key order holds under concurrency and a slow key does not hold up othe
   writeFileSync(log, "");
   const records = () => readFileSync(log, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Rec);
   const w = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "journal.db")}`, "--http", "127.0.0.1:0"],
+    runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { LOG: log } },
   );
   await w.waitJoined();

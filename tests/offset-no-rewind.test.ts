@@ -8,7 +8,7 @@ import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "no-rewind-in";
 let broker: TestBroker;
@@ -33,7 +33,7 @@ const produce = (from: number) => broker.produce(TOPIC, Array.from({ length: 10 
 test("instances taking turns on a partition, each with its own journal: every message handled once overall", async () => {
   const [a, b] = ["a", "b"].map((n) => join(dir, `${n}.db`)) as [string, string];
   const run = async (db: string, until: () => boolean, settleMs = 0) => {
-    const w = new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+    const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
     await w.waitJoined();
     await waitUntil("effects", () => until() || undefined, { timeoutMs: 30_000 });
     await sleep(settleMs);

@@ -8,7 +8,7 @@ import { countIn } from "./support/db.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const IN = "pipe-in";
 const MID = "pipe-mid";
@@ -60,7 +60,7 @@ test("A → topic → B: every id has exactly one effect in B after SIGKILLs of 
   const dbA = join(dir, "a.db");
   const dbB = join(dir, "b.db");
   const start = (name: "a" | "b", db: string, env: Record<string, string> = {}) =>
-    new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, name), "--db", `file:${db}`, "--http", "127.0.0.1:0"], { env });
+    new WorkerProcess(runArgs(broker.brokers, join(dir, name), db), { env });
 
   // Round 0: A dies between a broker acknowledgement and the outbox delete (a named crash point),
   // so the restarted A publishes those rows again; B dies a random moment later.

@@ -8,7 +8,7 @@ import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "rebalance-in";
 const COUNT = 20_000;
@@ -33,7 +33,7 @@ const effects = (db: string) => columnIn<number>(db, "SELECT n FROM effects");
 test("three instances joining and leaving during a 20k stream: every message handled exactly once overall", async () => {
   const dbs = ["a", "b", "c"].map((n) => join(dir, `${n}.db`));
   const start = (db: string) =>
-    new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${db}`, "--http", "127.0.0.1:0"]);
+    new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
   const total = () => dbs.reduce((sum, db) => sum + effects(db).length, 0);
 
   const a = start(dbs[0]!);

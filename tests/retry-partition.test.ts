@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "slow-in";
 let broker: TestBroker;
@@ -44,7 +44,7 @@ test("a retrying message holds up only its own partition; the others flow and th
   writeFileSync(callsLog, "");
   const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; partition: number; attempt: number; t: number });
   const w = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "journal.db")}`, "--http", "127.0.0.1:0"],
+    runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { CALLS_LOG: callsLog } },
   );
   const address = await w.httpAddress();

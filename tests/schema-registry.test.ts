@@ -10,7 +10,7 @@ import { startBroker, type TestBroker } from "./support/broker.ts";
 import { startRegistry, type TestRegistry } from "./support/schema-registry.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 let broker: TestBroker;
 let registry: TestRegistry;
@@ -112,8 +112,7 @@ async function deadLetters(topic: string, count: number) {
 
 test("registry formats are decoded, validated, dead-lettered as poison when undecodable, and wait out a registry outage", async () => {
   worker = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "journal.db")}`, "--http", "127.0.0.1:0",
-      "--schema-registry", registry.url],
+    runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db"), "--schema-registry", registry.url),
     { env: { KEXO_SCHEMA_REGISTRY_USERNAME: registry.username, KEXO_SCHEMA_REGISTRY_PASSWORD: registry.password } },
   );
   await worker.waitJoined(3);

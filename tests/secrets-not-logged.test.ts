@@ -6,7 +6,7 @@ import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const PASSWORD = "pw-7f3a91c2-do-not-log";
 const TOKEN = "tok-51be0d7e-do-not-log";
@@ -37,7 +37,7 @@ test.each([
   ["flags", ["--sasl-mechanism", "scram-sha-256", "--sasl-username", "bob", "--sasl-password", PASSWORD], {}],
   ["environment", [], { KEXO_SASL_MECHANISM: "plain", KEXO_SASL_USERNAME: "bob", KEXO_SASL_PASSWORD: PASSWORD }],
 ] as const)("SASL password from %s: not in the output of a run that fails to connect", async (_from, flags, env) => {
-  const r = await output(["run", "--brokers", broker.brokers, "--handlers", handlers, "--db", `file:${join(dir, "j.db")}`, "--http", "127.0.0.1:0", ...flags], env);
+  const r = await output(runArgs(broker.brokers, handlers, join(dir, "j.db"), ...flags), env);
   expect(r.code).toBe(69);
   // The SASL path ran: kafkajs connected with the credentials and checked the broker's SASL support.
   expect(r.text).toContain('"sasl":true');

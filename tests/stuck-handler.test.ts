@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 let broker: TestBroker;
 let dir: string;
@@ -61,7 +61,7 @@ function integrity(db: string): string {
 }
 
 const args = (handlers: string, db: string, timeoutMs: number) =>
-  ["run", "--brokers", broker.brokers, "--handlers", join(dir, handlers), "--db", `file:${db}`, "--http", "127.0.0.1:0", "--shutdown-timeout", String(timeoutMs)];
+  runArgs(broker.brokers, join(dir, handlers), db, "--shutdown-timeout", String(timeoutMs));
 
 /** Restarts without the stall: every message's effect appears exactly once. */
 async function restartAndCheck(handlers: string, db: string): Promise<void> {

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
-import { WorkerProcess } from "./support/worker.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPICS = ["in-order-a", "in-order-b"];
 const PER_PARTITION = 20;
@@ -52,7 +52,7 @@ test("one message at a time per topic across its partitions, each partition in o
   type Rec = { topic: string; partition: number; offset: number; at: "start" | "end" };
   const records = () => readFileSync(log, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Rec);
   const w = new WorkerProcess(
-    ["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", `file:${join(dir, "journal.db")}`, "--http", "127.0.0.1:0"],
+    runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { LOG: log } },
   );
   await w.waitJoined();

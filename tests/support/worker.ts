@@ -6,6 +6,14 @@ import { waitUntil } from "./wait.ts";
 export const ROOT = join(import.meta.dir, "..", "..");
 export const BUN = process.execPath;
 
+/**
+ * `kexo run` against `brokers` with the handlers in `handlers`, the journal file `db`, and HTTP on a
+ * free port; `extra` flags go last.
+ */
+export function runArgs(brokers: string, handlers: string, db: string, ...extra: string[]): string[] {
+  return ["run", "--brokers", brokers, "--handlers", handlers, "--db", `file:${db}`, "--http", "127.0.0.1:0", ...extra];
+}
+
 export interface LogLine {
   level: string;
   msg: string;
