@@ -213,6 +213,8 @@ export class Journal {
   #walSync: WalSync | undefined;
   /** The open transaction wrote outbox rows: its COMMIT reports the outbox's highest seq. */
   #outboxInTx = false;
+  /** kexo_attempts may hold rows: only then are failed attempts looked up (see failedAttempts). */
+  #attemptRows: boolean;
 
   private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: boolean) {
     this.path = path;
@@ -236,6 +238,7 @@ export class Journal {
     );
     this.#insertSteps = createMultiInsert(conn, "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at)", 5);
     this.#started = trackStarted(conn) ? new PerPartition() : undefined;
+    this.#attemptRows = conn.prepare("SELECT 1 FROM kexo_attempts LIMIT 1").get() !== undefined;
   }
 
   static open(opts: JournalOptions): Journal {
@@ -359,7 +362,28 @@ export class Journal {
     return changes;
   }
 
+  /**
+   * Failed attempts recorded for a message still being retried (by this run or one before a
+   * restart), pending writes included; undefined when none. Costs nothing while no message of
+   * this journal has failed.
+   */
+  failedAttempts(handler: string, id: string): number | undefined {
+    if (!this.#attemptRows) return undefined;
+    return (this.#s.attemptsGet.get(handler, id) as { attempts: number } | undefined)?.attempts;
+  }
+
   // ---- writes (group-committed) ----
+
+  /** `attempts` attempts of the message failed and it will be tried again. */
+  recordFailedAttempts(handler: string, id: string, attempts: number): void {
+    this.#attemptRows = true;
+    this.#write(() => this.#s.attemptsSet.run(handler, id, attempts, Date.now()));
+  }
+
+  /** The message is done: its failed attempts no longer count. */
+  clearFailedAttempts(handler: string, id: string): void {
+    if (this.#attemptRows) this.#write(() => this.#s.attemptsDelete.run(handler, id));
+  }
 
   recordStep(handler: string, id: string, name: string, resultJson: string): void {
     this.#write(() => this.#s.step.run(handler, id, name, resultJson, Date.now()));
@@ -868,6 +892,9 @@ function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
+    attemptsGet: conn.prepare("SELECT attempts FROM kexo_attempts WHERE handler = ? AND id = ?"),
+    attemptsSet: conn.prepare("INSERT OR REPLACE INTO kexo_attempts (handler, id, attempts, updated_at) VALUES (?, ?, ?, ?)"),
+    attemptsDelete: conn.prepare("DELETE FROM kexo_attempts WHERE handler = ? AND id = ?"),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
     lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),

@@ -90,4 +90,14 @@ CREATE TABLE IF NOT EXISTS kexo_dead_letters (
   replayed_to TEXT
 );
 CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handler, seq);
+
+-- Failed attempts of a message that is still being retried, so that a restart goes on counting:
+-- retry.attempts counts every attempt, across restarts. Deleted once the message is done.
+CREATE TABLE IF NOT EXISTS kexo_attempts (
+  handler TEXT NOT NULL,
+  id TEXT NOT NULL,
+  attempts INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  PRIMARY KEY (handler, id)
+) WITHOUT ROWID;
 `;

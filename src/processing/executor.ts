@@ -154,6 +154,11 @@ class Run {
   unrecorded = false;
   /** ctx.tx records of the unrecorded first attempt, for finish() to drop (see Journal.runTx). */
   freshTx: unknown[][] | undefined;
+  /**
+   * The journal may hold failed attempts of this message (kexo_attempts), to clear once it is done:
+   * a run with a pending entry follows a failed attempt.
+   */
+  attemptsKept: boolean;
   readonly started = performance.now();
 
   constructor(
@@ -164,6 +169,7 @@ class Run {
     readonly pending: Pending | undefined,
   ) {
     this.blocked = pending?.blocked ?? false;
+    this.attemptsKept = pending !== undefined;
   }
 
   /** Reports an outcome; a final one also ends what the message held (retry entry, readiness). */
@@ -180,6 +186,7 @@ class Run {
       result,
     });
     if (!FINAL.has(outcome)) return;
+    if (this.attemptsKept) deps.journal.clearFailedAttempts(handler.name, id);
     if (this.pending) deps.retries?.delete(message.topic, message.partition, message.offset);
     if (this.blocked) deps.blocked?.(undefined);
   }
@@ -278,7 +285,17 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     return "done";
   }
 
-  for (let attempt = pending?.attempt ?? 1; ; attempt++) {
+  let first = pending?.attempt ?? 1;
+  if (!pending && !unrecorded) {
+    // A restart (or a new owner sharing this journal) goes on counting where the last run stopped;
+    // an attempt cut by the crash counts again, and the last one is never skipped.
+    const failedBefore = journal.failedAttempts(handler.name, id);
+    if (failedBefore !== undefined) {
+      run.attemptsKept = true;
+      first = handler.deadLetterTopic(message.topic) === false ? failedBefore + 1 : Math.min(failedBefore + 1, handler.retry.attempts);
+    }
+  }
+  for (let attempt = first; ; attempt++) {
     if (signal.aborted) return "aborted";
     const ctx = new Context(run, id, attempt, !keyed);
     // slot: liveness's, set from the start so the object keeps one shape.
@@ -348,6 +365,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
       attempt, nextAttemptInMs: delay, error: failed,
     });
+    journal.recordFailedAttempts(handler.name, id, attempt);
+    run.attemptsKept = true;
     run.report(id, "retried");
     const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
     if (w !== "continue") return w;

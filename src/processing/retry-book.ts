@@ -2,8 +2,8 @@
 // A partition pauses instead of sleeping inside its batch (kafkajs fetches the next round only when
 // every batch of the last one returned), so the message is fetched anew and picks up here.
 //
-// In memory only: after a restart or a rebalance the count starts again at 1 (at-least-once
-// retries, never fewer than `retry.attempts`).
+// In memory: the journal keeps the count too (kexo_attempts), so that after a restart the next
+// run of the message goes on from it (see executeOnce).
 import type { DeadLetterInfo } from "./dead-letter.ts";
 
 /** Why the handler gave up; the rest of the dead letter's headers come from the message. */

@@ -1,0 +1,83 @@
+// retry.attempts counts every attempt, across restarts: a message that failed twice before a
+// SIGKILL gets the rest of its attempts after the restart, not a fresh set, and its dead letter
+// says how many there were in all. A message that succeeds on a later try leaves no count behind.
+import { afterAll, beforeAll, expect, test } from "bun:test";
+import { readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { startBroker, type TestBroker } from "./support/broker.ts";
+import { countIn } from "./support/db.ts";
+import { tempDir } from "./support/tmp.ts";
+import { sleep, waitUntil } from "./support/wait.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
+
+const TOPIC = "retry-restart-in";
+let broker: TestBroker;
+let dir: string;
+
+// "always" fails every time; "third" fails until its third attempt. Backoff 1.5–3 s (equal jitter
+// on 3 s): a wide window to kill the worker while a retry waits.
+const HANDLER = `
+import { defineHandler, v } from "kexo";
+import { appendFileSync } from "node:fs";
+
+export default defineHandler({
+  topics: ["${TOPIC}"],
+  schema: v.object({ id: v.string() }),
+  retry: { attempts: 4, initialDelayMs: 3000, maxDelayMs: 3000 },
+  async handle(p, ctx) {
+    appendFileSync(process.env.CALLS_LOG!, JSON.stringify({ id: p.id, attempt: ctx.attempt }) + "\\n");
+    if (p.id === "always" || (p.id === "third" && ctx.attempt < 3)) throw new Error("downstream is down");
+  },
+});
+`;
+
+beforeAll(async () => {
+  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 });
+  dir = tempDir();
+  await Bun.write(join(dir, "handlers", "flaky.ts"), HANDLER);
+});
+
+afterAll(async () => {
+  await broker?.close();
+});
+
+test("failed attempts survive a SIGKILL: the restart goes on counting, and the dead letter says 4 of 4", async () => {
+  const db = join(dir, "journal.db");
+  const callsLog = join(dir, "calls.log");
+  writeFileSync(callsLog, "");
+  const calls = (id: string) =>
+    readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number }).filter((c) => c.id === id);
+  const start = () => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env: { CALLS_LOG: callsLog } });
+
+  const first = start();
+  await first.waitJoined();
+  await broker.produce(TOPIC, [
+    { value: JSON.stringify({ id: "always" }), partition: 0 },
+    { value: JSON.stringify({ id: "third" }), partition: 1 },
+  ]);
+  // Two failed attempts each, committed to the journal; the third waits for its backoff.
+  await waitUntil("two failed attempts of each recorded", () => {
+    const rows = countIn(db, "SELECT count(*) AS n FROM kexo_attempts WHERE attempts = 2");
+    return rows === 2 || undefined;
+  }, { timeoutMs: 30_000 });
+  for (const id of ["always", "third"]) expect(calls(id).map((c) => c.attempt)).toEqual([1, 2]);
+  first.kill("SIGKILL");
+  await first.exited();
+
+  const second = start();
+  await second.waitJoined();
+  const [dead] = await broker.readAll(`${TOPIC}.dlq`, 1, 30_000);
+  expect(dead).toBeDefined();
+  expect(dead!.headers["kexo-dlq-reason"]?.toString()).toBe("exhausted");
+  expect(dead!.headers["kexo-dlq-attempts"]?.toString()).toBe("4");
+  await waitUntil("third succeeded", () => calls("third").length >= 3 || undefined, { timeoutMs: 30_000 });
+  await sleep(500);
+  second.kill("SIGTERM");
+  expect(await second.exited()).toBe(0);
+
+  // Attempts 3 and 4 after the restart, not a fresh 1–4.
+  expect(calls("always").map((c) => c.attempt)).toEqual([1, 2, 3, 4]);
+  expect(calls("third").map((c) => c.attempt)).toEqual([1, 2, 3]);
+  // Done messages leave no count behind.
+  expect(countIn(db, "SELECT count(*) AS n FROM kexo_attempts")).toBe(0);
+}, 120_000);
