@@ -35,6 +35,9 @@ interface HandlerState {
   since: number[];
 }
 
+/** Buses with a Liveness: attempts carry one `slot`, so one Liveness per bus. */
+const watched = new WeakSet<EventBus>();
+
 export class Liveness {
   readonly options: LivenessOptions;
   #now: () => number;
@@ -42,8 +45,12 @@ export class Liveness {
   #lastName: string | undefined;
   #lastState: HandlerState | undefined;
   #off: (() => void)[];
+  #bus: EventBus;
 
   constructor(bus: EventBus, options: Partial<LivenessOptions> = {}, now: () => number = Date.now) {
+    if (watched.has(bus)) throw new Error("a Liveness already listens on this event bus; attempts carry one slot, so one per bus");
+    watched.add(bus);
+    this.#bus = bus;
     this.options = { ...DEFAULT_LIVENESS, ...options };
     this.#now = now;
     const active = (h: string) => (this.#state(h).lastActivity = now());
@@ -125,6 +132,7 @@ export class Liveness {
   }
 
   close(): void {
+    watched.delete(this.#bus);
     for (const off of this.#off) off();
   }
 

@@ -35,7 +35,7 @@
 //   durable() waiters, journal.committed) only after WalSync fsynced the WAL, off the JS thread
 //   (see wal-sync.ts). Until then nothing outside the journal learns of it: no Kafka offset, no
 //   outbox publish (journal.committed carries the outbox's committed seq, not a later read).
-import { mkdirSync } from "node:fs";
+import { mkdirSync, realpathSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "libsql";
 import { ConfigError, ExitCode, KexoError } from "../errors.ts";
@@ -216,15 +216,11 @@ export class Journal {
   /** kexo_attempts may hold rows: only then are failed attempts looked up (see failedAttempts). */
   #attemptRows: boolean;
 
-  private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: boolean) {
+  private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined) {
     this.path = path;
     this.#conn = conn;
-    this.#walSync = walSync
-      ? new WalSync(`${path}-wal`, (err) => {
-        this.#failed ??= err;
-        this.#bus?.emit("worker.error", { error: err });
-      })
-      : undefined;
+    this.#walSync = walSync;
+    walSync?.onError((err) => this.#fail(err));
     this.#bus = opts.bus;
     this.#interval = opts.commitIntervalMs ?? 4;
     this.#maxPending = opts.maxPendingWrites ?? 4000;
@@ -244,16 +240,15 @@ export class Journal {
   static open(opts: JournalOptions): Journal {
     const path = journalPath(opts.url);
     let conn: Conn;
-    let walSync = false;
+    let walSync: WalSync | undefined;
     try {
       if (path !== ":memory:") mkdirSync(dirname(resolve(path)), { recursive: true });
       conn = new Database(path);
       conn.exec("PRAGMA busy_timeout = 10000");
       const mode = path === ":memory:" ? undefined : (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode: string } | undefined)?.journal_mode;
-      walSync = mode === "wal";
       // A committed journal row must survive power loss, because Kafka offsets follow it: in WAL
       // mode WalSync fsyncs before anything is acknowledged (see top); otherwise COMMIT does.
-      conn.exec(`PRAGMA synchronous = ${walSync ? "NORMAL" : "FULL"}`);
+      conn.exec(`PRAGMA synchronous = ${mode === "wal" ? "NORMAL" : "FULL"}`);
       conn.exec(SCHEMA);
       const row = conn.prepare("SELECT value FROM kexo_meta WHERE key = 'schema_version'").get() as
         | { value: string }
@@ -268,6 +263,13 @@ export class Journal {
       conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('schema_version', ?)").run(
         String(SCHEMA_VERSION),
       );
+      if (mode === "wal") {
+        // SQLite keeps the WAL beside the file a symlinked path points to.
+        walSync = new WalSync(`${realpathSync(path)}-wal`);
+        // What a run before this one committed may not be on disk yet (it was killed during its
+        // fsync, say): made durable before any of it is trusted.
+        walSync.syncNow();
+      }
     } catch (err) {
       if (err instanceof KexoError) throw err;
       throw new KexoError(
@@ -521,8 +523,9 @@ export class Journal {
     if (!this.#unwritten()) {
       const sync = this.#walSync;
       if (!sync?.busy) return Promise.resolve();
-      // Only an fsync of an earlier COMMIT is outstanding.
-      return new Promise((resolve, reject) => sync.whenIdle(() => (this.#failed ? reject(this.#failed) : resolve())));
+      // Only an fsync of an earlier COMMIT is outstanding: the next fsync covers it (not "when
+      // idle", which commits of other handlers could put off without end).
+      return new Promise((resolve, reject) => sync.after({ run: resolve, fail: (err) => reject(this.#failed ?? err) }));
     }
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
@@ -536,6 +539,7 @@ export class Journal {
    */
   commit(): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
+    if (this.#closed) return Promise.reject(closedError());
     if (!this.#unwritten()) return Promise.resolve();
     const p = new Promise<void>((resolve, reject) => this.#afterCommit.push({ resolve, reject }));
     if (this.#held) this.#commitAfterQueue();
@@ -567,7 +571,8 @@ export class Journal {
     if (this.#closed) return;
     await this.flush().catch(() => {});
     // A failed flush may leave an fsync running: its descriptor closes after it.
-    if (this.#walSync) await new Promise<void>((resolve) => this.#walSync!.whenIdle(resolve));
+    const sync = this.#walSync;
+    if (sync?.busy) await new Promise<void>((resolve) => sync.after({ run: resolve, fail: () => resolve() }));
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#conn.close();
@@ -734,10 +739,12 @@ export class Journal {
   }
 
   /** Stops the journal: nothing pending is acknowledged; the worker exits and a restart redoes it. */
-  #fail(error: KexoError): void {
-    this.#failed = error;
-    for (const w of this.#waiters.splice(0)) w.reject(error);
-    for (const w of this.#afterCommit.splice(0)) w.reject(error);
+  /** Every path that fails the journal comes here: no waiter is left pending. */
+  #fail(error: unknown): void {
+    this.#failed ??= error;
+    const failed = this.#failed;
+    for (const w of this.#waiters.splice(0)) w.reject(failed);
+    for (const w of this.#afterCommit.splice(0)) w.reject(failed);
     this.#bus?.emit("worker.error", { error });
   }
 
@@ -782,7 +789,8 @@ export class Journal {
 
   #commit(ticket?: Ticket): void {
     if (this.#failed || this.#closed) {
-      if (this.#failed) for (const w of ticket?.waiters ?? []) w.reject(this.#failed);
+      const error = this.#failed ?? closedError();
+      for (const w of [...(ticket?.waiters ?? []), ...this.#afterCommit.splice(0)]) w.reject(error);
       return;
     }
     // Run inline while earlier writes still wait in the queue (a size-triggered commit during
@@ -801,7 +809,8 @@ export class Journal {
           else w.resolve();
         }
       };
-      if (this.#walSync) this.#walSync.whenIdle(settle);
+      const sync = this.#walSync;
+      if (sync?.busy) sync.after({ run: settle, fail: settle });
       else settle();
       return;
     }
@@ -851,7 +860,8 @@ export class Journal {
       fail: (err) => {
         const error = new KexoError(
           "journal_sync_failed",
-          `journal commit could not be made durable (${err.message}); kexo stops so that no offset runs ahead of the journal, and the restart redoes what was not acknowledged`,
+          `journal commit could not be made durable (${err.message}); kexo stops so that no offset runs ahead of the journal. ` +
+            "The disk may have lost recent journal writes: check it (dmesg, free space) before restarting; nothing since the last acknowledged commit reached Kafka",
           { exitCode: ExitCode.transient, cause: err },
         );
         for (const w of waiters) w.reject(error);
@@ -881,11 +891,14 @@ export class Journal {
       try {
         next();
       } catch (err) {
-        this.#failed ??= err;
-        this.#bus?.emit("worker.error", { error: err });
+        this.#fail(err);
       }
     }
   }
+}
+
+function closedError(): KexoError {
+  return new KexoError("journal_closed", "journal is closed", { exitCode: ExitCode.invariant });
 }
 
 function prepareAll(conn: Conn) {

@@ -33,11 +33,17 @@ export class WalSync {
   #next: Ack[] = [];
   #running = false;
   #failed: Error | undefined;
-  #idle: (() => void)[] = [];
+  #onError: (err: unknown) => void = (err) => {
+    throw err;
+  };
 
-  /** `onError`: an acknowledgement threw (the others still run). */
-  constructor(walPath: string, readonly onError: (err: unknown) => void) {
+  constructor(walPath: string) {
     this.path = walPath;
+  }
+
+  /** Where an acknowledgement that threw goes (the others still run). */
+  onError(fn: (err: unknown) => void): void {
+    this.#onError = fn;
   }
 
   /** An fsync is running or waiting to. */
@@ -52,12 +58,6 @@ export class WalSync {
     if (!this.#running) this.#start();
   }
 
-  /** Runs `fn` once nothing is waiting for an fsync (at once when nothing is). */
-  whenIdle(fn: () => void): void {
-    if (this.busy) this.#idle.push(fn);
-    else fn();
-  }
-
   /** Syncs on the calling thread, for writes outside the group commit (the CLI's). */
   syncNow(): void {
     if (this.#failed) throw this.#failed;
@@ -65,8 +65,13 @@ export class WalSync {
   }
 
   close(): void {
-    if (this.#fd !== undefined) closeSync(this.#fd);
+    const fd = this.#fd;
     this.#fd = undefined;
+    try {
+      if (fd !== undefined) closeSync(fd);
+    } catch {
+      // Only a read-only descriptor for fsync: nothing is lost if closing it fails.
+    }
   }
 
   #open(): number {
@@ -98,10 +103,9 @@ export class WalSync {
         if (failed) ack.fail(failed);
         else ack.run();
       } catch (e) {
-        this.onError(e);
+        this.#onError(e);
       }
     }
     if (this.#next.length > 0) this.#start();
-    else for (const fn of this.#idle.splice(0)) fn();
   }
 }

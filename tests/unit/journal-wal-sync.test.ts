@@ -4,7 +4,7 @@
 // fsync that acknowledges anyway.
 import { expect, test } from "bun:test";
 import Database from "libsql";
-import { rmSync } from "node:fs";
+import { closeSync, mkdirSync, readdirSync, readFileSync, readlinkSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
 import { type CommitHook, Journal, type MessageRecord, type OutboxRecord } from "../../src/journal/journal.ts";
@@ -14,6 +14,29 @@ import { tempDir } from "../support/tmp.ts";
 const rec = (id: string, offset: number): MessageRecord => ({
   handler: "h", id, status: "completed", topic: "t", partition: 0, offset: String(offset), attempts: 1, result: "null",
 });
+/**
+ * Closes the journal's own read-only descriptor of the WAL (SQLite's is read-write), so its next
+ * fsync fails for real, with EBADF.
+ */
+function breakWalDescriptor(walPath: string): void {
+  let closed = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue;
+    }
+    if (target !== walPath) continue;
+    const flags = /flags:\s+(\d+)/.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))?.[1];
+    if (flags !== undefined && (parseInt(flags, 8) & 3) === 0) {
+      closeSync(Number(fd));
+      closed++;
+    }
+  }
+  if (closed !== 1) throw new Error(`expected one read-only descriptor of ${walPath}, closed ${closed}`);
+}
+
 const out = (id: string): OutboxRecord => ({ handler: "h", messageId: id, topic: "out", key: null, value: Buffer.from(id), headers: {} });
 
 test("the journal runs WAL with synchronous = NORMAL; :memory: keeps FULL", async () => {
@@ -99,9 +122,7 @@ test("a failed fsync acknowledges nothing and fails the journal", async () => {
   bus.on("worker.error", (e) => errors.push(e.error));
   let committed = 0;
   journal.addCommitHook({ progress: () => [{ groupId: "g", topic: "t", partition: 0, nextOffset: 1n }], hasProgress: () => true, committed: () => void committed++ });
-  // SQLite keeps writing to its open WAL; the journal's own descriptor, opened at the first sync,
-  // finds no file to sync.
-  rmSync(`${path}-wal`);
+  breakWalDescriptor(`${path}-wal`);
   journal.finish(rec("m0", 0));
   const err = await journal.flush().then(() => undefined, (e: unknown) => e);
   expect(err).toBeInstanceOf(Error);
@@ -111,6 +132,71 @@ test("a failed fsync acknowledges nothing and fails the journal", async () => {
   expect(committed).toBe(0);
   expect(errors.length).toBe(1);
   expect(() => journal.finish(rec("m1", 1))).toThrow(/could not be made durable/);
+  // Nothing waits forever on a failed journal.
+  await expect(journal.commit()).rejects.toThrow(/could not be made durable/);
+  await expect(journal.durable()).rejects.toThrow(/could not be made durable/);
+  await journal.close();
+  await expect(journal.commit()).rejects.toThrow(/could not be made durable|closed/);
+});
+
+test("a queued write that fails rejects commit() and durable() waiters instead of leaving them pending", async () => {
+  const bus = new EventBus();
+  const errors: unknown[] = [];
+  bus.on("worker.error", (e) => errors.push(e.error));
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, bus, commitIntervalMs: 4 });
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  const tx = journal.runTx("h", "id1", "tx:1", async () => {
+    await gate;
+    return 1;
+  });
+  // Queued behind the open ctx.tx; fails when it runs (NOT NULL).
+  journal.write("INSERT INTO kexo_outbox (handler, message_id, topic, headers, created_at) VALUES (NULL, 'a', 't', '{}', 0)");
+  const committed = journal.commit().then(() => "resolved", () => "rejected");
+  const durable = journal.durable().then(() => "resolved", () => "rejected");
+  release();
+  await tx.catch(() => {});
+  expect(await committed).toBe("rejected");
+  expect(await durable).toBe("rejected");
+  expect(errors.length).toBeGreaterThan(0);
+  await journal.close();
+});
+
+test("durable() with only an fsync in flight resolves after the next fsync, however busy other writers keep the journal", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 1 });
+  journal.setMeta("k", "0");
+  await journal.commit(); // the COMMIT ran; its fsync may be in flight
+  let i = 0;
+  let writing = true;
+  // Another handler writes all the time: WalSync never goes idle while this runs.
+  const writer = (async () => {
+    while (writing) {
+      journal.setMeta("k", String(++i));
+      await journal.commit();
+      // A turn of the event loop, where fsync completions arrive.
+      await new Promise((r) => setImmediate(r));
+    }
+  })();
+  const t0 = performance.now();
+  await journal.durable();
+  const waited = performance.now() - t0;
+  writing = false;
+  await writer;
+  await journal.close();
+  // Two fsyncs at most (this machine: well under a millisecond each); it used to wait for the
+  // writer to stop.
+  expect(waited).toBeLessThan(500);
+  expect(i).toBeGreaterThan(0);
+});
+
+test("a symlinked journal path: the WAL beside the link's target is the one synced", async () => {
+  const dir = tempDir();
+  mkdirSync(join(dir, "real"));
+  symlinkSync(join(dir, "real", "kexo.db"), join(dir, "kexo.db"));
+  const journal = Journal.open({ url: `file:${join(dir, "kexo.db")}` });
+  journal.finish(rec("m0", 0));
+  await journal.flush();
+  expect(journal.lookup("h", "m0")?.status).toBe("completed");
   await journal.close();
 });
 
@@ -118,16 +204,14 @@ test("WalSync: an acknowledgement registered during an fsync waits for the next 
   const path = join(tempDir(), "w.db");
   const db = new Database(path);
   db.exec("PRAGMA journal_mode = WAL; CREATE TABLE t (x)");
-  const sync = new WalSync(`${path}-wal`, (e) => {
-    throw e;
-  });
+  const sync = new WalSync(`${path}-wal`);
   const order: string[] = [];
   sync.after({ run: () => order.push("a"), fail: () => order.push("a failed") });
   expect(sync.busy).toBe(true);
   // Registered while a's fsync runs: must not ride on it.
   sync.after({ run: () => order.push("b"), fail: () => order.push("b failed") });
   sync.after({ run: () => order.push("c"), fail: () => order.push("c failed") });
-  await new Promise<void>((resolve) => sync.whenIdle(resolve));
+  await new Promise<void>((resolve) => sync.after({ run: resolve, fail: () => resolve() }));
   expect(order).toEqual(["a", "b", "c"]);
   expect(sync.busy).toBe(false);
   sync.close();

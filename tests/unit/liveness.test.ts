@@ -78,6 +78,13 @@ test("attempts finishing out of order: the one still running past the TTL is the
   expect(l.stalls().map((s) => s.reason)).toEqual([expect.stringContaining("message d")]);
 });
 
+test("one Liveness per bus: a second is refused until the first is closed", () => {
+  const { bus, l } = setup();
+  expect(() => new Liveness(bus)).toThrow(/one per bus/);
+  l.close();
+  new Liveness(bus).close();
+});
+
 test("retries with backoff keep the loop alive", () => {
   const { bus, l, advance } = setup();
   bus.emit("consumer.joined", { handler: "h", group: "g", assignment: { t: [0] }, generation: 1 });
