@@ -5,10 +5,10 @@ import { afterAll, beforeAll, expect, test } from "bun:test";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { countIn } from "./support/db.ts";
+import { columnIn, countIn } from "./support/db.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
-import { WorkerProcess, runArgs } from "./support/worker.ts";
+import { BUN, ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "retry-restart-in";
 let broker: TestBroker;
@@ -63,6 +63,12 @@ test("failed attempts survive a SIGKILL: the restart goes on counting, and the d
   for (const id of ["always", "third"]) expect(calls(id).map((c) => c.attempt)).toEqual([1, 2]);
   first.kill("SIGKILL");
   await first.exited();
+
+  // kexo inspect shows the count while the message waits.
+  const [waitingId] = columnIn<string>(db, "SELECT id FROM kexo_attempts ORDER BY id LIMIT 1");
+  const inspect = Bun.spawnSync([BUN, join(ROOT, "main.ts"), "inspect", waitingId!, "--db", `file:${db}`, "--json"]);
+  const entry = JSON.parse(inspect.stdout.toString()) as { status: string; failedAttempts: number };
+  expect([entry.status, entry.failedAttempts]).toEqual(["retrying", 2]);
 
   const second = start();
   await second.waitJoined();

@@ -62,6 +62,11 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       `SELECT handler, name, result, recorded_at FROM kexo_steps WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY recorded_at`,
       ...(handler ? [id, handler] : [id]),
     );
+    // Failed attempts of a message that is still being retried (kexo_attempts).
+    const retrying = journal.query<{ handler: string; attempts: number; updated_at: number }>(
+      `SELECT handler, attempts, updated_at FROM kexo_attempts WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
+      ...(handler ? [id, handler] : [id]),
+    );
     const progress = rows.length === 0 ? byProgress(journal, id) : undefined;
     if (rows.length === 0 && steps.length === 0 && progress?.completed) {
       const { group, topic, partition, offset } = progress;
@@ -73,18 +78,21 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       }
       return 0;
     }
-    if (rows.length === 0 && steps.length === 0) {
+    if (rows.length === 0 && steps.length === 0 && retrying.length === 0) {
       if (args.flags.json) printJson({ id, found: false });
       else printLine(`no journal entry for ${id}${handler ? ` in handler ${handler}` : ""} (not handled yet, or another --db)`);
       return 1;
     }
-    const handlers = [...new Set([...rows.map((r) => r.handler), ...steps.map((s) => s.handler)])];
+    const handlers = [...new Set([...rows.map((r) => r.handler), ...steps.map((s) => s.handler), ...retrying.map((a) => a.handler)])];
     const entries = handlers.map((h) => {
       const r = rows.find((x) => x.handler === h);
+      const failed = r ? undefined : retrying.find((a) => a.handler === h);
       return {
         handler: h,
         id,
-        status: r?.status ?? (progress?.completed ? "completed" : "in progress"),
+        status: r?.status ?? (progress?.completed ? "completed" : failed ? "retrying" : "in progress"),
+        failedAttempts: failed?.attempts,
+        lastFailedAt: failed ? new Date(failed.updated_at).toISOString() : undefined,
         recordedBy: !r && progress?.completed ? "partition progress" : undefined,
         topic: r?.topic,
         partition: r?.partition,
@@ -105,6 +113,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       printLine(`  status     ${e.status}${e.recordedBy ? ` ${BY_PROGRESS}` : ""}`);
       if (e.topic !== undefined) printLine(`  message    ${e.topic}/${e.partition}@${e.offset}`);
       if (e.attempts !== undefined) printLine(`  attempts   ${e.attempts}`);
+      if (e.failedAttempts !== undefined) printLine(`  failed     ${e.failedAttempts} attempt${e.failedAttempts === 1 ? "" : "s"} so far, the last at ${e.lastFailedAt}`);
       if (e.finishedAt) printLine(`  finished   ${e.finishedAt}`);
       for (const s of e.steps) printLine(`  step       ${s.name} = ${JSON.stringify(s.result)}`);
       if (e.result !== undefined) printLine(`  result     ${JSON.stringify(e.result)}`);
