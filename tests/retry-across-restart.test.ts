@@ -57,7 +57,7 @@ test("failed attempts survive a SIGKILL: the restart goes on counting, and the d
   ]);
   // Two failed attempts each, committed to the journal; the third waits for its backoff.
   await waitUntil("two failed attempts of each recorded", () => {
-    const rows = countIn(db, "SELECT count(*) AS n FROM kexo_attempts WHERE attempts = 2");
+    const rows = countIn(db, "SELECT count(*) AS n FROM kexo_retries WHERE attempts = 2");
     return rows === 2 || undefined;
   }, { timeoutMs: 30_000 });
   for (const id of ["always", "third"]) expect(calls(id).map((c) => c.attempt)).toEqual([1, 2]);
@@ -65,7 +65,7 @@ test("failed attempts survive a SIGKILL: the restart goes on counting, and the d
   await first.exited();
 
   // kexo inspect shows the count while the message waits.
-  const [waitingId] = columnIn<string>(db, "SELECT id FROM kexo_attempts ORDER BY id LIMIT 1");
+  const [waitingId] = columnIn<string>(db, "SELECT id FROM kexo_retries ORDER BY id LIMIT 1");
   const inspect = Bun.spawnSync([BUN, join(ROOT, "main.ts"), "inspect", waitingId!, "--db", `file:${db}`, "--json"]);
   const entry = JSON.parse(inspect.stdout.toString()) as { status: string; failedAttempts: number };
   expect([entry.status, entry.failedAttempts]).toEqual(["retrying", 2]);
@@ -85,5 +85,5 @@ test("failed attempts survive a SIGKILL: the restart goes on counting, and the d
   expect(calls("always").map((c) => c.attempt)).toEqual([1, 2, 3, 4]);
   expect(calls("third").map((c) => c.attempt)).toEqual([1, 2, 3]);
   // Done messages leave no count behind.
-  expect(countIn(db, "SELECT count(*) AS n FROM kexo_attempts")).toBe(0);
+  expect(countIn(db, "SELECT count(*) AS n FROM kexo_retries")).toBe(0);
 }, 120_000);

@@ -62,9 +62,9 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       `SELECT handler, name, result, recorded_at FROM kexo_steps WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY recorded_at`,
       ...(handler ? [id, handler] : [id]),
     );
-    // Failed attempts of a message that is still being retried (kexo_attempts).
+    // Failed attempts of a message that is still being retried (kexo_retries).
     const retrying = journal.query<{ handler: string; attempts: number; updated_at: number }>(
-      `SELECT handler, attempts, updated_at FROM kexo_attempts WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
+      `SELECT handler, attempts, updated_at FROM kexo_retries WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
       ...(handler ? [id, handler] : [id]),
     );
     const progress = rows.length === 0 ? byProgress(journal, id) : undefined;
@@ -86,11 +86,12 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
     const handlers = [...new Set([...rows.map((r) => r.handler), ...steps.map((s) => s.handler), ...retrying.map((a) => a.handler)])];
     const entries = handlers.map((h) => {
       const r = rows.find((x) => x.handler === h);
-      const failed = r ? undefined : retrying.find((a) => a.handler === h);
+      // A replayed dead letter being retried has its dead_lettered row and a count.
+      const failed = retrying.find((a) => a.handler === h);
       return {
         handler: h,
         id,
-        status: r?.status ?? (progress?.completed ? "completed" : failed ? "retrying" : "in progress"),
+        status: failed ? "retrying" : (r?.status ?? (progress?.completed ? "completed" : "in progress")),
         failedAttempts: failed?.attempts,
         lastFailedAt: failed ? new Date(failed.updated_at).toISOString() : undefined,
         recordedBy: !r && progress?.completed ? "partition progress" : undefined,

@@ -51,6 +51,9 @@ import { WalSync } from "./wal-sync.ts";
 
 type Conn = InstanceType<typeof Database>;
 
+/** How long a failed-attempts row no retry updated is kept (see kexo_retries in schema.ts). */
+const ATTEMPTS_KEPT_MS = 7 * 24 * 3600 * 1000;
+
 /** ctx.tx runs of a handler that use a savepoint after one of its bodies failed (see top). */
 export const SAVEPOINT_RUNS_AFTER_FAILURE = 1000;
 
@@ -213,8 +216,8 @@ export class Journal {
   #walSync: WalSync | undefined;
   /** The open transaction wrote outbox rows: its COMMIT reports the outbox's highest seq. */
   #outboxInTx = false;
-  /** kexo_attempts may hold rows: only then are failed attempts looked up (see failedAttempts). */
-  #attemptRows: boolean;
+  /** Partitions (per handler and topic) for which kexo_retries may hold rows: only their messages look up. */
+  #attemptParts = new PerPartition<true>();
 
   private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined) {
     this.path = path;
@@ -234,7 +237,12 @@ export class Journal {
     );
     this.#insertSteps = createMultiInsert(conn, "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at)", 5);
     this.#started = trackStarted(conn) ? new PerPartition() : undefined;
-    this.#attemptRows = conn.prepare("SELECT 1 FROM kexo_attempts LIMIT 1").get() !== undefined;
+    // Rows of deliveries that went elsewhere (a revoked partition finished by another instance,
+    // a renamed handler) are never cleared by a completion here.
+    conn.prepare("DELETE FROM kexo_retries WHERE updated_at < ?").run(Date.now() - ATTEMPTS_KEPT_MS);
+    for (const r of conn.prepare("SELECT DISTINCT handler, topic, partition FROM kexo_retries").all() as { handler: string; topic: string; partition: number }[]) {
+      this.#attemptParts.add(r.handler, r.topic, r.partition, true);
+    }
   }
 
   static open(opts: JournalOptions): Journal {
@@ -365,26 +373,31 @@ export class Journal {
   }
 
   /**
-   * Failed attempts recorded for a message still being retried (by this run or one before a
-   * restart), pending writes included; undefined when none. Costs nothing while no message of
-   * this journal has failed.
+   * Failed attempts recorded for this delivery of a message still being retried (by this run or
+   * one before a restart), pending writes included; undefined when none. A lookup only for
+   * partitions where a message has failed.
    */
-  failedAttempts(handler: string, id: string): number | undefined {
-    if (!this.#attemptRows) return undefined;
-    return (this.#s.attemptsGet.get(handler, id) as { attempts: number } | undefined)?.attempts;
+  failedAttempts(handler: string, at: { topic: string; partition: number; offset: string }): number | undefined {
+    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return undefined;
+    return (this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as { attempts: number } | undefined)?.attempts;
   }
 
   // ---- writes (group-committed) ----
 
-  /** `attempts` attempts of the message failed and it will be tried again. */
-  recordFailedAttempts(handler: string, id: string, attempts: number): void {
-    this.#attemptRows = true;
-    this.#write(() => this.#s.attemptsSet.run(handler, id, attempts, Date.now()));
+  /** `attempts` attempts of this delivery failed and it will be tried again. */
+  recordFailedAttempts(handler: string, at: { topic: string; partition: number; offset: string }, id: string, attempts: number): void {
+    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) this.#attemptParts.add(handler, at.topic, at.partition, true);
+    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, Date.now()));
   }
 
-  /** The message is done: its failed attempts no longer count. */
-  clearFailedAttempts(handler: string, id: string): void {
-    if (this.#attemptRows) this.#write(() => this.#s.attemptsDelete.run(handler, id));
+  /**
+   * The delivery is done: its failed attempts no longer count. Called before the write that
+   * records the outcome, so no COMMIT can hold the outcome without this (a lost clear only
+   * drops a count; a kept one would shorten a later run's attempts).
+   */
+  clearFailedAttempts(handler: string, at: { topic: string; partition: number; offset: string }): void {
+    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return;
+    this.#write(() => this.#s.attemptsDelete.run(handler, at.topic, at.partition, at.offset));
   }
 
   recordStep(handler: string, id: string, name: string, resultJson: string): void {
@@ -905,9 +918,11 @@ function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
-    attemptsGet: conn.prepare("SELECT attempts FROM kexo_attempts WHERE handler = ? AND id = ?"),
-    attemptsSet: conn.prepare("INSERT OR REPLACE INTO kexo_attempts (handler, id, attempts, updated_at) VALUES (?, ?, ?, ?)"),
-    attemptsDelete: conn.prepare("DELETE FROM kexo_attempts WHERE handler = ? AND id = ?"),
+    attemptsGet: conn.prepare('SELECT attempts FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
+    attemptsSet: conn.prepare(
+      'INSERT OR REPLACE INTO kexo_retries (handler, topic, partition, "offset", id, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+    ),
+    attemptsDelete: conn.prepare('DELETE FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),
     lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),

@@ -91,13 +91,18 @@ CREATE TABLE IF NOT EXISTS kexo_dead_letters (
 );
 CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handler, seq);
 
--- Failed attempts of a message that is still being retried, so that a restart goes on counting:
--- retry.attempts counts every attempt, across restarts. Deleted once the message is done.
-CREATE TABLE IF NOT EXISTS kexo_attempts (
+-- Failed attempts of a delivery that is still being retried, so that a restart (which delivers
+-- the same offset again) goes on counting: retry.attempts counts every attempt, across restarts.
+-- Keyed by delivery, not by id: a replay or another copy of the same id starts at 1. Deleted
+-- once the message is done; rows left behind (the partition moved away) go after 7 days.
+CREATE TABLE IF NOT EXISTS kexo_retries (
   handler TEXT NOT NULL,
+  topic TEXT NOT NULL,
+  partition INTEGER NOT NULL,
+  "offset" INTEGER NOT NULL,
   id TEXT NOT NULL,
   attempts INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
-  PRIMARY KEY (handler, id)
+  PRIMARY KEY (handler, topic, partition, "offset")
 ) WITHOUT ROWID;
 `;

@@ -155,7 +155,7 @@ class Run {
   /** ctx.tx records of the unrecorded first attempt, for finish() to drop (see Journal.runTx). */
   freshTx: unknown[][] | undefined;
   /**
-   * The journal may hold failed attempts of this message (kexo_attempts), to clear once it is done:
+   * The journal may hold failed attempts of this message (kexo_retries), to clear once it is done:
    * a run with a pending entry follows a failed attempt.
    */
   attemptsKept: boolean;
@@ -172,6 +172,16 @@ class Run {
     this.attemptsKept = pending !== undefined;
   }
 
+  /**
+   * Drops the journal's count of failed attempts of this delivery, if it may have one. Called
+   * before the write that records the outcome (see Journal.clearFailedAttempts).
+   */
+  clearAttempts(): void {
+    if (!this.attemptsKept) return;
+    this.attemptsKept = false;
+    this.deps.journal.clearFailedAttempts(this.handler.name, this.message);
+  }
+
   /** Reports an outcome; a final one also ends what the message held (retry entry, readiness). */
   report(id: string, outcome: Outcome, result?: unknown): void {
     const { handler, message, deps } = this;
@@ -186,7 +196,7 @@ class Run {
       result,
     });
     if (!FINAL.has(outcome)) return;
-    if (this.attemptsKept) deps.journal.clearFailedAttempts(handler.name, id);
+    this.clearAttempts();
     if (this.pending) deps.retries?.delete(message.topic, message.partition, message.offset);
     if (this.blocked) deps.blocked?.(undefined);
   }
@@ -287,9 +297,10 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
 
   let first = pending?.attempt ?? 1;
   if (!pending && !unrecorded) {
-    // A restart (or a new owner sharing this journal) goes on counting where the last run stopped;
-    // an attempt cut by the crash counts again, and the last one is never skipped.
-    const failedBefore = journal.failedAttempts(handler.name, id);
+    // A restart (or a new owner sharing this journal) delivers the same offset again and goes on
+    // counting where the last run stopped; an attempt cut by the crash counts again, and the last
+    // one is never skipped. A replay or another copy of the id is another delivery: it starts at 1.
+    const failedBefore = journal.failedAttempts(handler.name, message);
     if (failedBefore !== undefined) {
       run.attemptsKept = true;
       first = handler.deadLetterTopic(message.topic) === false ? failedBefore + 1 : Math.min(failedBefore + 1, handler.retry.attempts);
@@ -338,6 +349,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       // (same COMMIT) can stand for the row. Keyed ids, key order (completes out of order),
       // results, emits and Kafka transactions keep their row.
       const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
+      run.clearAttempts();
       journal.finish({
         handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
         offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
@@ -365,7 +377,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
       attempt, nextAttemptInMs: delay, error: failed,
     });
-    journal.recordFailedAttempts(handler.name, id, attempt);
+    journal.recordFailedAttempts(handler.name, message, id, attempt);
     run.attemptsKept = true;
     run.report(id, "retried");
     const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
@@ -520,6 +532,9 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
       if (w !== "continue") return w;
     }
   }
+  // Poison found before the count was looked up may leave one: dead letters are rare, so always.
+  run.attemptsKept = true;
+  run.clearAttempts();
   deps.journal.deadLetter(
     {
       handler: handler.name, groupId: handler.groupId, messageId: id, topic: message.topic, partition: message.partition,

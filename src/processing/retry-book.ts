@@ -2,7 +2,7 @@
 // A partition pauses instead of sleeping inside its batch (kafkajs fetches the next round only when
 // every batch of the last one returned), so the message is fetched anew and picks up here.
 //
-// In memory: the journal keeps the count too (kexo_attempts), so that after a restart the next
+// In memory: the journal keeps the count too (kexo_retries), so that after a restart the next
 // run of the message goes on from it (see executeOnce).
 import type { DeadLetterInfo } from "./dead-letter.ts";
 
