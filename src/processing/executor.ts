@@ -271,7 +271,9 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       run.report(id, "deduplicated");
       return "done";
     }
-    return deadLetter(run, failure(id, "poison", err, pending?.attempt ?? 1));
+    // Attempts that failed before a restart (a redeploy that changed the schema, say) count too.
+    const attempts = pending?.attempt ?? (journal.failedAttempts(handler.name, message) ?? 0) + 1;
+    return deadLetter(run, failure(id, "poison", err, attempts));
   }
 
   // Fast path: the default dedup id of an offset never started before has no record to find.
@@ -509,6 +511,8 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
     deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
     block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason} (deadLetter: false, retrying): ${error}`);
+    deps.journal.recordFailedAttempts(handler.name, message, id, attempts);
+    run.attemptsKept = true;
     run.report(id, "retried");
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import Database from "libsql";
 import { EventBus } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
-import { defineHandler, type KafkaMessage, v } from "../../src/index.ts";
+import { defineHandler, type KafkaMessage, PermanentError, v } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
 import { createLogger } from "../../src/log.ts";
 import { execute } from "../../src/processing/executor.ts";
@@ -68,6 +68,8 @@ test("a dlq replay of a message whose count was left by a poison dead letter sta
   await runToDone(v2, msg("5", '{"id":"a"}'), d);
   await j.flush();
   expect(dlq.map((x) => x.headers["kexo-dlq-reason"]!.toString())).toEqual(["poison"]);
+  // The two failed attempts before the restart count: this was the third.
+  expect(dlq[0]!.headers["kexo-dlq-attempts"]!.toString()).toBe("3");
   const [dead] = j.query<{ message_id: string }>("SELECT message_id FROM kexo_dead_letters");
 
   // Replay (kexo dlq replay adds kexo-id = message_id) to a fixed handler that fails twice, then succeeds.
@@ -135,4 +137,31 @@ test("a second copy of the same id on another partition has its own count", asyn
   await runToDone(h, msg("9", '{"id":"evt-1"}', {}, 1), d);
   expect(seen.filter((s) => s.startsWith("p1"))).toEqual(["p1:1", "p1:2", "p1:3", "p1:4"]);
   await j.close();
+});
+
+test("deadLetter: false: a PermanentError's retries are counted across a restart too", async () => {
+  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-d-")), "j.db")}`;
+  const seen: number[] = [];
+  const h = mk({
+    topics: ["t"], deadLetter: false, retry: { attempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
+    async handle(_p: unknown, ctx: { attempt: number }) {
+      seen.push(ctx.attempt);
+      throw new PermanentError("ledger closed");
+    },
+  });
+  let j = Journal.open({ url, commitIntervalMs: 1 });
+  const dlq: { topic: string; headers: Record<string, Buffer> }[] = [];
+  let d = deps(j, dlq);
+  const m = msg("7", "x");
+  expect(await execute(h, m, d, signal)).toBe("deferred");
+  await tick();
+  expect(await execute(h, m, d, signal)).toBe("deferred");
+  await j.close();
+  // Restart: no retry book entry; the journal's count goes on.
+  j = Journal.open({ url, commitIntervalMs: 1 });
+  d = deps(j, dlq);
+  expect(await execute(h, m, d, signal)).toBe("deferred");
+  await j.close();
+  expect(seen).toEqual([1, 2, 3]);
+  expect(dlq).toEqual([]);
 });
