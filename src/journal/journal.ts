@@ -85,6 +85,13 @@ export interface LookupRow {
   offset: number;
 }
 
+/** Where a message was delivered: what a delivery's own records (covered runs, retry counts) are keyed by. */
+export interface Delivery {
+  topic: string;
+  partition: number;
+  offset: string;
+}
+
 export interface DeadLetterRecord {
   handler: string;
   groupId: string;
@@ -304,7 +311,7 @@ export class Journal {
    * The message's journal entry, pending or committed. `at`: where the message is, when `id` is
    * its default id (covered completions are found by position, see top).
    */
-  lookup(handler: string, id: string, at?: { topic: string; partition: number; offset: string }): LookupRow | undefined {
+  lookup(handler: string, id: string, at?: Delivery): LookupRow | undefined {
     const pending = this.#done.get(`${handler}\0${id}`);
     if (pending) {
       const [, , status, topic, partition, offset, attempts, result] = pending as [string, string, string, string, number, string, number, string | null];
@@ -377,7 +384,7 @@ export class Journal {
    * one before a restart), pending writes included; undefined when none. A lookup only for
    * partitions where a message has failed.
    */
-  failedAttempts(handler: string, at: { topic: string; partition: number; offset: string }): number | undefined {
+  failedAttempts(handler: string, at: Delivery): number | undefined {
     if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return undefined;
     return (this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as { attempts: number } | undefined)?.attempts;
   }
@@ -385,7 +392,7 @@ export class Journal {
   // ---- writes (group-committed) ----
 
   /** `attempts` attempts of this delivery failed and it will be tried again. */
-  recordFailedAttempts(handler: string, at: { topic: string; partition: number; offset: string }, id: string, attempts: number): void {
+  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number): void {
     if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) this.#attemptParts.add(handler, at.topic, at.partition, true);
     this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, Date.now()));
   }
@@ -395,7 +402,7 @@ export class Journal {
    * records the outcome, so no COMMIT can hold the outcome without this (a lost clear only
    * drops a count; a kept one would shorten a later run's attempts).
    */
-  clearFailedAttempts(handler: string, at: { topic: string; partition: number; offset: string }): void {
+  clearFailedAttempts(handler: string, at: Delivery): void {
     if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return;
     this.#write(() => this.#s.attemptsDelete.run(handler, at.topic, at.partition, at.offset));
   }
@@ -533,13 +540,8 @@ export class Journal {
   /** Resolves once every write made before this call is committed to disk. */
   durable(): Promise<void> {
     if (this.#failed) return Promise.reject(this.#failed);
-    if (!this.#unwritten()) {
-      const sync = this.#walSync;
-      if (!sync?.busy) return Promise.resolve();
-      // Only an fsync of an earlier COMMIT is outstanding: the next fsync covers it (not "when
-      // idle", which commits of other handlers could put off without end).
-      return new Promise((resolve, reject) => sync.after({ run: resolve, fail: (err) => reject(this.#failed ?? err) }));
-    }
+    // Only an fsync of an earlier COMMIT may be outstanding: the next one covers it.
+    if (!this.#unwritten()) return this.#synced();
     return new Promise((resolve, reject) => {
       this.#waiters.push({ resolve, reject });
       this.#schedule();
@@ -584,8 +586,7 @@ export class Journal {
     if (this.#closed) return;
     await this.flush().catch(() => {});
     // A failed flush may leave an fsync running: its descriptor closes after it.
-    const sync = this.#walSync;
-    if (sync?.busy) await new Promise<void>((resolve) => sync.after({ run: resolve, fail: () => resolve() }));
+    await this.#synced().catch(() => {});
     this.#closed = true;
     clearTimeout(this.#timer);
     this.#conn.close();
@@ -607,6 +608,19 @@ export class Journal {
       }
     }
     return (this.#s.stepGet.get(handler, id, name) as { result: string } | undefined)?.result;
+  }
+
+  /**
+   * Resolves once the fsync that starts next has ended (at once when none is running or due), so
+   * every COMMIT made before the call is on disk; rejects when the journal failed. The next
+   * fsync, not "when idle", which commits of other handlers could put off without end.
+   */
+  #synced(): Promise<void> {
+    const sync = this.#walSync;
+    if (!sync?.busy) return this.#failed ? Promise.reject(this.#failed) : Promise.resolve();
+    return new Promise((resolve, reject) =>
+      sync.after({ run: () => (this.#failed ? reject(this.#failed) : resolve()), fail: (err) => reject(this.#failed ?? err) })
+    );
   }
 
   /** Rows or records waiting in memory for the COMMIT. */
@@ -701,7 +715,7 @@ export class Journal {
 
   #ensureTx(): void {
     if (this.#failed) throw this.#failed;
-    if (this.#closed) throw new KexoError("journal_closed", "journal is closed", { exitCode: ExitCode.invariant });
+    if (this.#closed) throw closedError();
     if (!this.#inTx) this.#begin();
   }
 
@@ -751,8 +765,10 @@ export class Journal {
     }
   }
 
-  /** Stops the journal: nothing pending is acknowledged; the worker exits and a restart redoes it. */
-  /** Every path that fails the journal comes here: no waiter is left pending. */
+  /**
+   * Stops the journal: nothing pending is acknowledged; the worker exits and a restart redoes it.
+   * Every path that fails the journal comes here, so no waiter is left pending.
+   */
   #fail(error: unknown): void {
     this.#failed ??= error;
     const failed = this.#failed;
@@ -816,15 +832,10 @@ export class Journal {
     if (!this.#inTx && progress.length === 0 && !this.#inMemory()) {
       for (const w of afterCommit) w.resolve();
       // Nothing to commit, but an earlier COMMIT may still wait for its fsync.
-      const settle = () => {
-        for (const w of waiters) {
-          if (this.#failed) w.reject(this.#failed);
-          else w.resolve();
-        }
-      };
-      const sync = this.#walSync;
-      if (sync?.busy) sync.after({ run: settle, fail: settle });
-      else settle();
+      if (waiters.length > 0) {
+        const synced = this.#synced();
+        for (const w of waiters) synced.then(w.resolve, w.reject);
+      }
       return;
     }
     const started = performance.now();

@@ -449,14 +449,7 @@ export class HandlerConsumer {
         }
         if (this.#journal.pendingWrites >= this.#opts.maxPendingWrites) await this.#relieve();
         const message = toMessage(batch.topic, batch.partition, m);
-        // #execute inlined: one async frame less per message.
-        this.#inflight++;
-        let verdict: Verdict;
-        try {
-          verdict = await execute(this.handler, message, deps, this.#abort.signal, below);
-        } finally {
-          this.#inflight--;
-        }
+        const verdict = await this.#execute(message, below, deps);
         if (verdict !== "done") break;
         if (!below) state.done(m.offset);
         lastDone = m.offset;
@@ -498,8 +491,8 @@ export class HandlerConsumer {
   }
 
   /**
-   * One flush for every partition loop that finds the journal full: each asking for its own
-   * queued a COMMIT apiece, and all but the first had nothing left but progress (an fsync each).
+   * One journal commit for every partition loop that finds the journal full: each asking for its
+   * own queued a COMMIT apiece, and all but the first had nothing left but progress.
    */
   #relieve(): Promise<void> {
     return (this.#relieving ??= this.#relieveOnce().finally(() => (this.#relieving = undefined)));

@@ -173,11 +173,12 @@ class Run {
   }
 
   /**
-   * Drops the journal's count of failed attempts of this delivery, if it may have one. Called
-   * before the write that records the outcome (see Journal.clearFailedAttempts).
+   * Drops the journal's count of failed attempts of this delivery, if it may have one (`always`:
+   * whether or not this run knows of one). Called before the write that records the outcome (see
+   * Journal.clearFailedAttempts).
    */
-  clearAttempts(): void {
-    if (!this.attemptsKept) return;
+  clearAttempts(always = false): void {
+    if (!this.attemptsKept && !always) return;
     this.attemptsKept = false;
     this.deps.journal.clearFailedAttempts(this.handler.name, this.message);
   }
@@ -537,8 +538,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     }
   }
   // Poison found before the count was looked up may leave one: dead letters are rare, so always.
-  run.attemptsKept = true;
-  run.clearAttempts();
+  run.clearAttempts(true);
   deps.journal.deadLetter(
     {
       handler: handler.name, groupId: handler.groupId, messageId: id, topic: message.topic, partition: message.partition,
