@@ -5,10 +5,10 @@
 // the kexo-dlq-*, Spring and Connect headers, and a row in the journal.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -102,7 +102,7 @@ test("poison and permanent errors are dead-lettered at once, exact to the byte; 
   const db = join(dir, "journal.db");
   const callsLog = join(dir, "calls.log");
   writeFileSync(callsLog, "");
-  const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number; t: number });
+  const calls = () => readJsonLines<{ id: string; attempt: number; t: number }>(callsLog);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), db),
     { env: { CALLS_LOG: callsLog } },

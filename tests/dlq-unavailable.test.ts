@@ -4,11 +4,11 @@
 // doubled. With `deadLetter: false` a failing message blocks its partition and is retried forever.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROGRESS_TOPIC } from "../src/kafka/progress-log.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -68,7 +68,7 @@ test("an unwritable dead-letter topic holds up only its partition, says why, and
   const db = join(dir, "journal.db");
   const callsLog = join(dir, "calls.log");
   writeFileSync(callsLog, "");
-  const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number });
+  const calls = () => readJsonLines<{ id: string; attempt: number }>(callsLog);
   const handled = (id: string) => calls().some((c) => c.id === id);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), db),

@@ -2,10 +2,10 @@
 // other keys run concurrently (up to `concurrency`), and a slow key holds up neither the other keys
 // of its partition nor other partitions.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -58,7 +58,7 @@ test("per-key order holds under concurrency and a slow key does not hold up othe
 
   const log = join(dir, "handled.log");
   writeFileSync(log, "");
-  const records = () => readFileSync(log, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Rec);
+  const records = () => readJsonLines<Rec>(log);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { LOG: log } },

@@ -2,11 +2,11 @@
 // SIGKILL gets the rest of its attempts after the restart, not a fresh set, and its dead letter
 // says how many there were in all. A message that succeeds on a later try leaves no count behind.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { columnIn, countIn } from "./support/db.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -46,7 +46,7 @@ test("failed attempts survive a SIGKILL: the restart goes on counting, and the d
   const callsLog = join(dir, "calls.log");
   writeFileSync(callsLog, "");
   const calls = (id: string) =>
-    readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; attempt: number }).filter((c) => c.id === id);
+    readJsonLines<{ id: string; attempt: number }>(callsLog).filter((c) => c.id === id);
   const start = () => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env: { CALLS_LOG: callsLog } });
 
   const first = start();

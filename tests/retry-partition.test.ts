@@ -2,10 +2,10 @@
 // partitions keep flowing, later messages of its partition keep their order behind it, and the
 // consumer keeps its group membership (no rejoin) and stays ready.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -42,7 +42,7 @@ afterAll(async () => {
 test("a retrying message holds up only its own partition; the others flow and the member stays in its group", async () => {
   const callsLog = join(dir, "calls.log");
   writeFileSync(callsLog, "");
-  const calls = () => readFileSync(callsLog, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as { id: string; partition: number; attempt: number; t: number });
+  const calls = () => readJsonLines<{ id: string; partition: number; attempt: number; t: number }>(callsLog);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { CALLS_LOG: callsLog } },

@@ -1,10 +1,10 @@
 // Guarantee 5 with order: "topic": one message at a time per topic, across all of its partitions
 // (DBOS's in_order), while each partition is still handled in offset order.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { readFileSync, writeFileSync } from "node:fs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -50,7 +50,7 @@ test("one message at a time per topic across its partitions, each partition in o
   const log = join(dir, "handled.log");
   writeFileSync(log, "");
   type Rec = { topic: string; partition: number; offset: number; at: "start" | "end" };
-  const records = () => readFileSync(log, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as Rec);
+  const records = () => readJsonLines<Rec>(log);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
     { env: { LOG: log } },

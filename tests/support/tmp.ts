@@ -1,5 +1,5 @@
 // Temporary directories for tests, removed at process exit.
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -13,4 +13,9 @@ export function tempDir(prefix = "kexo-test-"): string {
   const d = mkdtempSync(join(tmpdir(), prefix));
   made.push(d);
   return d;
+}
+
+/** The records of a JSON-lines file (a log handlers append to), in order. */
+export function readJsonLines<T>(path: string): T[] {
+  return readFileSync(path, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as T);
 }
