@@ -10,6 +10,7 @@ import { createKafka, type KafkaSettings } from "./kafka/client.ts";
 import { type ConsumerOptions, HandlerConsumer } from "./kafka/consumer.ts";
 import { PROGRESS_TOPIC, ProgressLog } from "./kafka/progress-log.ts";
 import { Publisher } from "./kafka/publisher.ts";
+import { CrashGuard } from "./processing/crash-guard.ts";
 import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
 import { Liveness, type LivenessOptions } from "./health/liveness.ts";
@@ -83,7 +84,12 @@ export class Worker {
 
   static async start(opts: WorkerOptions): Promise<Worker> {
     const bus = opts.bus ?? new EventBus();
-    const journal = Journal.open({ url: opts.db, bus });
+    const journal = Journal.open({ url: opts.db, bus, worker: true });
+    if (journal.uncleanStart) {
+      opts.log.warn("kexo did not stop cleanly last time (killed or crashed): the first messages of each partition journal each attempt " +
+        "before it starts, and messages that were running then run alone, so that one the process does not survive is dead-lettered " +
+        "after retry.attempts tries", { db: journal.path });
+    }
     const worker = new Worker(opts, journal, bus);
     try {
       await worker.#setupHandlers();
@@ -185,8 +191,14 @@ export class Worker {
         { exitCode: ExitCode.unavailable, cause: err },
       );
     const starts: Promise<void>[] = [progressLog.start().catch((err: unknown) => Promise.reject(unavailable(`cannot read ${PROGRESS_TOPIC}`, err)))];
+    // One for all handlers: a message that kills the process kills every handler's attempts.
+    const guard = this.journal.uncleanStart ? new CrashGuard() : undefined;
     for (const h of this.#opts.handlers) {
-      const consumer = new HandlerConsumer(h, { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog, clientId: this.#opts.kafka.clientId }, this.#opts.consumer);
+      const consumer = new HandlerConsumer(
+        h,
+        { kafka, journal: this.journal, bus: this.bus, log, dlq: this.#publisher, progressLog, clientId: this.#opts.kafka.clientId, guard },
+        this.#opts.consumer,
+      );
       this.consumers.push(consumer);
       starts.push(consumer.start().catch((err: unknown) => Promise.reject(unavailable(`handler ${h.name}: cannot join group ${h.groupId}`, err))));
     }

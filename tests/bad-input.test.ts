@@ -5,10 +5,9 @@
 // the kexo-dlq-*, Spring and Connect headers, and a row in the journal.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { readJsonLines, tempDir } from "./support/tmp.ts";
+import { callsLog, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -100,12 +99,10 @@ const bytes = (b: Buffer | null) => (b === null ? null : [...b]);
 
 test("poison and permanent errors are dead-lettered at once, exact to the byte; retries honour retry.attempts; the worker stays up", async () => {
   const db = join(dir, "journal.db");
-  const callsLog = join(dir, "calls.log");
-  writeFileSync(callsLog, "");
-  const calls = () => readJsonLines<{ id: string; attempt: number; t: number }>(callsLog);
+  const { env, calls } = callsLog<{ id: string; attempt: number; t: number }>(dir);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), db),
-    { env: { CALLS_LOG: callsLog } },
+    { env },
   );
   const address = await w.httpAddress();
   await w.waitJoined();

@@ -4,11 +4,10 @@
 // doubled. With `deadLetter: false` a failing message blocks its partition and is retried forever.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { PROGRESS_TOPIC } from "../src/kafka/progress-log.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { readJsonLines, tempDir } from "./support/tmp.ts";
+import { callsLog, tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -66,13 +65,11 @@ async function committed(partition: number): Promise<string> {
 
 test("an unwritable dead-letter topic holds up only its partition, says why, and loses nothing", async () => {
   const db = join(dir, "journal.db");
-  const callsLog = join(dir, "calls.log");
-  writeFileSync(callsLog, "");
-  const calls = () => readJsonLines<{ id: string; attempt: number }>(callsLog);
+  const { env, calls } = callsLog(dir);
   const handled = (id: string) => calls().some((c) => c.id === id);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), db),
-    { env: { CALLS_LOG: callsLog } },
+    { env },
   );
   const address = await w.httpAddress();
   await w.waitJoined(2);

@@ -2,11 +2,10 @@
 // SIGKILL gets the rest of its attempts after the restart, not a fresh set, and its dead letter
 // says how many there were in all. A message that succeeds on a later try leaves no count behind.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { columnIn, countIn } from "./support/db.ts";
-import { readJsonLines, tempDir } from "./support/tmp.ts";
+import { callsLog, tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -43,11 +42,8 @@ afterAll(async () => {
 
 test("failed attempts survive a SIGKILL: the restart goes on counting, and the dead letter says 4 of 4", async () => {
   const db = join(dir, "journal.db");
-  const callsLog = join(dir, "calls.log");
-  writeFileSync(callsLog, "");
-  const calls = (id: string) =>
-    readJsonLines<{ id: string; attempt: number }>(callsLog).filter((c) => c.id === id);
-  const start = () => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env: { CALLS_LOG: callsLog } });
+  const { env, calls } = callsLog(dir);
+  const start = () => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env });
 
   const first = start();
   await first.waitJoined();

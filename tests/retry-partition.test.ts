@@ -2,10 +2,9 @@
 // partitions keep flowing, later messages of its partition keep their order behind it, and the
 // consumer keeps its group membership (no rejoin) and stays ready.
 import { afterAll, beforeAll, expect, test } from "bun:test";
-import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { readJsonLines, tempDir } from "./support/tmp.ts";
+import { callsLog, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -40,12 +39,10 @@ afterAll(async () => {
 });
 
 test("a retrying message holds up only its own partition; the others flow and the member stays in its group", async () => {
-  const callsLog = join(dir, "calls.log");
-  writeFileSync(callsLog, "");
-  const calls = () => readJsonLines<{ id: string; partition: number; attempt: number; t: number }>(callsLog);
+  const { env, calls } = callsLog<{ id: string; partition: number; attempt: number; t: number }>(dir);
   const w = new WorkerProcess(
     runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")),
-    { env: { CALLS_LOG: callsLog } },
+    { env },
   );
   const address = await w.httpAddress();
   await w.waitJoined();

@@ -46,7 +46,7 @@ import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 import { defaultMessageId } from "../processing/decode.ts";
-import { SCHEMA, SCHEMA_VERSION } from "./schema.ts";
+import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 import { WalSync } from "./wal-sync.ts";
 
 type Conn = InstanceType<typeof Database>;
@@ -128,6 +128,19 @@ export interface JournalOptions {
   commitIntervalMs?: number;
   /** Commit as soon as this many writes are pending. */
   maxPendingWrites?: number;
+  /**
+   * Opened by the worker that consumes with it (not by a CLI command reading it): marks the
+   * journal as in use until close(), so the next open can tell a clean stop from a crash
+   * (uncleanStart).
+   */
+  worker?: boolean;
+}
+
+/** A delivery's failed attempts so far (kexo_retries). */
+export interface FailedAttempts {
+  attempts: number;
+  /** How many of them the process did not survive (see processing/crash-guard.ts). */
+  deaths: number;
 }
 
 export interface ProgressEntry {
@@ -225,6 +238,13 @@ export class Journal {
   #outboxInTx = false;
   /** Partitions (per handler and topic) for which kexo_retries may hold rows: only their messages look up. */
   #attemptParts = new PerPartition<true>();
+  /** The worker's journal: close() records a clean stop (meta `run_state`). */
+  #worker: boolean;
+  /**
+   * The last worker on this journal did not close it: killed (SIGKILL, out of memory), crashed,
+   * or stopped by a second signal. Messages it was running may have been what killed it.
+   */
+  readonly uncleanStart: boolean;
 
   private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined) {
     this.path = path;
@@ -250,6 +270,11 @@ export class Journal {
     for (const r of conn.prepare("SELECT DISTINCT handler, topic, partition FROM kexo_retries").all() as { handler: string; topic: string; partition: number }[]) {
       this.#attemptParts.add(r.handler, r.topic, r.partition, true);
     }
+    this.#worker = opts.worker === true;
+    this.uncleanStart = this.#worker && this.getMeta("run_state") === "running";
+    // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
+    // No fsync needed for that: a dead process's writes stay in the page cache.
+    if (this.#worker) this.#s.metaSet.run("run_state", "running");
   }
 
   static open(opts: JournalOptions): Journal {
@@ -274,6 +299,10 @@ export class Journal {
           `journal ${path} has schema version ${row.value}, newer than this kexo (${SCHEMA_VERSION}); upgrade kexo`,
           { exitCode: ExitCode.config },
         );
+      }
+      for (const [table, column, definition] of ADDED_COLUMNS) {
+        const columns = conn.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
+        if (!columns.some((c) => c.name === column)) conn.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
       }
       conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('schema_version', ?)").run(
         String(SCHEMA_VERSION),
@@ -384,17 +413,22 @@ export class Journal {
    * one before a restart), pending writes included; undefined when none. A lookup only for
    * partitions where a message has failed.
    */
-  failedAttempts(handler: string, at: Delivery): number | undefined {
+  failedAttempts(handler: string, at: Delivery): FailedAttempts | undefined {
     if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return undefined;
-    return (this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as { attempts: number } | undefined)?.attempts;
+    const row = this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as FailedAttempts | undefined;
+    return row && { attempts: row.attempts, deaths: row.deaths };
   }
 
   // ---- writes (group-committed) ----
 
-  /** `attempts` attempts of this delivery failed and it will be tried again. */
-  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number): void {
+  /**
+   * `attempts` attempts of this delivery failed and it will be tried again. `deaths` is added to
+   * the attempts counted as ones the process did not survive: +1 right before an attempt run alone,
+   * -1 once it ended (see processing/crash-guard.ts).
+   */
+  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0): void {
     if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) this.#attemptParts.add(handler, at.topic, at.partition, true);
-    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, Date.now()));
+    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deaths));
   }
 
   /**
@@ -584,6 +618,9 @@ export class Journal {
 
   async close(): Promise<void> {
     if (this.#closed) return;
+    // A clean stop: the next start need not suspect the messages this run left (see uncleanStart).
+    // Lost with the flush when the journal failed, which then counts as unclean: harmless.
+    if (this.#worker && !this.#failed) this.setMeta("run_state", "stopped");
     await this.flush().catch(() => {});
     // A failed flush may leave an fsync running: its descriptor closes after it.
     await this.#synced().catch(() => {});
@@ -929,9 +966,12 @@ function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
-    attemptsGet: conn.prepare('SELECT attempts FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
+    attemptsGet: conn.prepare('SELECT attempts, deaths FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
+    // The second deaths argument is the delta applied to an existing row.
     attemptsSet: conn.prepare(
-      'INSERT OR REPLACE INTO kexo_retries (handler, topic, partition, "offset", id, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      `INSERT INTO kexo_retries (handler, topic, partition, "offset", id, attempts, deaths, updated_at) VALUES (?, ?, ?, ?, ?, ?, max(?, 0), ?)
+       ON CONFLICT (handler, topic, partition, "offset") DO UPDATE SET id = excluded.id, attempts = excluded.attempts,
+         deaths = max(kexo_retries.deaths + ?, 0), updated_at = excluded.updated_at`,
     ),
     attemptsDelete: conn.prepare('DELETE FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),

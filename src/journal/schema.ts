@@ -1,7 +1,7 @@
 // The journal's tables. Names start with kexo_ so they never meet a handler's own tables.
 // Bump SCHEMA_VERSION and add a migration step when a released table changes.
 
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS kexo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -95,6 +95,9 @@ CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handl
 -- the same offset again) goes on counting: retry.attempts counts every attempt, across restarts.
 -- Keyed by delivery, not by id: a replay or another copy of the same id starts at 1. Deleted
 -- once the message is done; rows left behind (the partition moved away) go after 7 days.
+-- After an unclean stop, an attempt is counted here before its handler starts and put right when it
+-- ends (see processing/crash-guard.ts). deaths: how many of the attempts were run alone and not
+-- survived by the process. (Schema version 3; ADDED_COLUMNS adds it to older journals.)
 CREATE TABLE IF NOT EXISTS kexo_retries (
   handler TEXT NOT NULL,
   topic TEXT NOT NULL,
@@ -103,6 +106,12 @@ CREATE TABLE IF NOT EXISTS kexo_retries (
   id TEXT NOT NULL,
   attempts INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
+  deaths INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (handler, topic, partition, "offset")
 ) WITHOUT ROWID;
 `;
+
+/** Columns added after a table first shipped: [table, column, definition]. */
+export const ADDED_COLUMNS: readonly (readonly [string, string, string])[] = [
+  ["kexo_retries", "deaths", "INTEGER NOT NULL DEFAULT 0"],
+];

@@ -15,6 +15,7 @@ import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } from "../processing/executor.ts";
+import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
 import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
@@ -147,10 +148,15 @@ export class HandlerConsumer {
   #topicLocks = new Map<string, Promise<void>>();
   /** kafkaTransactions: offsets are committed only inside Kafka transactions with the emits. */
   #txOut: TransactionalOutput | undefined;
+  /** Only after an unclean stop (see crash-guard.ts). */
+  #guard: CrashGuard | undefined;
 
   constructor(
     handler: ResolvedHandler,
-    deps: { kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog; clientId?: string },
+    deps: {
+      kafka: Kafka; journal: Journal; bus: EventBus; log: Logger; dlq: DeadLetterPublisher; progressLog?: ProgressLog; clientId?: string;
+      guard?: CrashGuard;
+    },
     opts: Partial<ConsumerOptions> = {},
   ) {
     this.handler = handler;
@@ -167,6 +173,7 @@ export class HandlerConsumer {
       committed: (entries) => this.#journalCommitted(entries),
     };
     this.#removeHook = this.#journal.addCommitHook(hook);
+    this.#guard = deps.guard;
     if (handler.kafkaTransactions) {
       this.#txOut = new TransactionalOutput(deps, handler.name, handler.groupId, deps.clientId ?? "kexo");
       // The progress log would let a new owner skip messages whose records are not in Kafka yet.
@@ -600,6 +607,7 @@ export class HandlerConsumer {
       },
       retries: defer ? this.#retries : undefined,
       defer,
+      guard: this.#guard,
     };
   }
 

@@ -13,6 +13,7 @@ import { toJson } from "../journal/json.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
+import type { CrashGuard } from "./crash-guard.ts";
 
 export interface ProducedRecord {
   key: Buffer | null;
@@ -42,6 +43,20 @@ export interface ExecutorDeps {
    * batch, so the other partitions keep flowing. Used only together with `retries`.
    */
   defer?(ms: number): void;
+  /** Only after an unclean stop (see crash-guard.ts): shared by every handler of the process. */
+  guard?: CrashGuard;
+}
+
+/** What a dead letter of a message the process did not survive says went wrong. */
+export class ProcessDiedError extends Error {
+  constructor(deaths: number, attempts: number) {
+    super(
+      `the process died while the handler ran this message with nothing else running beside it, in ${deaths} of its ` +
+        `${attempts} attempts (out of memory, a native crash, process.exit() or SIGKILL); dead-lettered so that its ` +
+        `partition moves on. Check what the handler does with this value before replaying it`,
+    );
+    this.name = "ProcessDied";
+  }
 }
 
 /** `deferred`: not done; the partition was paused and the message is fetched again later. */
@@ -273,7 +288,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       return "done";
     }
     // Attempts that failed before a restart (a redeploy that changed the schema, say) count too.
-    const attempts = pending?.attempt ?? (journal.failedAttempts(handler.name, message) ?? 0) + 1;
+    const attempts = pending?.attempt ?? (journal.failedAttempts(handler.name, message)?.attempts ?? 0) + 1;
     return deadLetter(run, failure(id, "poison", err, attempts));
   }
 
@@ -299,18 +314,48 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
   }
 
   let first = pending?.attempt ?? 1;
+  let kept = false;
   if (!pending && !unrecorded) {
     // A restart (or a new owner sharing this journal) delivers the same offset again and goes on
     // counting where the last run stopped; an attempt cut by the crash counts again, and the last
-    // one is never skipped. A replay or another copy of the id is another delivery: it starts at 1.
+    // one is never skipped, unless the process died in it (see crash-guard.ts). A replay or another
+    // copy of the id is another delivery: it starts at 1.
     const failedBefore = journal.failedAttempts(handler.name, message);
     if (failedBefore !== undefined) {
-      run.attemptsKept = true;
-      first = handler.deadLetterTopic(message.topic) === false ? failedBefore + 1 : Math.min(failedBefore + 1, handler.retry.attempts);
+      run.attemptsKept = kept = true;
+      const { attempts, deaths } = failedBefore;
+      const unlimited = handler.deadLetterTopic(message.topic) === false;
+      if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
+        return deadLetter(run, failure(id, "exhausted", new ProcessDiedError(deaths, attempts), attempts));
+      }
+      first = unlimited ? attempts + 1 : Math.min(attempts + 1, handler.retry.attempts);
+      if (deaths > 0) {
+        deps.log.warn("the process died while this message ran alone; it runs again alone, and is dead-lettered if that goes on", {
+          handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
+          deaths, attempt: first, attempts: handler.retry.attempts,
+        });
+      }
     }
   }
+  const care = deps.guard?.care(handler.name, message.topic, message.partition, kept);
   for (let attempt = first; ; attempt++) {
     if (signal.aborted) return "aborted";
+    let release: (() => void) | undefined;
+    if (care !== undefined) {
+      release = await deps.guard!.enter(care === "alone", signal);
+      if (!release) return "aborted";
+      if (care !== "shared") {
+        try {
+          // Counted as failed (and alone, as not survived) until it ends; committed before it starts.
+          journal.recordFailedAttempts(handler.name, message, id, attempt, care === "alone" ? 1 : 0);
+          run.attemptsKept = true;
+          await journal.commit();
+        } catch (err) {
+          release();
+          throw err;
+        }
+      }
+    }
     const ctx = new Context(run, id, attempt, !keyed);
     // slot: liveness's, set from the start so the object keeps one shape.
     const attemptEvent: Attempt = { handler: handler.name, id, slot: -1 };
@@ -325,6 +370,15 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       failed = err;
     } finally {
       bus.emit("message.finished", attemptEvent);
+      if (release) {
+        // The process survived it: a failure counts as one, success or an abort not at all.
+        const counted = !ok && !signal.aborted;
+        try {
+          if (care !== "shared") journal.recordFailedAttempts(handler.name, message, id, counted ? attempt : attempt - 1, care === "alone" ? -1 : 0);
+        } finally {
+          release();
+        }
+      }
     }
     if (ok) {
       const { outbox, encodes } = ctx.emitted();

@@ -1,5 +1,5 @@
 // Temporary directories for tests, removed at process exit.
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
@@ -18,4 +18,17 @@ export function tempDir(prefix = "kexo-test-"): string {
 /** The records of a JSON-lines file (a log handlers append to), in order. */
 export function readJsonLines<T>(path: string): T[] {
   return readFileSync(path, "utf8").split("\n").filter(Boolean).map((l) => JSON.parse(l) as T);
+}
+
+/**
+ * A fresh calls log in `dir`: test handlers append one JSON line per call to process.env.CALLS_LOG
+ * (`env`, to pass to the worker). `calls(id)`: the lines so far, only those of `id` when given.
+ */
+export function callsLog<T extends { id: string } = { id: string; attempt: number }>(dir: string): { env: { CALLS_LOG: string }; calls(id?: string): T[] } {
+  const path = join(dir, "calls.log");
+  writeFileSync(path, "");
+  return {
+    env: { CALLS_LOG: path },
+    calls: (id) => readJsonLines<T>(path).filter((c) => id === undefined || c.id === id),
+  };
 }
