@@ -211,6 +211,8 @@ export class Worker {
     this.#draining = true;
     this.#opts.log.info("draining", { timeoutMs: this.#opts.shutdownTimeoutMs });
     const results = await Promise.all(this.consumers.map((c) => c.stop(this.#opts.shutdownTimeoutMs)));
+    // Only a stop that got here is clean: a start that failed leaves the journal as it found it.
+    this.journal.markStopped();
     await this.#progressLog?.stop();
     await this.#close();
     return results.every(Boolean);

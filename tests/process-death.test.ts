@@ -12,6 +12,7 @@ import { sleep, waitUntil } from "./support/wait.ts";
 import { runArgs, WorkerProcess } from "./support/worker.ts";
 
 const TOPIC = "process-death-in";
+const HANG_TOPIC = "process-death-hang";
 let broker: TestBroker;
 let dir: string;
 
@@ -37,8 +38,26 @@ export default defineHandler({
 });
 `;
 
+// Never kills anything: fails its first attempt, and its second ignores ctx.signal and hangs
+// (a downstream call with no timeout) unless HANG=0.
+const HANGING = `
+import { defineHandler, v } from "kexo";
+import { appendFileSync } from "node:fs";
+
+export default defineHandler({
+  topics: ["${HANG_TOPIC}"],
+  schema: v.object({ id: v.string() }),
+  retry: { attempts: 2, initialDelayMs: 3000, maxDelayMs: 3000 },
+  async handle(p, ctx) {
+    appendFileSync(process.env.CALLS_LOG!, JSON.stringify({ id: p.id, attempt: ctx.attempt }) + "\\n");
+    if (ctx.attempt === 1) throw new Error("downstream is down");
+    if (process.env.HANG !== "0") await new Promise((r) => setTimeout(r, 120_000));
+  },
+});
+`;
+
 beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 });
+  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [HANG_TOPIC]: 1, [`${HANG_TOPIC}.dlq`]: 1 });
   dir = tempDir();
   await Bun.write(join(dir, "handlers", "deadly.ts"), HANDLER);
 });
@@ -101,3 +120,40 @@ test("a message that kills the process is dead-lettered after retry.attempts dea
   after.kill("SIGTERM");
   expect(await after.exited()).toBe(0);
 }, 240_000);
+
+test("a message running alone when a clean stop's shutdown timeout cuts it is not counted as a death", async () => {
+  const hangDir = tempDir();
+  await Bun.write(join(hangDir, "handlers", "hanging.ts"), HANGING);
+  const db = join(hangDir, "journal.db");
+  const { env, calls } = callsLog(hangDir);
+  const start = (hang: boolean) =>
+    new WorkerProcess(runArgs(broker.brokers, join(hangDir, "handlers"), db, "--shutdown-timeout", "1000"), { env: { ...env, HANG: hang ? "1" : "0" } });
+
+  // Attempt 1 fails and is journaled; killed while it waits for attempt 2: an unclean stop.
+  const first = start(true);
+  await first.waitJoined();
+  await broker.produce(HANG_TOPIC, [{ value: JSON.stringify({ id: "slow" }) }]);
+  await waitUntil("attempt 1 journaled", () => countIn(db, "SELECT count(*) AS n FROM kexo_retries WHERE attempts = 1") === 1 || undefined, {
+    timeoutMs: 30_000,
+  });
+  first.kill("SIGKILL");
+  await first.exited();
+
+  // It runs alone (counted as a death while it runs), hangs, and the drain's timeout cuts it: exit 75.
+  const second = start(true);
+  await waitUntil("attempt 2 running", () => calls("slow").length === 2 || undefined, { timeoutMs: 30_000 });
+  expect(columnIn<string>(db, "SELECT attempts || '/' || deaths FROM kexo_retries")).toEqual(["2/1"]);
+  second.kill("SIGTERM");
+  expect(await second.exited()).toBe(75);
+  // The process survived it: neither the attempt nor a death counts.
+  expect(columnIn<string>(db, "SELECT attempts || '/' || deaths FROM kexo_retries")).toEqual(["1/0"]);
+
+  // So the next start runs attempt 2 again instead of dead-lettering it as ProcessDied.
+  const third = start(false);
+  await waitUntil("attempt 2 ran to its end", () => calls("slow").length === 3 || undefined, { timeoutMs: 30_000 });
+  await waitUntil("done", () => countIn(db, "SELECT count(*) AS n FROM kexo_retries") === 0 || undefined, { timeoutMs: 10_000 });
+  third.kill("SIGTERM");
+  expect(await third.exited()).toBe(0);
+  expect(calls("slow").map((c) => c.attempt)).toEqual([1, 2, 2]);
+  expect(await broker.readAll(`${HANG_TOPIC}.dlq`, 1, 3000)).toEqual([]);
+}, 120_000);

@@ -136,6 +136,12 @@ export interface JournalOptions {
   worker?: boolean;
 }
 
+/** An attempt journaled before it ran (Journal.claimAttempt). */
+export interface AttemptClaim {
+  /** Once the attempt ended; only the first call counts. */
+  settle(counted: boolean): void;
+}
+
 /** A delivery's failed attempts so far (kexo_retries). */
 export interface FailedAttempts {
   attempts: number;
@@ -236,8 +242,15 @@ export class Journal {
   #walSync: WalSync | undefined;
   /** The open transaction wrote outbox rows: its COMMIT reports the outbox's highest seq. */
   #outboxInTx = false;
-  /** Partitions (per handler and topic) for which kexo_retries may hold rows: only their messages look up. */
-  #attemptParts = new PerPartition<true>();
+  /**
+   * Offsets with a kexo_retries row, per handler, topic and partition: only those look it up. The
+   * rows are few (deliveries being retried), and so are the partitions that have any.
+   */
+  #attemptOffsets = new PerPartition<Set<string>>();
+  /** Deliveries with a kexo_retries row at an unclean start (`handler\0topic\0partition\0offset`). */
+  #keptAtStart: Set<string> | undefined;
+  /** Attempts journaled before they ran and not settled yet (claimAttempt). */
+  #claims = new Set<AttemptClaim>();
   /** The worker's journal: close() records a clean stop (meta `run_state`). */
   #worker: boolean;
   /**
@@ -267,11 +280,12 @@ export class Journal {
     // Rows of deliveries that went elsewhere (a revoked partition finished by another instance,
     // a renamed handler) are never cleared by a completion here.
     conn.prepare("DELETE FROM kexo_retries WHERE updated_at < ?").run(Date.now() - ATTEMPTS_KEPT_MS);
-    for (const r of conn.prepare("SELECT DISTINCT handler, topic, partition FROM kexo_retries").all() as { handler: string; topic: string; partition: number }[]) {
-      this.#attemptParts.add(r.handler, r.topic, r.partition, true);
-    }
+    const rows = conn.prepare('SELECT handler, topic, partition, CAST("offset" AS TEXT) AS o FROM kexo_retries').all() as
+      { handler: string; topic: string; partition: number; o: string }[];
+    for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
     this.uncleanStart = this.#worker && this.getMeta("run_state") === "running";
+    if (this.uncleanStart) this.#keptAtStart = new Set(rows.map((r) => `${r.handler}\0${r.topic}\0${r.partition}\0${r.o}`));
     // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
     // No fsync needed for that: a dead process's writes stay in the page cache.
     if (this.#worker) this.#s.metaSet.run("run_state", "running");
@@ -414,7 +428,7 @@ export class Journal {
    * partitions where a message has failed.
    */
   failedAttempts(handler: string, at: Delivery): FailedAttempts | undefined {
-    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return undefined;
+    if (this.#attemptOffsets.get(handler, at.topic, at.partition)?.has(at.offset) !== true) return undefined;
     const row = this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as FailedAttempts | undefined;
     return row && { attempts: row.attempts, deaths: row.deaths };
   }
@@ -427,8 +441,57 @@ export class Journal {
    * -1 once it ended (see processing/crash-guard.ts).
    */
   recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0): void {
-    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) this.#attemptParts.add(handler, at.topic, at.partition, true);
+    this.#attemptsAt(handler, at.topic, at.partition).add(at.offset);
     this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deaths));
+  }
+
+  /**
+   * After an unclean start: whether this delivery had failed attempts journaled when the journal
+   * was opened, some maybe cut by the process's death (see processing/crash-guard.ts).
+   */
+  keptAtStart(handler: string, at: Delivery): boolean {
+    return this.#keptAtStart?.has(`${handler}\0${at.topic}\0${at.partition}\0${at.offset}`) === true;
+  }
+
+  /**
+   * Journals attempt `attempt` of this delivery as failed, and `alone` as not survived, before it
+   * runs (see processing/crash-guard.ts); resolves once that is COMMITted (no fsync: against the
+   * process's death, not the machine's). The claim's settle() puts the count right once the attempt
+   * ended: `counted`, a failure that counts; otherwise (success, abort) the attempt never happened.
+   * Claims still open at markStopped() are settled as not counted.
+   */
+  async claimAttempt(handler: string, at: Delivery, id: string, attempt: number, alone: boolean): Promise<AttemptClaim> {
+    const claim: AttemptClaim = {
+      settle: (counted) => {
+        if (!this.#claims.delete(claim)) return;
+        if (!counted && attempt === 1) this.clearFailedAttempts(handler, at);
+        else this.recordFailedAttempts(handler, at, id, counted ? attempt : attempt - 1, alone ? -1 : 0);
+      },
+    };
+    this.recordFailedAttempts(handler, at, id, attempt, alone ? 1 : 0);
+    this.#claims.add(claim);
+    try {
+      await this.commit();
+    } catch (err) {
+      this.#claims.delete(claim);
+      throw err;
+    }
+    return claim;
+  }
+
+  /**
+   * The worker stopped cleanly (drained, or its shutdown timeout aborted what still ran): the next
+   * start need not guard against the messages it leaves (uncleanStart). Attempts still running did
+   * not kill the process: their claims are settled as not counted.
+   */
+  markStopped(): void {
+    if (!this.#worker || this.#failed || this.#closed) return;
+    for (const claim of [...this.#claims]) claim.settle(false);
+    this.setMeta("run_state", "stopped");
+  }
+
+  #attemptsAt(handler: string, topic: string, partition: number): Set<string> {
+    return this.#attemptOffsets.get(handler, topic, partition) ?? this.#attemptOffsets.add(handler, topic, partition, new Set());
   }
 
   /**
@@ -437,7 +500,7 @@ export class Journal {
    * drops a count; a kept one would shorten a later run's attempts).
    */
   clearFailedAttempts(handler: string, at: Delivery): void {
-    if (this.#attemptParts.get(handler, at.topic, at.partition) === undefined) return;
+    if (this.#attemptOffsets.get(handler, at.topic, at.partition)?.delete(at.offset) !== true) return;
     this.#write(() => this.#s.attemptsDelete.run(handler, at.topic, at.partition, at.offset));
   }
 
@@ -618,9 +681,6 @@ export class Journal {
 
   async close(): Promise<void> {
     if (this.#closed) return;
-    // A clean stop: the next start need not suspect the messages this run left (see uncleanStart).
-    // Lost with the flush when the journal failed, which then counts as unclean: harmless.
-    if (this.#worker && !this.#failed) this.setMeta("run_state", "stopped");
     await this.flush().catch(() => {});
     // A failed flush may leave an fsync running: its descriptor closes after it.
     await this.#synced().catch(() => {});

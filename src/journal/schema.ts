@@ -1,7 +1,7 @@
 // The journal's tables. Names start with kexo_ so they never meet a handler's own tables.
 // Bump SCHEMA_VERSION and add a migration step when a released table changes.
 
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 2;
 
 export const SCHEMA = `
 CREATE TABLE IF NOT EXISTS kexo_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -97,7 +97,8 @@ CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handl
 -- once the message is done; rows left behind (the partition moved away) go after 7 days.
 -- After an unclean stop, an attempt is counted here before its handler starts and put right when it
 -- ends (see processing/crash-guard.ts). deaths: how many of the attempts were run alone and not
--- survived by the process. (Schema version 3; ADDED_COLUMNS adds it to older journals.)
+-- survived by the process. (Added to older journals by ADDED_COLUMNS, with no version bump: kexo
+-- versions without it still work on the table, only ignoring the column.)
 CREATE TABLE IF NOT EXISTS kexo_retries (
   handler TEXT NOT NULL,
   topic TEXT NOT NULL,

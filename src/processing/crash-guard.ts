@@ -4,19 +4,19 @@
 //
 // - Tracked: the first TRACKED_PER_PARTITION messages per partition that reach their handler
 //   journal each attempt as failed before it starts, COMMITted (not fsynced: a dead process's writes
-//   stay in the page cache), and put the count right when it ends. The completions of the messages
-//   before them are in that COMMIT too. So if the process dies again, the next start knows which
-//   messages were running: those whose count is still there.
-// - Alone: a message whose delivery had failed attempts journaled at an unclean start runs with no
-//   other guarded attempt beside it, and its attempt is also counted as not survived (deaths) until
-//   it ends. Only such deaths, where nothing else ran, can dead-letter it (executor).
-// - Every other message takes the shared side of the same lock: it never runs beside one alone.
+//   stay in the page cache), and put the count right when it ends (Journal.claimAttempt). The
+//   completions of the messages before them are in that COMMIT too. So if the process dies again,
+//   the next start knows which messages were running: those whose count is still there.
+// - Alone: a delivery that had failed attempts journaled at an unclean start runs with no other
+//   message of any handler beside it, from before its decode until its outcome is COMMITted, and
+//   its attempt is also counted as not survived (deaths) until it ends. Only such deaths can
+//   dead-letter a message as ProcessDied (executor), so what merely ran beside a killer never is.
+// - Every other message takes the shared side of the same lock, from before its decode to its end.
 // Each unclean run commits the tracked messages' progress one by one, so a run that dies before
 // its tracked budget reaches the killer still starts the next one closer to it.
+// Not covered: a kill scheduled by a handler to happen after it returned (it lands on whatever
+// runs then), and a message that kills the process before its handler (in decode or key()).
 import { PerPartition } from "../kafka/per-partition.ts";
-
-/** How a message's attempts run under the guard. */
-export type Care = "alone" | "tracked" | "shared";
 
 interface Waiter {
   alone: boolean;
@@ -26,38 +26,44 @@ interface Waiter {
 export class CrashGuard {
   static readonly TRACKED_PER_PARTITION = 1000;
   #tracked = new PerPartition<{ n: number }>();
-  /** Attempts running on the shared side. */
+  /** Holders of the shared side. */
   #running = 0;
-  /** An attempt runs alone. */
+  /** An alone holder runs. */
   #alone = false;
   #waiting: Waiter[] = [];
+  readonly #leaveShared = () => {
+    this.#running--;
+    this.#pump();
+  };
 
-  /**
-   * Call once per message that reaches its handler. `kept`: the journal held failed attempts of
-   * this delivery when it was first delivered to this process.
-   */
-  care(handler: string, topic: string, partition: number, kept: boolean): Care {
-    if (kept) return "alone";
+  /** Whether this message, about to run its handler, is tracked (call once per such message). */
+  track(handler: string, topic: string, partition: number): boolean {
     const t = this.#tracked.get(handler, topic, partition) ?? this.#tracked.add(handler, topic, partition, { n: 0 });
-    if (t.n >= CrashGuard.TRACKED_PER_PARTITION) return "shared";
+    if (t.n >= CrashGuard.TRACKED_PER_PARTITION) return false;
     t.n++;
-    return "tracked";
+    return true;
   }
 
   /**
-   * Resolves with the release once the attempt may run (alone: when nothing else guarded runs;
-   * shared: when nothing runs alone, first come first served), or undefined when `signal` aborted first.
+   * The release, at once when nothing stands in the way (the common case: shared, nothing alone),
+   * else a promise of it: alone waits until no one holds the lock, shared until nothing alone holds
+   * or waits before it (first come, first served). Undefined when `signal` aborted first.
    */
-  enter(alone: boolean, signal: AbortSignal): Promise<(() => void) | undefined> {
+  enter(alone: boolean, signal: AbortSignal): (() => void) | Promise<(() => void) | undefined> {
+    if (!alone && !this.#alone && this.#waiting.length === 0) {
+      this.#running++;
+      return this.#leaveShared;
+    }
     return new Promise((resolve) => {
       if (signal.aborted) return resolve(undefined);
       let released = false;
       const release = () => {
         if (released) return;
         released = true;
-        if (alone) this.#alone = false;
-        else this.#running--;
-        this.#pump();
+        if (alone) {
+          this.#alone = false;
+          this.#pump();
+        } else this.#leaveShared();
       };
       const waiter: Waiter = {
         alone,

@@ -5,7 +5,7 @@ import { errorMessage, errorType, PermanentError, PoisonError } from "../errors.
 import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
-import type { Journal, OutboxRecord } from "../journal/journal.ts";
+import type { AttemptClaim, Journal, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
@@ -153,7 +153,57 @@ export function execute(
   below = false,
 ): Promise<Verdict> {
   const pending = deps.retries?.get(message.topic, message.partition, message.offset);
-  return executeOnce(new Run(handler, message, deps, signal, pending), below);
+  const run = new Run(handler, message, deps, signal, pending);
+  return deps.guard ? executeGuarded(run, deps.guard, below) : executeOnce(run, below);
+}
+
+/**
+ * A message's hold on the crash guard (see crash-guard.ts), from before its decode to its end; let
+ * go while it waits for its next try. Alone: a delivery with failed attempts at the unclean start.
+ */
+class GuardHold {
+  release: (() => void) | undefined;
+  constructor(readonly guard: CrashGuard, readonly alone: boolean) {}
+
+  /** False when the message was aborted while waiting. */
+  async enter(run: Run): Promise<boolean> {
+    if (this.release) return true;
+    const r = this.guard.enter(this.alone, run.signal);
+    if (!(r instanceof Promise)) {
+      this.release = r;
+      return true;
+    }
+    // Not stuck: waiting its turn. Says so on /readyz, and keeps /healthz from counting it a stall.
+    const flagged = !run.blocked;
+    if (flagged) run.deps.blocked?.(`waiting while a message that was running when kexo last stopped uncleanly runs alone`);
+    try {
+      this.release = await r;
+    } finally {
+      if (flagged) run.deps.blocked?.(undefined);
+    }
+    return this.release !== undefined;
+  }
+
+  leave(): void {
+    const r = this.release;
+    this.release = undefined;
+    r?.();
+  }
+}
+
+async function executeGuarded(run: Run, guard: CrashGuard, below: boolean): Promise<Verdict> {
+  const alone = !run.pending && run.deps.journal.keptAtStart(run.handler.name, run.message);
+  const hold = (run.hold = new GuardHold(guard, alone));
+  if (!(await hold.enter(run))) return "aborted";
+  try {
+    return await executeOnce(run, below);
+  } finally {
+    // Alone: held until its outcome is COMMITted, so that no later claim shares that COMMIT.
+    if (alone && hold.release) {
+      const leave = () => hold.leave();
+      run.deps.journal.commit().then(leave, leave);
+    } else hold.leave();
+  }
 }
 
 /** Reported outcomes after which the message is done ("done" verdicts report one of these). */
@@ -169,6 +219,8 @@ class Run {
   unrecorded = false;
   /** ctx.tx records of the unrecorded first attempt, for finish() to drop (see Journal.runTx). */
   freshTx: unknown[][] | undefined;
+  /** Only after an unclean start (see crash-guard.ts). */
+  hold: GuardHold | undefined;
   /**
    * The journal may hold failed attempts of this message (kexo_retries), to clear once it is done:
    * a run with a pending entry follows a failed attempt.
@@ -229,6 +281,8 @@ function block(run: Run, reason: string): void {
  */
 async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefore" | "blocked">): Promise<"continue" | Verdict> {
   const { deps, message } = run;
+  // Nothing waits for a message's backoff: the next attempt takes the guard again.
+  run.hold?.leave();
   if (deps.retries && deps.defer) {
     deps.retries.set(message.topic, message.partition, message.offset, { ...next, notBefore: Date.now() + ms, blocked: run.blocked });
     deps.defer(ms);
@@ -314,7 +368,6 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
   }
 
   let first = pending?.attempt ?? 1;
-  let kept = false;
   if (!pending && !unrecorded) {
     // A restart (or a new owner sharing this journal) delivers the same offset again and goes on
     // counting where the last run stopped; an attempt cut by the crash counts again, and the last
@@ -322,7 +375,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     // copy of the id is another delivery: it starts at 1.
     const failedBefore = journal.failedAttempts(handler.name, message);
     if (failedBefore !== undefined) {
-      run.attemptsKept = kept = true;
+      run.attemptsKept = true;
       const { attempts, deaths } = failedBefore;
       const unlimited = handler.deadLetterTopic(message.topic) === false;
       if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
@@ -337,23 +390,16 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       }
     }
   }
-  const care = deps.guard?.care(handler.name, message.topic, message.partition, kept);
+  const hold = run.hold;
+  const tracked = hold !== undefined && (hold.alone || hold.guard.track(handler.name, message.topic, message.partition));
   for (let attempt = first; ; attempt++) {
     if (signal.aborted) return "aborted";
-    let release: (() => void) | undefined;
-    if (care !== undefined) {
-      release = await deps.guard!.enter(care === "alone", signal);
-      if (!release) return "aborted";
-      if (care !== "shared") {
-        try {
-          // Counted as failed (and alone, as not survived) until it ends; committed before it starts.
-          journal.recordFailedAttempts(handler.name, message, id, attempt, care === "alone" ? 1 : 0);
-          run.attemptsKept = true;
-          await journal.commit();
-        } catch (err) {
-          release();
-          throw err;
-        }
+    let claim: AttemptClaim | undefined;
+    if (hold) {
+      if (!(await hold.enter(run))) return "aborted";
+      if (tracked) {
+        claim = await journal.claimAttempt(handler.name, message, id, attempt, hold.alone);
+        run.attemptsKept = true;
       }
     }
     const ctx = new Context(run, id, attempt, !keyed);
@@ -369,15 +415,11 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     } catch (err) {
       failed = err;
     } finally {
-      bus.emit("message.finished", attemptEvent);
-      if (release) {
+      try {
+        bus.emit("message.finished", attemptEvent);
+      } finally {
         // The process survived it: a failure counts as one, success or an abort not at all.
-        const counted = !ok && !signal.aborted;
-        try {
-          if (care !== "shared") journal.recordFailedAttempts(handler.name, message, id, counted ? attempt : attempt - 1, care === "alone" ? -1 : 0);
-        } finally {
-          release();
-        }
+        claim?.settle(!ok && !signal.aborted);
       }
     }
     if (ok) {

@@ -1,34 +1,36 @@
-// The crash guard's lock: an attempt run alone never has another guarded attempt beside it, the
-// shared side runs together, nobody waits for ever behind a steady stream, and an abort lets go.
+// The crash guard's lock: an attempt run alone never has another holder beside it, the shared side
+// runs together (at once when nothing is alone), nobody waits for ever behind a steady stream, and
+// an abort lets go.
 import { describe, expect, test } from "bun:test";
 import { CrashGuard } from "../../src/processing/crash-guard.ts";
 
 const tick = () => new Promise((r) => setTimeout(r, 1));
+const never = new AbortController().signal;
+const enter = async (g: CrashGuard, alone: boolean, signal = never) => await g.enter(alone, signal);
 
 describe("crash guard", () => {
-  test("tracks the first TRACKED_PER_PARTITION messages per handler and partition; kept ones run alone", () => {
+  test("tracks the first TRACKED_PER_PARTITION messages per handler and partition", () => {
     const g = new CrashGuard();
-    for (let i = 0; i < CrashGuard.TRACKED_PER_PARTITION; i++) expect(g.care("h", "t", 0, false)).toBe("tracked");
-    expect(g.care("h", "t", 0, false)).toBe("shared");
-    expect(g.care("h", "t", 1, false)).toBe("tracked");
-    expect(g.care("other", "t", 0, false)).toBe("tracked");
-    expect(g.care("h", "t", 0, true)).toBe("alone");
+    for (let i = 0; i < CrashGuard.TRACKED_PER_PARTITION; i++) expect(g.track("h", "t", 0)).toBe(true);
+    expect(g.track("h", "t", 0)).toBe(false);
+    expect(g.track("h", "t", 1)).toBe(true);
+    expect(g.track("other", "t", 0)).toBe(true);
   });
 
-  test("alone waits for the shared attempts running, and shared ones that come later wait for it", async () => {
+  test("shared holders enter at once while nothing is alone", () => {
     const g = new CrashGuard();
-    const signal = new AbortController().signal;
+    const a = g.enter(false, never);
+    const b = g.enter(false, never);
+    expect(a instanceof Promise || b instanceof Promise).toBe(false);
+  });
+
+  test("alone waits for the shared holders, and shared ones that come later wait for it", async () => {
+    const g = new CrashGuard();
     const log: string[] = [];
-    const s1 = (await g.enter(false, signal))!;
-    const s2 = (await g.enter(false, signal))!;
-    const alone = g.enter(true, signal).then((release) => {
-      log.push("alone");
-      return release!;
-    });
-    const late = g.enter(false, signal).then((release) => {
-      log.push("late");
-      return release!;
-    });
+    const s1 = (await enter(g, false))!;
+    const s2 = (await enter(g, false))!;
+    const alone = enter(g, true).then((release) => (log.push("alone"), release!));
+    const late = enter(g, false).then((release) => (log.push("late"), release!));
     await tick();
     expect(log).toEqual([]);
     s1();
@@ -43,21 +45,20 @@ describe("crash guard", () => {
     expect(log).toEqual(["alone", "late"]);
   });
 
-  test("two alone attempts run one after the other; a release twice counts once", async () => {
+  test("two alone holders run one after the other; releasing one twice counts once", async () => {
     const g = new CrashGuard();
-    const signal = new AbortController().signal;
-    const a = (await g.enter(true, signal))!;
+    const a = (await enter(g, true))!;
     let bIn = false;
-    const b = g.enter(true, signal).then((r) => ((bIn = true), r!));
+    const b = enter(g, true).then((r) => ((bIn = true), r!));
     await tick();
     expect(bIn).toBe(false);
     a();
     a();
     const releaseB = await b;
     expect(bIn).toBe(true);
-    // The double release of `a` did not let a shared attempt in beside b.
+    // The double release of `a` did not let a shared holder in beside b.
     let sharedIn = false;
-    const s = g.enter(false, signal).then((r) => ((sharedIn = true), r!));
+    const s = enter(g, false).then((r) => ((sharedIn = true), r!));
     await tick();
     expect(sharedIn).toBe(false);
     releaseB();
@@ -66,16 +67,18 @@ describe("crash guard", () => {
 
   test("an abort while waiting resolves undefined and lets the queue behind it go on", async () => {
     const g = new CrashGuard();
-    const running = (await g.enter(false, new AbortController().signal))!;
+    const running = (await enter(g, false))!;
     const ac = new AbortController();
-    const aborted = g.enter(true, ac.signal);
-    const behind = g.enter(false, new AbortController().signal);
+    const aborted = enter(g, true, ac.signal);
+    const behind = enter(g, false);
     ac.abort();
     expect(await aborted).toBeUndefined();
     (await behind)!();
     running();
+    const alone = (await enter(g, true))!;
     const already = new AbortController();
     already.abort();
-    expect(await g.enter(false, already.signal)).toBeUndefined();
+    expect(await enter(g, false, already.signal)).toBeUndefined();
+    alone();
   });
 });
