@@ -3,12 +3,15 @@
 // (a real journal file, the worker's metrics, liveness and GC pacer listening, partition progress
 // through a commit hook). Each stage adds one part, so the differences say what each part costs.
 //
-//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx]
+//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx,guarded]
 //
 // The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
 // kafkajs's fetch and decode on top. `insert` is the handler's INSERT alone through the libsql
 // driver kexo uses, prepared, 4000 to a transaction, without kexo: with decode and kafkajs's own
 // cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
+// `guarded` is `tx` after an unclean stop (src/processing/crash-guard.ts): the first 1000 messages
+// per partition journal each attempt before it runs, the rest take the guard's shared side; with
+// --messages 8000 (8 partitions) every message is tracked.
 import Database from "libsql";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -23,6 +26,7 @@ import { createLogger } from "../src/log.ts";
 import { startGcPacer } from "../src/memory/gc-pacer.ts";
 import { createMetrics } from "../src/metrics/metrics.ts";
 import { decodePayload } from "../src/processing/decode.ts";
+import { CrashGuard } from "../src/processing/crash-guard.ts";
 import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
 import { value } from "./data.ts";
 
@@ -71,7 +75,7 @@ function report(name: string, ms: number): void {
   console.log(`${name.padEnd(44)} ${((ms * 1000) / N).toFixed(2).padStart(6)} µs/msg  ${Math.round(N / (ms / 1000)).toString().padStart(8)} msg/s`);
 }
 
-async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise<void> {
+async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded = false): Promise<void> {
   const handler = handlers[name];
   const dir = mkdtempSync(join(tmpdir(), "kexo-stages-"));
   const bus = new EventBus();
@@ -100,6 +104,7 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise
     const deps: ExecutorDeps = {
       journal, bus, log: createLogger({ level: "warn" }),
       dlq: { publish: () => Promise.reject(new Error("no dead letters in this benchmark")) },
+      guard: guarded ? new CrashGuard() : undefined,
     };
     const signal = new AbortController().signal;
     const t0 = performance.now();
@@ -115,7 +120,7 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[]): Promise
       }
     }));
     await journal.flush();
-    report(`execute(), ${name} handler, journal + listeners`, performance.now() - t0);
+    report(`execute(), ${name} handler, journal + listeners${guarded ? ", guarded" : ""}`, performance.now() - t0);
   } finally {
     stopGc();
     liveness.close();
@@ -155,3 +160,4 @@ if (only.has("insert")) {
 }
 if (only.has("noop")) await stage("noop", msgs);
 if (only.has("tx")) await stage("tx", msgs);
+if (only.has("guarded")) await stage("tx", msgs, true);

@@ -251,6 +251,7 @@ export class Journal {
   #keptAtStart: Set<string> | undefined;
   /** Attempts journaled before they ran and not settled yet (claimAttempt). */
   #claims = new Set<AttemptClaim>();
+  #nextTurn: Promise<void> | undefined;
   /** The worker's journal: close() records a clean stop (meta `run_state`). */
   #worker: boolean;
   /**
@@ -471,7 +472,7 @@ export class Journal {
     this.recordFailedAttempts(handler, at, id, attempt, alone ? 1 : 0);
     this.#claims.add(claim);
     try {
-      await this.commit();
+      await this.commitNextTurn();
     } catch (err) {
       this.#claims.delete(claim);
       throw err;
@@ -488,6 +489,21 @@ export class Journal {
     if (!this.#worker || this.#failed || this.#closed) return;
     for (const claim of [...this.#claims]) claim.settle(false);
     this.setMeta("run_state", "stopped");
+  }
+
+  /**
+   * A COMMIT on the event loop's next turn, shared by the callers until then; resolves once it was
+   * written (maybe before its fsync). Not at once: a message that finished may not have moved its
+   * partition's progress yet (its consumer resumes in a later microtask), and a COMMIT then would
+   * write its completion as a row (see #uncovered).
+   */
+  commitNextTurn(): Promise<void> {
+    return (this.#nextTurn ??= new Promise<void>((resolve, reject) => {
+      setImmediate(() => {
+        this.#nextTurn = undefined;
+        this.commit().then(resolve, reject);
+      });
+    }));
   }
 
   #attemptsAt(handler: string, topic: string, partition: number): Set<string> {

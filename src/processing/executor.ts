@@ -201,7 +201,7 @@ async function executeGuarded(run: Run, guard: CrashGuard, below: boolean): Prom
     // Alone: held until its outcome is COMMITted, so that no later claim shares that COMMIT.
     if (alone && hold.release) {
       const leave = () => hold.leave();
-      run.deps.journal.commit().then(leave, leave);
+      run.deps.journal.commitNextTurn().then(leave, leave);
     } else hold.leave();
   }
 }
