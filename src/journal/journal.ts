@@ -35,6 +35,10 @@
 //   durable() waiters, journal.committed) only after WalSync fsynced the WAL, off the JS thread
 //   (see wal-sync.ts). Until then nothing outside the journal learns of it: no Kafka offset, no
 //   outbox publish (journal.committed carries the outbox's committed seq, not a later read).
+// - The worker's journal is `run_state = running` in kexo_meta from its open until markStopped()
+//   after a drain; found so at open, the last worker died (uncleanStart) and the crash guard runs
+//   (processing/crash-guard.ts). Its claims (attempts journaled before they run) are COMMITted, not
+//   fsynced: they guard against the process's death, which leaves the page cache intact.
 import { mkdirSync, realpathSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "libsql";
