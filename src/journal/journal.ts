@@ -134,7 +134,7 @@ export interface JournalOptions {
   maxPendingWrites?: number;
   /**
    * Opened by the worker that consumes with it (not by a CLI command reading it): marks the
-   * journal as in use until close(), so the next open can tell a clean stop from a crash
+   * journal as in use until markStopped(), so the next open can tell a clean stop from a crash
    * (uncleanStart).
    */
   worker?: boolean;
@@ -251,16 +251,17 @@ export class Journal {
    * rows are few (deliveries being retried), and so are the partitions that have any.
    */
   #attemptOffsets = new PerPartition<Set<string>>();
-  /** Deliveries with a kexo_retries row at an unclean start (`handler\0topic\0partition\0offset`). */
-  #keptAtStart: Set<string> | undefined;
+  /** After an unclean start: offsets that had a kexo_retries row then, as #attemptOffsets. */
+  #keptAtStart: PerPartition<Set<string>> | undefined;
   /** Attempts journaled before they ran and not settled yet (claimAttempt). */
   #claims = new Set<AttemptClaim>();
   #nextTurn: Promise<void> | undefined;
-  /** The worker's journal: close() records a clean stop (meta `run_state`). */
+  /** The worker's journal: markStopped() records a clean stop (meta `run_state`). */
   #worker: boolean;
   /**
-   * The last worker on this journal did not close it: killed (SIGKILL, out of memory), crashed,
-   * or stopped by a second signal. Messages it was running may have been what killed it.
+   * The last worker on this journal did not mark a clean stop: killed (SIGKILL, out of memory),
+   * crashed, stopped by a second signal, or failed to start after such a stop. Messages it was
+   * running may have been what killed it.
    */
   readonly uncleanStart: boolean;
 
@@ -290,7 +291,10 @@ export class Journal {
     for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
     this.uncleanStart = this.#worker && this.getMeta("run_state") === "running";
-    if (this.uncleanStart) this.#keptAtStart = new Set(rows.map((r) => `${r.handler}\0${r.topic}\0${r.partition}\0${r.o}`));
+    if (this.uncleanStart) {
+      const kept = (this.#keptAtStart = new PerPartition());
+      for (const r of rows) (kept.get(r.handler, r.topic, r.partition) ?? kept.add(r.handler, r.topic, r.partition, new Set())).add(r.o);
+    }
     // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
     // No fsync needed for that: a dead process's writes stay in the page cache.
     if (this.#worker) this.#s.metaSet.run("run_state", "running");
@@ -455,7 +459,7 @@ export class Journal {
    * was opened, some maybe cut by the process's death (see processing/crash-guard.ts).
    */
   keptAtStart(handler: string, at: Delivery): boolean {
-    return this.#keptAtStart?.has(`${handler}\0${at.topic}\0${at.partition}\0${at.offset}`) === true;
+    return this.#keptAtStart?.get(handler, at.topic, at.partition)?.has(at.offset) === true;
   }
 
   /**

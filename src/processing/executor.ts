@@ -239,6 +239,12 @@ class Run {
     this.attemptsKept = pending !== undefined;
   }
 
+  /** `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting. */
+  recordFailedAttempts(id: string, attempts: number): void {
+    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts);
+    this.attemptsKept = true;
+  }
+
   /**
    * Drops the journal's count of failed attempts of this delivery, if it may have one (`always`:
    * whether or not this run knows of one). Called before the write that records the outcome (see
@@ -476,8 +482,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
       attempt, nextAttemptInMs: delay, error: failed,
     });
-    journal.recordFailedAttempts(handler.name, message, id, attempt);
-    run.attemptsKept = true;
+    run.recordFailedAttempts(id, attempt);
     run.report(id, "retried");
     const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
     if (w !== "continue") return w;
@@ -608,8 +613,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
     deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
     block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason} (deadLetter: false, retrying): ${error}`);
-    deps.journal.recordFailedAttempts(handler.name, message, id, attempts);
-    run.attemptsKept = true;
+    run.recordFailedAttempts(id, attempts);
     run.report(id, "retried");
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;
