@@ -84,7 +84,7 @@ export class Worker {
 
   static async start(opts: WorkerOptions): Promise<Worker> {
     const bus = opts.bus ?? new EventBus();
-    const journal = Journal.open({ url: opts.db, bus, worker: true });
+    const journal = Journal.open({ url: opts.db, bus, worker: true, instance: opts.kafka.clientId });
     if (journal.uncleanStart) {
       opts.log.warn("kexo did not stop cleanly last time (killed or crashed): the first messages of each partition journal each attempt " +
         "before it starts, and messages that were running then run alone, so that one the process does not survive is dead-lettered " +

@@ -6,6 +6,7 @@ import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { countRows, queryRows } from "./support/db.ts";
+import { startSqld, sqldSupported } from "./support/sqld.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess } from "./support/worker.ts";
@@ -96,6 +97,28 @@ test("kexo run with run-time handlers: every message's effects exactly once acro
   expect(dupes).toEqual([]);
   expect(queryRows<{ n: number }>(db, "SELECT count(DISTINCT n) AS n FROM effects")[0]?.n).toBe(COUNT);
   expect(countRows(db, "kexo_messages")).toBe(COUNT);
+}, 180_000);
+
+// The remote journal's connection thread is a second entrypoint inside the binary (see
+// src/build/compile.ts): the binary must find it in its own embedded files.
+test.skipIf(!sqldSupported)("kexo run with --db on a libSQL server: the journal and the effects are on the server", async () => {
+  const sqld = await startSqld();
+  // Its own handler name, so its own group: the topic is read from the start again.
+  mkdirSync(join(app, "remote-handlers"));
+  writeFileSync(join(app, "remote-handlers", "remote.ts"), HANDLER);
+  try {
+    const run = binary(["run", "--brokers", broker.brokers, "--handlers", "./remote-handlers", "--db", sqld.url, "--http", "127.0.0.1:0", "--client-id", "bin"]);
+    await run.waitJoined();
+    const c = sqld.client();
+    const count = async () => Number((await c.execute("SELECT count(DISTINCT n) AS n FROM effects").catch(() => ({ rows: [{ n: 0 }] }))).rows[0]!.n);
+    await waitUntil("all effects on the server", async () => (await count()) >= COUNT || undefined, { timeoutMs: 90_000 });
+    run.kill("SIGTERM");
+    expect(await run.exited()).toBe(0);
+    expect(Number((await c.execute("SELECT count(*) AS n FROM effects")).rows[0]!.n)).toBe(COUNT);
+    expect((await c.execute("SELECT value FROM kexo_meta WHERE key = 'run_state@bin'")).rows[0]?.value).toBe("stopped");
+  } finally {
+    await sqld.close();
+  }
 }, 180_000);
 
 test("kexo dev --demo runs the compiled-in handlers on the embedded broker", async () => {

@@ -1,10 +1,10 @@
 // The @libsql/client-shaped `db` that handlers get in setup() and ctx.tx(), over the journal's
 // synchronous libsql connection (same engine, one connection, so tx writes join the journal's
 // transaction).
-import type Database from "libsql";
+import type { SqlConnection, SqlStatement } from "./remote.ts";
 import type { HandlerDb, InStatement, ResultSet } from "../index.ts";
 
-type Conn = InstanceType<typeof Database>;
+type Conn = SqlConnection;
 interface Stmt {
   /** A native getter on the driver's statement: read once, kept in `isReader`. */
   reader: boolean;

@@ -50,10 +50,11 @@ import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 import { defaultMessageId } from "../processing/decode.ts";
+import { isRemoteUrl, parseRemoteUrl, RemoteConnection, type SqlConnection } from "./remote.ts";
 import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 import { WalSync } from "./wal-sync.ts";
 
-type Conn = InstanceType<typeof Database>;
+type Conn = SqlConnection;
 
 /** How long a failed-attempts row no retry updated is kept (see kexo_retries in schema.ts). */
 const ATTEMPTS_KEPT_MS = 7 * 24 * 3600 * 1000;
@@ -138,6 +139,11 @@ export interface JournalOptions {
    * (uncleanStart).
    */
   worker?: boolean;
+  /**
+   * This instance's name (its client id). In a shared journal (a libSQL server) it keys the meta
+   * rows that belong to one instance: its run state and its consumers' member ids.
+   */
+  instance?: string;
 }
 
 /** An attempt journaled before it ran (Journal.claimAttempt). */
@@ -189,13 +195,10 @@ interface Ticket {
   waiters: Waiter[];
 }
 
+/** The file a file: URL names (`:memory:` for memory); a remote URL's display form (no token). */
 export function journalPath(url: string): string {
   if (url === ":memory:" || url === "file::memory:") return ":memory:";
-  if (/^(libsql|https?|wss?):\/\//.test(url)) {
-    throw new ConfigError([
-      { path: "db", message: `remote journal ${url.split("?")[0]} is not supported by this build; use file:PATH` },
-    ]);
-  }
+  if (isRemoteUrl(url)) return parseRemoteUrl(url).display;
   if (!url.startsWith("file:")) {
     throw new ConfigError([{ path: "db", message: `expected file:PATH, file:///ABSOLUTE/PATH or :memory:, got "${url}"` }]);
   }
@@ -264,9 +267,17 @@ export class Journal {
    * running may have been what killed it.
    */
   readonly uncleanStart: boolean;
+  /**
+   * On a libSQL server that other instances may share: partitions that move here may carry their
+   * records (see assigned()), and per-instance meta is keyed by `instance` (localKey()).
+   */
+  readonly shared: boolean;
+  #instance: string | undefined;
 
-  private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined) {
+  private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined, shared: boolean) {
     this.path = path;
+    this.shared = shared;
+    this.#instance = opts.instance;
     this.#conn = conn;
     this.#walSync = walSync;
     walSync?.onError((err) => this.#fail(err));
@@ -290,28 +301,35 @@ export class Journal {
       { handler: string; topic: string; partition: number; o: string }[];
     for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
-    this.uncleanStart = this.#worker && this.getMeta("run_state") === "running";
+    this.uncleanStart = this.#worker && this.getMeta(this.localKey("run_state")) === "running";
     if (this.uncleanStart) {
       const kept = (this.#keptAtStart = new PerPartition());
       for (const r of rows) (kept.get(r.handler, r.topic, r.partition) ?? kept.add(r.handler, r.topic, r.partition, new Set())).add(r.o);
     }
     // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
     // No fsync needed for that: a dead process's writes stay in the page cache.
-    if (this.#worker) this.#s.metaSet.run("run_state", "running");
+    if (this.#worker) this.#s.metaSet.run(this.localKey("run_state"), "running");
   }
 
   static open(opts: JournalOptions): Journal {
-    const path = journalPath(opts.url);
-    let conn: Conn;
+    const remote = isRemoteUrl(opts.url) ? parseRemoteUrl(opts.url) : undefined;
+    const path = remote ? remote.display : journalPath(opts.url);
+    let conn: Conn | undefined;
     let walSync: WalSync | undefined;
     try {
-      if (path !== ":memory:") mkdirSync(dirname(resolve(path)), { recursive: true });
-      conn = new Database(path);
-      conn.exec("PRAGMA busy_timeout = 10000");
-      const mode = path === ":memory:" ? undefined : (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode: string } | undefined)?.journal_mode;
-      // A committed journal row must survive power loss, because Kafka offsets follow it: in WAL
-      // mode WalSync fsyncs before anything is acknowledged (see top); otherwise COMMIT does.
-      conn.exec(`PRAGMA synchronous = ${mode === "wal" ? "NORMAL" : "FULL"}`);
+      let mode: string | undefined;
+      if (remote) {
+        // The server owns durability: its COMMIT answers once the write is its own to keep.
+        conn = new RemoteConnection(remote);
+      } else {
+        if (path !== ":memory:") mkdirSync(dirname(resolve(path)), { recursive: true });
+        conn = new Database(path) as unknown as Conn;
+        conn.exec("PRAGMA busy_timeout = 10000");
+        mode = path === ":memory:" ? undefined : (conn.prepare("PRAGMA journal_mode = WAL").get() as { journal_mode: string } | undefined)?.journal_mode;
+        // A committed journal row must survive power loss, because Kafka offsets follow it: in WAL
+        // mode WalSync fsyncs before anything is acknowledged (see top); otherwise COMMIT does.
+        conn.exec(`PRAGMA synchronous = ${mode === "wal" ? "NORMAL" : "FULL"}`);
+      }
       conn.exec(SCHEMA);
       const row = conn.prepare("SELECT value FROM kexo_meta WHERE key = 'schema_version'").get() as
         | { value: string }
@@ -338,14 +356,17 @@ export class Journal {
         walSync.syncNow();
       }
     } catch (err) {
+      if (remote) conn?.close();
       if (err instanceof KexoError) throw err;
       throw new KexoError(
         "journal_unavailable",
-        `cannot open journal ${path}: ${(err as Error).message}; check the --db path and its permissions`,
+        remote
+          ? `cannot open journal on the libSQL server ${path}: ${(err as Error).message}; check --db, that the server is up, and its auth token (authToken= in the URL or KEXO_DB_AUTH_TOKEN)`
+          : `cannot open journal ${path}: ${(err as Error).message}; check the --db path and its permissions`,
         { exitCode: ExitCode.unavailable, cause: err },
       );
     }
-    return new Journal(path, conn, opts, walSync);
+    return new Journal(path, conn, opts, walSync, remote !== undefined);
   }
 
   // ---- reads (see committed and pending writes of this connection) ----
@@ -403,6 +424,29 @@ export class Journal {
     e.next = at + 1;
     e.dirty = true;
     return true;
+  }
+
+  /** A meta key of this instance's own: suffixed with its name in a shared journal. */
+  localKey(key: string): string {
+    return this.shared && this.#instance ? `${key}@${this.#instance}` : key;
+  }
+
+  /**
+   * A partition was assigned to `handler`'s consumer. In a shared journal another instance may have
+   * handled it since this one last did: what is cached of it is read again. The started offset only
+   * grows (a higher one means more lookups, never fewer), and failed attempts recorded elsewhere
+   * join the offsets to look up. A file journal has no other writer.
+   */
+  assigned(handler: string, topic: string, partition: number): void {
+    if (!this.shared) return;
+    const e = this.#started?.get(handler, topic, partition);
+    if (e) {
+      const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
+      if (row && Number(row.next_offset) > e.next) e.next = Number(row.next_offset);
+    }
+    const rows = this.#conn.prepare('SELECT CAST("offset" AS TEXT) AS o FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ?')
+      .all(handler, topic, partition) as { o: string }[];
+    for (const r of rows) this.#attemptsAt(handler, topic, partition).add(r.o);
   }
 
   progress(groupId: string): Map<string, bigint> {
@@ -496,7 +540,7 @@ export class Journal {
   markStopped(): void {
     if (!this.#worker || this.#failed || this.#closed) return;
     for (const claim of [...this.#claims]) claim.settle(false);
-    this.setMeta("run_state", "stopped");
+    this.setMeta(this.localKey("run_state"), "stopped");
   }
 
   /**

@@ -1,9 +1,9 @@
 // Many rows in one INSERT statement: for small rows the driver's per-statement cost (≈ 4 µs) is
 // most of the work, so group-committed rows are written in chunks at COMMIT time.
-import type Database from "libsql";
+import type { SqlConnection, SqlStatement } from "./remote.ts";
 
-type Conn = InstanceType<typeof Database>;
-type Stmt = ReturnType<Conn["prepare"]>;
+type Conn = SqlConnection;
+type Stmt = SqlStatement;
 
 const CHUNK = 64;
 

