@@ -8,6 +8,7 @@ type Conn = SqlConnection;
 interface Stmt {
   /** A native getter on the driver's statement: read once, kept in `isReader`. */
   reader: boolean;
+  execute?: SqlStatement["execute"];
   isReader?: boolean;
   /** Changes data: not a reader, or a reader through RETURNING (see Redo). */
   writes?: boolean;
@@ -102,6 +103,13 @@ function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement, redo:
   const prepared = prepare(conn, cache, sql);
   // Positional (array) or named (object), handed to the driver as one argument: no spread.
   const params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
+  if (prepared.execute) {
+    // A remote statement: one round trip says both, so nothing rests on guessing a reader. A
+    // shared journal undoes with savepoints, never by redo (journal.ts), but the log stays whole.
+    const r = prepared.execute(params);
+    if (redo) redo.push(new RunRedo(prepared, sql, snapshot(params), r.changes, r.lastInsertRowid));
+    return { columns: r.columns, rows: r.rows, rowsAffected: r.changes, lastInsertRowid: BigInt(r.lastInsertRowid) };
+  }
   if (prepared.isReader) {
     const rows = prepared.all(params) as Record<string, unknown>[];
     if (redo && prepared.writes) {
@@ -155,19 +163,26 @@ export function createHandlerDb(conn: Conn, redoLog: () => Redo[] | undefined = 
   return {
     execute: async (stmt) => toResult(conn, cache, stmt, redoLog()),
     batch: async (stmts) => {
+      // Outside a transaction (setup()), a transaction of its own: a remote connection runs a
+      // SAVEPOINT outside one on a stream of its own, gone by the next statement.
+      const own = !conn.inTransaction;
       const sp = `kexo_batch_${depth++}`;
       const log = redoLog();
       // A failed batch leaves nothing to redo: its statements join the log only once it is released.
       const mine: Redo[] | undefined = log ? [] : undefined;
-      conn.exec(`SAVEPOINT ${sp}`);
+      conn.exec(own ? "BEGIN IMMEDIATE" : `SAVEPOINT ${sp}`);
       try {
         const out = stmts.map((s) => toResult(conn, cache, s, mine));
-        conn.exec(`RELEASE ${sp}`);
+        conn.exec(own ? "COMMIT" : `RELEASE ${sp}`);
         if (log && mine) log.push(...mine);
         return out;
       } catch (err) {
-        conn.exec(`ROLLBACK TO ${sp}`);
-        conn.exec(`RELEASE ${sp}`);
+        if (own) {
+          if (conn.inTransaction) conn.exec("ROLLBACK");
+        } else {
+          conn.exec(`ROLLBACK TO ${sp}`);
+          conn.exec(`RELEASE ${sp}`);
+        }
         throw err;
       } finally {
         depth--;

@@ -286,7 +286,9 @@ export class Journal {
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
     this.handlerDb = createHandlerDb(conn, () => (this.#inTx ? this.#redo : undefined));
-    this.#alwaysSavepoint = this.getMeta("tx_undo") === "savepoint";
+    // Shared: #undoTx's ROLLBACK would let another instance write between it and the redo, which
+    // replays writes computed from reads made before.
+    this.#alwaysSavepoint = shared || this.getMeta("tx_undo") === "savepoint";
     this.#insertDone = createMultiInsert(
       conn,
       `INSERT OR REPLACE INTO kexo_messages (handler, id, status, topic, partition, "offset", attempts, result, error, finished_at)`,
@@ -343,7 +345,13 @@ export class Journal {
       }
       for (const [table, column, definition] of ADDED_COLUMNS) {
         const columns = conn.prepare(`PRAGMA table_info(${table})`).all() as { name: string }[];
-        if (!columns.some((c) => c.name === column)) conn.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+        if (columns.some((c) => c.name === column)) continue;
+        try {
+          conn.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${definition}`);
+        } catch (err) {
+          // Another instance on a shared journal added it meanwhile.
+          if (!/duplicate column/i.test((err as Error).message)) throw err;
+        }
       }
       conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('schema_version', ?)").run(
         String(SCHEMA_VERSION),

@@ -31,6 +31,8 @@ export interface RemoteRequest {
 export interface RemoteReply {
   id: number;
   ok: boolean;
+  /** The failure ended the open transaction (see remote-worker.ts `lost`): the connection is done. */
+  broken?: boolean;
   columns?: string[];
   rows?: Record<string, unknown>[];
   changes?: number;
@@ -48,6 +50,8 @@ export interface SqlConnection {
 
 export interface SqlStatement {
   readonly reader: boolean;
+  /** A remote statement's one round trip giving rows and changes alike (RemoteStatement). */
+  execute?(params: unknown[] | Record<string, unknown>): { columns: string[]; rows: Record<string, unknown>[]; changes: number; lastInsertRowid: number | bigint };
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
   all(...params: unknown[]): unknown[];
   get(...params: unknown[]): unknown;
@@ -100,8 +104,20 @@ function workerModule(): URL {
   return new URL(compiled ? `./${REMOTE_WORKER_FILE}` : "./remote-worker.ts", import.meta.url);
 }
 
-/** How long one statement may take before the connection counts as lost. */
-const ANSWER_TIMEOUT_MS = 60_000;
+/** How long the worker thread may take to load before the first statement fails. */
+const THREAD_START_TIMEOUT_MS = 10_000;
+
+/**
+ * How long one statement may take before the connection counts as lost. Above sqld's 5 s
+ * transaction timeout (a writer waits at most that long for the lock), and as short as that allows:
+ * the JS thread waits, heartbeats included.
+ */
+const ANSWER_TIMEOUT_MS = 15_000;
+
+/** The worker thread's state, in the shared flag's second slot. */
+export const THREAD_STARTING = 0;
+export const THREAD_READY = 1;
+export const THREAD_DEAD = 2;
 
 export class RemoteConnection implements SqlConnection {
   readonly target: RemoteTarget;
@@ -112,10 +128,11 @@ export class RemoteConnection implements SqlConnection {
   #inTx = false;
   #broken: Error | undefined;
   #closed = false;
+  #started: number;
 
   constructor(target: RemoteTarget) {
     this.target = target;
-    const flag = new SharedArrayBuffer(4);
+    const flag = new SharedArrayBuffer(8);
     this.#wake = new Int32Array(flag);
     const { port1, port2 } = new MessageChannel();
     this.#port = port1 as unknown as MessagePort;
@@ -125,8 +142,10 @@ export class RemoteConnection implements SqlConnection {
     });
     // The worker holds the process open only while a request runs (the JS thread waits then).
     this.#worker.unref();
-    // Nothing answers a statement if the thread died: the next call times out and says why.
-    this.#worker.on("error", (err: Error) => (this.#broken ??= new Error(`journal connection thread failed: ${err.message}`)));
+    // While the JS thread waits, no event reaches it: the worker reports its death in the flag
+    // (remote-worker.ts); this catches one outside a wait.
+    this.#worker.on("error", (err: Error) => (this.#broken ??= new Error(`the journal's connection thread failed: ${err.message}`)));
+    this.#started = performance.now();
   }
 
   get inTransaction(): boolean {
@@ -143,7 +162,15 @@ export class RemoteConnection implements SqlConnection {
     for (;;) {
       const seen = Atomics.load(this.#wake, 0);
       if (seen === id) break;
-      const left = deadline - performance.now();
+      const state = Atomics.load(this.#wake, 1);
+      const now = performance.now();
+      if (state === THREAD_DEAD) {
+        throw (this.#broken ??= new Error("the journal's connection thread failed (its error is on stderr); kexo stops, and a restart opens a new connection"));
+      }
+      if (state === THREAD_STARTING && now - this.#started > THREAD_START_TIMEOUT_MS) {
+        throw (this.#broken ??= new Error(`the journal's connection thread did not start within ${THREAD_START_TIMEOUT_MS / 1000} s`));
+      }
+      const left = deadline - now;
       if (left <= 0 || this.#broken) {
         this.#broken ??= new Error(
           `the libSQL server at ${this.target.display} did not answer within ${ANSWER_TIMEOUT_MS / 1000} s (${op}${sql ? ` ${sql.slice(0, 60)}` : ""}); check the server and the network`,
@@ -157,8 +184,10 @@ export class RemoteConnection implements SqlConnection {
       if (!got) throw (this.#broken = new Error("journal connection lost its reply"));
       const reply = got.message;
       if (reply.id !== id) continue;
-      if (!reply.ok) throw remoteError(reply.error!, this.target.display);
-      return reply;
+      if (reply.ok) return reply;
+      const err = remoteError(reply.error!, this.target.display);
+      if (reply.broken) this.#broken = err;
+      throw err;
     }
   }
 
@@ -211,6 +240,16 @@ class RemoteStatement implements SqlStatement {
     const reply = this.#conn.call("execute", this.#sql, bindOf(params));
     this.#columns = reply.columns ?? [];
     return reply;
+  }
+
+  /**
+   * Rows and changes of one run, whatever the statement is: `reader` is a guess from the SQL's
+   * first word, which handlers' statements must not depend on (handler-db.ts uses this).
+   */
+  execute(params: unknown[] | Record<string, unknown>): { columns: string[]; rows: Record<string, unknown>[]; changes: number; lastInsertRowid: number | bigint } {
+    const r = this.#conn.call("execute", this.#sql, params);
+    this.#columns = r.columns ?? [];
+    return { columns: this.#columns, rows: r.rows ?? [], changes: r.changes ?? 0, lastInsertRowid: r.lastInsertRowid ?? 0 };
   }
 
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint } {

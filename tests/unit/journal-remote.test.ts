@@ -60,6 +60,42 @@ describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
     await other.close();
   });
 
+  test("handler statements: results whatever their first word; a batch outside a transaction is one", async () => {
+    const j = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
+    await j.handlerDb.execute("CREATE TABLE IF NOT EXISTS hb (k TEXT PRIMARY KEY)");
+    // setup()'s batch: all or nothing, and its error is the statement's.
+    await j.handlerDb.batch([{ sql: "INSERT INTO hb VALUES (?)", args: ["x"] }, { sql: "INSERT INTO hb VALUES (?)", args: ["y"] }]);
+    const bad = j.handlerDb.batch([{ sql: "INSERT INTO hb VALUES (?)", args: ["z"] }, { sql: "INSERT INTO hb VALUES (?)", args: ["x"] }]);
+    await expect(bad).rejects.toThrow(/UNIQUE/);
+    const keys = await j.handlerDb.execute("SELECT k FROM hb ORDER BY k");
+    expect(keys.rows.map((r) => r.k)).toEqual(["x", "y"]);
+    // A write starting with WITH, a read starting with a comment.
+    const w = await j.runTx("hb", "w1", "tx", (db) => db.execute("WITH v(k) AS (SELECT 'w') INSERT INTO hb SELECT k FROM v"));
+    expect(w.rowsAffected).toBe(1);
+    const r = await j.handlerDb.execute("/* count */ SELECT count(*) AS n FROM hb");
+    expect(r.rows[0]!.n).toBe(3);
+    await j.close();
+  });
+
+  test("a transaction the server takes back: nothing after it runs outside a transaction", async () => {
+    const { RemoteConnection } = await import("../../src/journal/remote.ts");
+    const target = parseRemoteUrl(sqld.url, {});
+    const a = new RemoteConnection(target);
+    const b = new RemoteConnection(target);
+    a.exec("CREATE TABLE IF NOT EXISTS lost (v TEXT)");
+    a.exec("BEGIN IMMEDIATE");
+    a.prepare("INSERT INTO lost VALUES ('a1')").run();
+    // b waits for the write lock; sqld hands it over after its 5 s transaction timeout.
+    b.prepare("INSERT INTO lost VALUES ('b')").run();
+    expect(() => a.prepare("INSERT INTO lost VALUES ('a2')").run()).toThrow();
+    // Without the transaction, this would commit on its own.
+    expect(() => a.prepare("INSERT INTO lost VALUES ('a3')").run()).toThrow();
+    expect(() => a.exec("COMMIT")).toThrow();
+    expect(b.prepare("SELECT v FROM lost ORDER BY v").all()).toEqual([{ v: "b" }]);
+    a.close();
+    b.close();
+  }, 30_000);
+
   test("per-instance meta: each instance's run state is its own in a shared journal", async () => {
     const a = Journal.open({ url: sqld.url, worker: true, instance: "a" });
     const b = Journal.open({ url: sqld.url, worker: true, instance: "b" });
