@@ -6,7 +6,7 @@ import { copyFileSync, mkdirSync, readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { countRows, queryRows } from "./support/db.ts";
-import { startSqld, sqldSupported } from "./support/sqld.ts";
+import { countOn, startSqld, sqldSupported } from "./support/sqld.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess } from "./support/worker.ts";
@@ -110,11 +110,10 @@ test.skipIf(!sqldSupported)("kexo run with --db on a libSQL server: the journal 
     const run = binary(["run", "--brokers", broker.brokers, "--handlers", "./remote-handlers", "--db", sqld.url, "--http", "127.0.0.1:0", "--client-id", "bin"]);
     await run.waitJoined();
     const c = sqld.client();
-    const count = async () => Number((await c.execute("SELECT count(DISTINCT n) AS n FROM effects").catch(() => ({ rows: [{ n: 0 }] }))).rows[0]!.n);
-    await waitUntil("all effects on the server", async () => (await count()) >= COUNT || undefined, { timeoutMs: 90_000 });
+    await waitUntil("all effects on the server", async () => (await countOn(c, "SELECT count(DISTINCT n) AS n FROM effects")) >= COUNT || undefined, { timeoutMs: 90_000 });
     run.kill("SIGTERM");
     expect(await run.exited()).toBe(0);
-    expect(Number((await c.execute("SELECT count(*) AS n FROM effects")).rows[0]!.n)).toBe(COUNT);
+    expect(await countOn(c, "SELECT count(*) AS n FROM effects")).toBe(COUNT);
     expect((await c.execute("SELECT value FROM kexo_meta WHERE key = 'run_state@bin'")).rows[0]?.value).toBe("stopped");
   } finally {
     await sqld.close();

@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { effectsHandler } from "./support/handlers.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
-import { startSqld, sqldSupported, type TestSqld } from "./support/sqld.ts";
+import { countOn, startSqld, sqldSupported, type TestSqld } from "./support/sqld.ts";
 import { tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess } from "./support/worker.ts";
@@ -30,7 +30,7 @@ describe.skipIf(!sqldSupported)("shared journal on a libSQL server", () => {
 
   test("two instances, one SIGKILLed and restarted, one leaving and rejoining: every effect exactly once", async () => {
     const db = sqld.client();
-    const count = async () => Number((await db.execute("SELECT count(*) AS n FROM effects").catch(() => ({ rows: [{ n: 0 }] }))).rows[0]!.n);
+    const count = () => countOn(db, "SELECT count(*) AS n FROM effects");
     const start = (name: string) =>
       new WorkerProcess(["run", "--brokers", broker.brokers, "--handlers", join(dir, "handlers"), "--db", sqld.url, "--http", "127.0.0.1:0", "--client-id", name]);
 
@@ -65,7 +65,7 @@ describe.skipIf(!sqldSupported)("shared journal on a libSQL server", () => {
     expect(await b.exited()).toBe(0);
 
     const twice = (await db.execute("SELECT n, count(*) AS c FROM effects GROUP BY n HAVING c > 1")).rows;
-    const distinct = Number((await db.execute("SELECT count(DISTINCT n) AS n FROM effects")).rows[0]!.n);
+    const distinct = await countOn(db, "SELECT count(DISTINCT n) AS n FROM effects");
     if (twice.length > 0) console.log(`handled twice: ${twice.map((r) => `${r.n}×${r.c}`).join(", ")}`);
     expect(twice.length).toBe(0);
     expect(distinct).toBe(COUNT);

@@ -6,8 +6,8 @@ import type { HandlerDb, InStatement, ResultSet } from "../index.ts";
 
 type Conn = SqlConnection;
 interface Stmt {
-  /** A native getter on the driver's statement: read once, kept in `isReader`. */
-  reader: boolean;
+  /** A native getter on the driver's statement: read once, kept in `isReader`. A remote one has none (execute). */
+  reader?: boolean;
   execute?: SqlStatement["execute"];
   isReader?: boolean;
   /** Changes data: not a reader, or a reader through RETURNING (see Redo). */

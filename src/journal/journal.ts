@@ -452,8 +452,7 @@ export class Journal {
       const row = this.#s.startedGet.get(handler, topic, partition) as { next_offset: number | bigint } | undefined;
       if (row && Number(row.next_offset) > e.next) e.next = Number(row.next_offset);
     }
-    const rows = this.#conn.prepare('SELECT CAST("offset" AS TEXT) AS o FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ?')
-      .all(handler, topic, partition) as { o: string }[];
+    const rows = this.#s.attemptsIn.all(handler, topic, partition) as { o: string }[];
     for (const r of rows) this.#attemptsAt(handler, topic, partition).add(r.o);
   }
 
@@ -1109,6 +1108,7 @@ function prepareAll(conn: Conn) {
        ON CONFLICT (handler, topic, partition, "offset") DO UPDATE SET id = excluded.id, attempts = excluded.attempts,
          deaths = max(kexo_retries.deaths + ?, 0), updated_at = excluded.updated_at`,
     ),
+    attemptsIn: conn.prepare('SELECT CAST("offset" AS TEXT) AS o FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ?'),
     attemptsDelete: conn.prepare('DELETE FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
     metaSet: conn.prepare("INSERT OR REPLACE INTO kexo_meta (key, value) VALUES (?, ?)"),
     metaDelete: conn.prepare("DELETE FROM kexo_meta WHERE key = ?"),

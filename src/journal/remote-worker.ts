@@ -3,7 +3,7 @@
 // failed statement fails alone; the transaction stays open), and answers each request of the
 // JS thread on its port, then wakes it through the shared flag.
 import { createClient, type Client, type InArgs, type ResultSet, type Transaction } from "@libsql/client";
-import { type MessagePort, parentPort, workerData } from "node:worker_threads";
+import { type MessagePort, workerData } from "node:worker_threads";
 import { type RemoteReply, type RemoteRequest, THREAD_DEAD, THREAD_READY } from "./remote.ts";
 
 interface Init {
@@ -18,12 +18,6 @@ const { url, authToken, port, flag } = workerData as Init;
 const wake = new Int32Array(flag);
 let client: Client | undefined;
 let tx: Transaction | undefined;
-/**
- * The open transaction ended without a COMMIT or ROLLBACK of ours: the server took it back (a
- * writer waited longer than its transaction timeout) or its stream broke. Statements after that
- * would run outside any transaction, so every request fails until the journal rolls back.
- */
-let lost: string | undefined;
 
 /** Integers as numbers while exact, else as BigInt (the embedded driver would round them). */
 function plain(v: unknown): unknown {
@@ -53,9 +47,6 @@ function argsOf(args: RemoteRequest["args"]): InArgs {
 
 async function answer(req: RemoteRequest): Promise<RemoteReply> {
   client ??= createClient({ url, authToken, intMode: "bigint" });
-  if (lost !== undefined && req.op !== "rollback" && req.op !== "close") {
-    throw Object.assign(new Error(`the journal's transaction was lost (${lost}); nothing of it was committed`), { code: "TRANSACTION_LOST" });
-  }
   switch (req.op) {
     case "begin":
       if (tx) throw Object.assign(new Error("cannot start a transaction within a transaction"), { code: "SQLITE_ERROR" });
@@ -65,11 +56,6 @@ async function answer(req: RemoteRequest): Promise<RemoteReply> {
     case "rollback": {
       const open = tx;
       tx = undefined;
-      if (lost !== undefined) {
-        lost = undefined;
-        open?.close();
-        return { id: req.id, ok: true };
-      }
       if (!open) throw Object.assign(new Error(`cannot ${req.op} - no transaction is active`), { code: "SQLITE_ERROR" });
       await (req.op === "commit" ? open.commit() : open.rollback());
       return { id: req.id, ok: true };
@@ -102,13 +88,10 @@ port.on("message", (req: RemoteRequest) => {
       const e = err as { message?: string; code?: string; cause?: { message?: string } };
       const message = e.message ?? String(err);
       // A statement SQLite refused (a constraint, bad SQL) fails alone and the transaction stays
-      // open. Anything else inside one (the server's transaction timeout, a broken stream, the
-      // network) leaves no transaction to trust.
-      let broken = false;
-      if (tx && req.op !== "commit" && req.op !== "rollback" && e.code !== "TRANSACTION_LOST" && !/^SQLITE_/.test(e.code ?? "")) {
-        lost = `${e.code ?? "error"}: ${message}`;
-        broken = true;
-      }
+      // open. Anything else inside one (the server took it back after its transaction timeout, a
+      // broken stream, the network) leaves no transaction: statements after it would commit on
+      // their own, so the connection is broken and sends nothing more (RemoteConnection.call).
+      const broken = tx !== undefined && req.op !== "commit" && req.op !== "rollback" && !/^SQLITE_/.test(e.code ?? "");
       // A failed COMMIT leaves no transaction behind.
       if (req.op === "commit") tx = undefined;
       return { id: req.id, ok: false, broken, error: { message, code: e.code, cause: e.cause?.message } };
@@ -133,4 +116,3 @@ process.on("uncaughtException", dead);
 process.on("unhandledRejection", dead);
 Atomics.store(wake, 1, THREAD_READY);
 Atomics.notify(wake, 0);
-parentPort?.postMessage("ready");

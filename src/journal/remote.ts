@@ -49,7 +49,6 @@ export interface SqlConnection {
 }
 
 export interface SqlStatement {
-  readonly reader: boolean;
   /** A remote statement's one round trip giving rows and changes alike (RemoteStatement). */
   execute?(params: unknown[] | Record<string, unknown>): { columns: string[]; rows: Record<string, unknown>[]; changes: number; lastInsertRowid: number | bigint };
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint };
@@ -224,7 +223,6 @@ export class RemoteConnection implements SqlConnection {
 }
 
 class RemoteStatement implements SqlStatement {
-  readonly reader: boolean;
   #conn: RemoteConnection;
   #sql: string;
   #columns: string[] = [];
@@ -232,19 +230,11 @@ class RemoteStatement implements SqlStatement {
   constructor(conn: RemoteConnection, sql: string) {
     this.#conn = conn;
     this.#sql = sql;
-    // The driver asks SQLite; without a round trip, the statement's first word (and RETURNING) says it.
-    this.reader = /^\s*(select|with|values|pragma|explain)\b/i.test(sql) || /\breturning\b/i.test(sql);
-  }
-
-  #run(params: unknown[]): RemoteReply {
-    const reply = this.#conn.call("execute", this.#sql, bindOf(params));
-    this.#columns = reply.columns ?? [];
-    return reply;
   }
 
   /**
-   * Rows and changes of one run, whatever the statement is: `reader` is a guess from the SQL's
-   * first word, which handlers' statements must not depend on (handler-db.ts uses this).
+   * Rows and changes of one run, whatever the statement is. No `reader` as the driver has one:
+   * that is SQLite's answer, and here it would be a guess from the SQL (handler-db.ts uses this).
    */
   execute(params: unknown[] | Record<string, unknown>): { columns: string[]; rows: Record<string, unknown>[]; changes: number; lastInsertRowid: number | bigint } {
     const r = this.#conn.call("execute", this.#sql, params);
@@ -253,16 +243,15 @@ class RemoteStatement implements SqlStatement {
   }
 
   run(...params: unknown[]): { changes: number; lastInsertRowid: number | bigint } {
-    const r = this.#run(params);
-    return { changes: r.changes ?? 0, lastInsertRowid: r.lastInsertRowid ?? 0 };
+    return this.execute(bindOf(params));
   }
 
   all(...params: unknown[]): unknown[] {
-    return this.#run(params).rows ?? [];
+    return this.execute(bindOf(params)).rows;
   }
 
   get(...params: unknown[]): unknown {
-    return this.#run(params).rows?.[0];
+    return this.execute(bindOf(params)).rows[0];
   }
 
   columns(): { name: string }[] {

@@ -60,3 +60,9 @@ export async function startSqld(): Promise<TestSqld> {
     },
   };
 }
+
+/** The number `sql` (a `SELECT count(…) AS n …`) returns on the server, or 0 while its table is missing. */
+export async function countOn(client: Client, sql: string): Promise<number> {
+  const rs = await client.execute(sql).catch(() => undefined);
+  return Number(rs?.rows[0]?.n ?? 0);
+}
