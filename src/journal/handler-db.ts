@@ -2,7 +2,7 @@
 // synchronous libsql connection (same engine, one connection, so tx writes join the journal's
 // transaction).
 import type { SqlConnection, SqlStatement } from "./remote.ts";
-import type { HandlerDb, InStatement, ResultSet } from "../index.ts";
+import type { HandlerDb, InStatement, InValue, ResultSet } from "../index.ts";
 
 type Conn = SqlConnection;
 interface Stmt {
@@ -12,6 +12,8 @@ interface Stmt {
   isReader?: boolean;
   /** Changes data: not a reader, or a reader through RETURNING (see Redo). */
   writes?: boolean;
+  /** BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE: refused inside the journal's transaction. */
+  control?: boolean;
   /** Called with one argument, the driver binds it as is: an array positionally, an object by name. */
   all(params: unknown): unknown[];
   run(params: unknown): { changes: number; lastInsertRowid: number | bigint };
@@ -71,9 +73,39 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
     prepared.writes = !prepared.isReader || /\breturning\b/i.test(sql);
+    prepared.control = TX_CONTROL.has(firstKeyword(sql));
     cache.set(sql, prepared);
   }
   return prepared;
+}
+
+const TX_CONTROL = new Set(["begin", "commit", "end", "rollback", "savepoint", "release"]);
+
+/** The statement's first keyword, lower case, past whitespace and comments: what SQLite parses it as. */
+export function firstKeyword(sql: string): string {
+  let i = 0;
+  for (;;) {
+    while (i < sql.length && /\s/.test(sql[i]!)) i++;
+    if (sql.startsWith("--", i)) {
+      const nl = sql.indexOf("\n", i);
+      i = nl < 0 ? sql.length : nl + 1;
+    } else if (sql.startsWith("/*", i)) {
+      const end = sql.indexOf("*/", i + 2);
+      i = end < 0 ? sql.length : end + 2;
+    } else break;
+  }
+  return /^[a-z]*/i.exec(sql.slice(i))![0].toLowerCase();
+}
+
+/**
+ * The journal's transaction as handler statements see it. `lost` is set when SQLite ended it
+ * under one of them (INSERT OR ROLLBACK, RAISE(ROLLBACK), a full disk): every later statement
+ * would commit on its own, without its record, so they fail until the journal begins anew.
+ */
+export interface JournalTx {
+  /** Where statements that changed data go while the journal's transaction is open; undefined outside one (setup()). */
+  redoLog(): Redo[] | undefined;
+  lost: Error | undefined;
 }
 
 /** A bound value as it is now: blobs are copied (Buffer's slice() is a view). */
@@ -97,10 +129,7 @@ function snapshot(params: unknown[] | Record<string, unknown>): unknown[] | Reco
 
 const NO_ARGS: readonly unknown[] = Object.freeze([]);
 
-function toResult(conn: Conn, cache: Map<string, Stmt>, stmt: InStatement, redo: Redo[] | undefined): ResultSet {
-  const sql = typeof stmt === "string" ? stmt : stmt.sql;
-  const args = typeof stmt === "string" ? undefined : stmt.args;
-  const prepared = prepare(conn, cache, sql);
+function toResult(prepared: Stmt, sql: string, args: InValue[] | Record<string, InValue> | undefined, redo: Redo[] | undefined): ResultSet {
   // Positional (array) or named (object), handed to the driver as one argument: no spread.
   const params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
   if (prepared.execute) {
@@ -152,34 +181,64 @@ function sameRows(a: Record<string, unknown>[], b: Record<string, unknown>[]): b
   return true;
 }
 
+function refuseControl(sql: string): Error {
+  return new Error(
+    `ctx.tx runs inside kexo's transaction, which holds this message's record: "${sql.replace(/\s+/g, " ").trim().slice(0, 60)}" would end or split it. ` +
+      "Leave out BEGIN/COMMIT/ROLLBACK/SAVEPOINT: a ctx.tx body is already all-or-nothing, and db.batch() groups statements all-or-nothing within it",
+  );
+}
+
+function lostError(cause: unknown): Error {
+  return new Error(
+    `a statement ended the journal's transaction (SQLite rolled it back: ${(cause as Error)?.message ?? String(cause)}); ` +
+      "this ctx.tx fails and every other message of the group is redone. Avoid OR ROLLBACK and RAISE(ROLLBACK) in ctx.tx: use OR ABORT or RAISE(ABORT), which undo the statement alone",
+    { cause },
+  );
+}
+
 /**
  * batch() runs in a savepoint, so it is all-or-nothing inside or outside a transaction.
- * `redoLog()`: where statements that changed data go while the journal's transaction is open
- * (undefined outside one, e.g. in setup()).
+ * `tx`: the journal's transaction (a redo log while one is open, else undefined, e.g. in setup()).
  */
-export function createHandlerDb(conn: Conn, redoLog: () => Redo[] | undefined = () => undefined): HandlerDb {
+export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => undefined, lost: undefined }): HandlerDb {
   let depth = 0;
   const cache = new Map<string, Stmt>();
+  /** One statement; inside the journal's transaction, refuses transaction control and notices the transaction ending. */
+  const one = (stmt: InStatement, log: Redo[] | undefined): ResultSet => {
+    const sql = typeof stmt === "string" ? stmt : stmt.sql;
+    const args = typeof stmt === "string" ? undefined : stmt.args;
+    const prepared = prepare(conn, cache, sql);
+    if (!log) return toResult(prepared, sql, args, log);
+    if (tx.lost) throw tx.lost;
+    if (prepared.control) throw refuseControl(sql);
+    try {
+      return toResult(prepared, sql, args, log);
+    } catch (err) {
+      if (!conn.inTransaction) throw (tx.lost = lostError(err));
+      throw err;
+    }
+  };
   return {
-    execute: async (stmt) => toResult(conn, cache, stmt, redoLog()),
+    execute: async (stmt) => one(stmt, tx.redoLog()),
     batch: async (stmts) => {
       // Outside a transaction (setup()), a transaction of its own: a remote connection runs a
       // SAVEPOINT outside one on a stream of its own, gone by the next statement.
       const own = !conn.inTransaction;
       const sp = `kexo_batch_${depth++}`;
-      const log = redoLog();
+      const log = tx.redoLog();
+      if (log && tx.lost) throw tx.lost;
       // A failed batch leaves nothing to redo: its statements join the log only once it is released.
       const mine: Redo[] | undefined = log ? [] : undefined;
       conn.exec(own ? "BEGIN IMMEDIATE" : `SAVEPOINT ${sp}`);
       try {
-        const out = stmts.map((s) => toResult(conn, cache, s, mine));
+        const out = stmts.map((s) => one(s, mine));
         conn.exec(own ? "COMMIT" : `RELEASE ${sp}`);
         if (log && mine) log.push(...mine);
         return out;
       } catch (err) {
         if (own) {
           if (conn.inTransaction) conn.exec("ROLLBACK");
-        } else {
+        } else if (!tx.lost) {
           conn.exec(`ROLLBACK TO ${sp}`);
           conn.exec(`RELEASE ${sp}`);
         }

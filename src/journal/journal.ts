@@ -45,7 +45,7 @@ import Database from "libsql";
 import { ConfigError, ExitCode, KexoError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
-import { createHandlerDb, type Redo, runRedo } from "./handler-db.ts";
+import { createHandlerDb, type JournalTx, type Redo, runRedo } from "./handler-db.ts";
 import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
@@ -241,6 +241,8 @@ export class Journal {
   #started: PerPartition<StartedEntry> | undefined;
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
+  /** The open transaction as handler statements see it (handler-db.ts): its redo log, and whether SQLite ended it. */
+  #tx: JournalTx = { redoLog: () => (this.#inTx ? this.#redo : undefined), lost: undefined };
   /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
   #savepointRuns = new Map<string, number>();
   /** Every ctx.tx uses a savepoint: a redo once gave another result (meta `tx_undo`). */
@@ -285,7 +287,7 @@ export class Journal {
     this.#interval = opts.commitIntervalMs ?? 4;
     this.#maxPending = opts.maxPendingWrites ?? 4000;
     this.#s = prepareAll(conn);
-    this.handlerDb = createHandlerDb(conn, () => (this.#inTx ? this.#redo : undefined));
+    this.handlerDb = createHandlerDb(conn, this.#tx);
     // Shared: #undoTx's ROLLBACK would let another instance write between it and the redo, which
     // replays writes computed from reads made before.
     this.#alwaysSavepoint = shared || this.getMeta("tx_undo") === "savepoint";
@@ -667,6 +669,8 @@ export class Journal {
       if (savepoint) this.#conn.exec("SAVEPOINT kexo_tx");
       try {
         const result = await fn(this.handlerDb);
+        // A body that caught the error of a statement SQLite ended the transaction under.
+        if (this.#tx.lost) throw this.#tx.lost;
         const json = toJson(result, `ctx.tx result (${name})`);
         if (savepoint) this.#conn.exec("RELEASE kexo_tx");
         // recorded_at is set when the row is written (#writePending): most are dropped before.
@@ -684,6 +688,12 @@ export class Journal {
         return result;
       } catch (err) {
         this.#savepointRuns.set(handler, SAVEPOINT_RUNS_AFTER_FAILURE);
+        if (this.#tx.lost || !this.#conn.inTransaction) {
+          // SQLite ended the transaction under the body (handler-db.ts): the savepoint went with
+          // it. Begin anew and redo the writes before the body, as #undoTx does after its ROLLBACK.
+          this.#undoTx(mark, handler, id, false);
+          throw this.#tx.lost ?? err;
+        }
         if (savepoint) {
           this.#conn.exec("ROLLBACK TO kexo_tx");
           this.#conn.exec("RELEASE kexo_tx");
@@ -895,6 +905,7 @@ export class Journal {
     this.#conn.exec("BEGIN IMMEDIATE");
     this.#inTx = true;
     this.#redo = [];
+    this.#tx.lost = undefined;
   }
 
   /** Whether this ctx.tx run of `handler` uses a savepoint (one of its bodies failed lately). */
@@ -912,10 +923,10 @@ export class Journal {
    * time (a nondeterministic RETURNING, say) fails the journal: kexo stops with nothing of this
    * transaction acknowledged, and from then on uses savepoints, so the restart can't repeat it.
    */
-  #undoTx(mark: number, handler: string, id: string): void {
+  #undoTx(mark: number, handler: string, id: string, rollback = true): void {
     const redo = this.#redo.slice(0, mark);
     try {
-      this.#conn.exec("ROLLBACK");
+      if (rollback) this.#conn.exec("ROLLBACK");
       this.#inTx = false;
       this.#begin();
       for (const r of redo) runRedo(r);
@@ -952,7 +963,22 @@ export class Journal {
   #write(fn: () => void): void {
     const run = () => {
       this.#ensureTx();
-      fn();
+      try {
+        fn();
+      } catch (err) {
+        // A journal write SQLite ended the transaction under (a full disk, an I/O error): what
+        // the group held is gone, and anything written next would commit on its own.
+        if (!this.#conn.inTransaction) {
+          this.#inTx = false;
+          this.#fail(new KexoError(
+            "journal_write_failed",
+            `journal write failed and SQLite rolled back the group transaction (${this.path}): ${(err as Error).message}; ` +
+              "kexo stops with that group unacknowledged, and a restart runs its messages again. Check free space and the disk",
+            { exitCode: ExitCode.transient, cause: err },
+          ));
+        }
+        throw err;
+      }
       this.#redo.push(fn);
       this.#pendingWrites++;
       if (this.#pendingWrites >= this.#maxPending) this.#commit();

@@ -82,16 +82,38 @@ async function answer(req: RemoteRequest): Promise<RemoteReply> {
   }
 }
 
+/**
+ * Whether the transaction is still open on the server after a statement SQLite refused: most
+ * such errors undo the statement alone, but INSERT OR ROLLBACK, RAISE(ROLLBACK) or a full disk
+ * roll the whole transaction back, and the client does not notice. BEGIN tells: refused inside a
+ * transaction, run outside one (and then rolled back).
+ */
+async function stillInTransaction(open: Transaction): Promise<boolean> {
+  try {
+    await open.execute("BEGIN");
+  } catch (err) {
+    return /within a transaction/i.test((err as Error).message ?? "");
+  }
+  await open.execute("ROLLBACK").catch(() => undefined);
+  return false;
+}
+
 port.on("message", (req: RemoteRequest) => {
   answer(req)
-    .catch((err: unknown): RemoteReply => {
+    .catch(async (err: unknown): Promise<RemoteReply> => {
       const e = err as { message?: string; code?: string; cause?: { message?: string } };
-      const message = e.message ?? String(err);
+      let message = e.message ?? String(err);
       // A statement SQLite refused (a constraint, bad SQL) fails alone and the transaction stays
-      // open. Anything else inside one (the server took it back after its transaction timeout, a
-      // broken stream, the network) leaves no transaction: statements after it would commit on
-      // their own, so the connection is broken and sends nothing more (RemoteConnection.call).
-      const broken = tx !== undefined && req.op !== "commit" && req.op !== "rollback" && !/^SQLITE_/.test(e.code ?? "");
+      // open, unless SQLite rolled it all back (stillInTransaction). Anything else inside one (the
+      // server took it back after its transaction timeout, a broken stream, the network) leaves
+      // no transaction either: statements after it would commit on their own, so the connection is
+      // broken and sends nothing more (RemoteConnection.call).
+      const inTx = tx !== undefined && req.op !== "commit" && req.op !== "rollback";
+      let broken = inTx && !/^SQLITE_/.test(e.code ?? "");
+      if (inTx && !broken && !(await stillInTransaction(tx!))) {
+        broken = true;
+        message = `${message}; SQLite rolled back the journal's transaction under this statement, so the group is lost: kexo stops and a restart redoes it (avoid OR ROLLBACK and RAISE(ROLLBACK) in ctx.tx)`;
+      }
       // A failed COMMIT leaves no transaction behind.
       if (req.op === "commit") tx = undefined;
       return { id: req.id, ok: false, broken, error: { message, code: e.code, cause: e.cause?.message } };

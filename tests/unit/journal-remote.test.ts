@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { Journal } from "../../src/journal/journal.ts";
 import { parseRemoteUrl } from "../../src/journal/remote.ts";
 import { KexoError } from "../../src/errors.ts";
-import { startSqld, sqldSupported, type TestSqld } from "../support/sqld.ts";
+import { countOn, startSqld, sqldSupported, type TestSqld } from "../support/sqld.ts";
 
 let sqld: TestSqld;
 
@@ -16,6 +16,20 @@ describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
   });
   afterAll(async () => {
     await sqld?.close();
+  });
+
+  test("a statement the server's SQLite ends the transaction under breaks the connection: nothing after it commits, nothing of the group is acknowledged", async () => {
+    const j = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
+    await j.handlerDb.execute("CREATE TABLE IF NOT EXISTS orb (k TEXT PRIMARY KEY)");
+    await j.runTx("h", "r1", "tx", (db) => db.execute({ sql: "INSERT INTO orb VALUES (?)", args: ["a"] }));
+    const failing = j.runTx("h", "r2", "tx", async (db) => {
+      await db.execute({ sql: "INSERT OR ROLLBACK INTO orb VALUES (?)", args: ["a"] }).catch(() => undefined);
+      await db.execute({ sql: "INSERT INTO orb VALUES (?)", args: ["after"] });
+    });
+    await expect(failing).rejects.toThrow(/rolled back the journal's transaction/);
+    await expect(j.flush()).rejects.toThrow(/journal commit failed.*rolled back the journal's transaction/);
+    expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM orb")).toBe(0);
+    await j.close().catch(() => undefined);
   });
 
   test("ctx.tx writes commit with their records; a failed body is undone alone; blobs, named args and big integers round-trip", async () => {
