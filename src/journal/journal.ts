@@ -371,7 +371,7 @@ export class Journal {
       throw new KexoError(
         "journal_unavailable",
         remote
-          ? `cannot open journal on the libSQL server ${path}: ${(err as Error).message}; check --db, that the server is up, and its auth token (authToken= in the URL or KEXO_DB_AUTH_TOKEN)`
+          ? `cannot open journal on the libSQL server ${path}: ${(err as { detail?: string }).detail ?? (err as Error).message}; check --db, that the server is up, and its auth token (authToken= in the URL or KEXO_DB_AUTH_TOKEN)`
           : `cannot open journal ${path}: ${(err as Error).message}; check the --db path and its permissions`,
         { exitCode: ExitCode.unavailable, cause: err },
       );

