@@ -1,7 +1,8 @@
 // Guarantee 7 with `--db` on a libSQL server shared by the instances (a real sqld): two instances
 // consume one stream; one is SIGKILLed in the middle (its group transaction open on the server,
 // holding the write lock) and restarted, the other leaves with SIGTERM and comes back. Every
-// message's ctx.tx effect is in the shared database exactly once.
+// message's ctx.tx effect is in the shared database exactly once. A third instance given a running
+// one's client id is refused (exit 78).
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { effectsHandler } from "./support/handlers.ts";
@@ -37,6 +38,10 @@ describe.skipIf(!sqldSupported)("shared journal on a libSQL server", () => {
     let a = start("a");
     let b = start("b");
     await Promise.all([a.waitJoined(), b.waitJoined()]);
+    // A third instance given A's client id is refused while A runs.
+    const dup = start("a");
+    expect(await dup.exited()).toBe(78);
+    expect(dup.raw.join("\n")).toMatch(/another kexo instance \(host .*, pid \d+\) runs with --client-id a on the shared journal/);
     const producing = (async () => {
       for (let sent = 0; sent < COUNT; sent += 300) {
         await broker.produce(TOPIC, Array.from({ length: 300 }, (_, i) => ({ key: String((sent + i) % 40), value: JSON.stringify({ n: sent + i }) })));

@@ -50,6 +50,7 @@ import { toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 import { defaultMessageId } from "../processing/decode.ts";
+import { BEAT_MS, InstanceLease } from "./lease.ts";
 import { isRemoteUrl, parseRemoteUrl, RemoteConnection, type SqlConnection } from "./remote.ts";
 import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 import { WalSync } from "./wal-sync.ts";
@@ -141,9 +142,12 @@ export interface JournalOptions {
   worker?: boolean;
   /**
    * This instance's name (its client id). In a shared journal (a libSQL server) it keys the meta
-   * rows that belong to one instance: its run state and its consumers' member ids.
+   * rows that belong to one instance: its run state and its consumers' member ids, and a worker
+   * holds it by a lease (lease.ts).
    */
   instance?: string;
+  /** How long a starting worker watches another holder's lease (lease.ts WATCH_MS; tests shorten it). */
+  leaseWatchMs?: number;
 }
 
 /** An attempt journaled before it ran (Journal.claimAttempt). */
@@ -275,6 +279,9 @@ export class Journal {
    */
   readonly shared: boolean;
   #instance: string | undefined;
+  /** A shared worker journal's hold on its client id (lease.ts), advanced at commits. */
+  #lease: InstanceLease | undefined;
+  #beats: ReturnType<typeof setInterval> | undefined;
 
   private constructor(path: string, conn: Conn, opts: JournalOptions, walSync: WalSync | undefined, shared: boolean) {
     this.path = path;
@@ -305,6 +312,13 @@ export class Journal {
       { handler: string; topic: string; partition: number; o: string }[];
     for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
+    if (this.#worker && shared && this.#instance) {
+      // Before the run state is read: another live instance's "running" is not a crash.
+      this.#lease = InstanceLease.acquire(conn, this.localKey("lease"), this.#instance, path, opts.leaseWatchMs);
+      // Idle, the journal still commits now and then, for the beat.
+      this.#beats = setInterval(() => this.requestCommit(), BEAT_MS);
+      this.#beats.unref?.();
+    }
     this.uncleanStart = this.#worker && this.getMeta(this.localKey("run_state")) === "running";
     if (this.uncleanStart) {
       const kept = (this.#keptAtStart = new PerPartition());
@@ -376,7 +390,14 @@ export class Journal {
         { exitCode: ExitCode.unavailable, cause: err },
       );
     }
-    return new Journal(path, conn, opts, walSync, remote !== undefined);
+    try {
+      return new Journal(path, conn, opts, walSync, remote !== undefined);
+    } catch (err) {
+      // Refused (the client id's lease, lease.ts): nothing stays open behind the error.
+      conn.close();
+      walSync?.close();
+      throw err;
+    }
   }
 
   // ---- reads (see committed and pending writes of this connection) ----
@@ -550,6 +571,10 @@ export class Journal {
     if (!this.#worker || this.#failed || this.#closed) return;
     for (const claim of [...this.#claims]) claim.settle(false);
     this.setMeta(this.localKey("run_state"), "stopped");
+    if (this.#lease) {
+      this.#lease.release();
+      this.setMeta(this.localKey("lease"), null);
+    }
   }
 
   /**
@@ -771,6 +796,7 @@ export class Journal {
     await this.#synced().catch(() => {});
     this.#closed = true;
     clearTimeout(this.#timer);
+    clearInterval(this.#beats);
     this.#conn.close();
     this.#walSync?.close();
   }
@@ -1027,7 +1053,7 @@ export class Journal {
     const { progress, waiters } = ticket ?? (inlineEarly ? { progress: [], waiters: [] } : this.#ticket());
     const afterCommit = this.#afterCommit;
     if (afterCommit.length > 0) this.#afterCommit = [];
-    if (!this.#inTx && progress.length === 0 && !this.#inMemory()) {
+    if (!this.#inTx && progress.length === 0 && !this.#inMemory() && !this.#lease?.due()) {
       for (const w of afterCommit) w.resolve();
       // Nothing to commit, but an earlier COMMIT may still wait for its fsync.
       if (waiters.length > 0) {
@@ -1045,6 +1071,7 @@ export class Journal {
       for (const [, entries] of progress) {
         for (const e of entries) this.#s.setProgress.run(e.groupId, e.topic, e.partition, e.nextOffset, now);
       }
+      if (this.#lease?.due()) this.#lease.beat();
       this.#conn.exec("COMMIT");
     } catch (err) {
       this.#outboxInTx = false;
@@ -1054,7 +1081,7 @@ export class Journal {
       } catch {
         // already rolled back by the engine
       }
-      const error = new KexoError(
+      const error = err instanceof KexoError && err.code === "lease_lost" ? err : new KexoError(
         "journal_commit_failed",
         `journal commit failed (${this.path}): ${(err as Error).message}; kexo stops so that no offset runs ahead of the journal`,
         { exitCode: ExitCode.transient, cause: err },

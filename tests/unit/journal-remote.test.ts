@@ -3,7 +3,10 @@
 // run the rest outside the transaction), values that must come back exactly, instance-keyed meta,
 // and what an unreachable server says.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { join } from "node:path";
 import { Journal } from "../../src/journal/journal.ts";
+import { tempDir } from "../support/tmp.ts";
+import { sleep } from "../support/wait.ts";
 import { parseRemoteUrl } from "../../src/journal/remote.ts";
 import { KexoError } from "../../src/errors.ts";
 import { countOn, startSqld, sqldSupported, type TestSqld } from "../support/sqld.ts";
@@ -31,6 +34,51 @@ describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
     expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM orb")).toBe(0);
     await j.close().catch(() => undefined);
   });
+
+  test("one running instance per client id: a second start is refused while the first beats, a crashed one's lease is taken over, a displaced holder stops", async () => {
+    const holder = join(tempDir(), "holder.ts");
+    await Bun.write(holder, `import { Journal } from ${JSON.stringify(join(import.meta.dir, "..", "..", "src", "journal", "journal.ts"))};
+Journal.open({ url: process.argv[2], worker: true, instance: "dup" });
+console.log("ready");
+setInterval(() => {}, 1000);
+`);
+    const child = Bun.spawn([process.execPath, holder, sqld.url], { stdout: "pipe", stderr: "ignore" });
+    let refused: unknown;
+    try {
+      const reader = child.stdout.getReader();
+      expect(new TextDecoder().decode((await reader.read()).value)).toContain("ready");
+      Journal.open({ url: sqld.url, worker: true, instance: "dup", leaseWatchMs: 2500 }).close();
+    } catch (err) {
+      refused = err;
+    } finally {
+      child.kill("SIGKILL");
+    }
+    expect(refused).toBeInstanceOf(KexoError);
+    expect((refused as KexoError).exitCode).toBe(78);
+    expect((refused as KexoError).message).toMatch(new RegExp(`another kexo instance \\(host .*, pid ${child.pid}\\) runs with --client-id dup on the shared journal http://127\\.0\\.0\\.1:\\d+: its lease moved.*set --client-id or KEXO_CLIENT_ID`));
+
+    // Killed: its lease stays, its pid is gone on this host, so it is taken over at once.
+    await child.exited;
+    const t0 = performance.now();
+    const next = Journal.open({ url: sqld.url, worker: true, instance: "dup" });
+    expect(performance.now() - t0).toBeLessThan(2000);
+    expect(next.uncleanStart).toBe(true);
+
+    // A holder judged gone (here: the same pid, as a restarted container's) learns at its next beat.
+    const usurper = Journal.open({ url: sqld.url, worker: true, instance: "dup" });
+    await sleep(1100);
+    await expect(next.flush()).rejects.toThrow(/another kexo instance \(host .*\) took over --client-id dup/);
+    // A clean stop gives the client id back: the next start takes it without watching.
+    usurper.markStopped();
+    await usurper.close();
+    expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM kexo_meta WHERE key = 'lease@dup'")).toBe(0);
+    const t1 = performance.now();
+    const clean = Journal.open({ url: sqld.url, worker: true, instance: "dup", leaseWatchMs: 5000 });
+    expect(performance.now() - t1).toBeLessThan(2000);
+    expect(clean.uncleanStart).toBe(false);
+    await clean.close();
+    await next.close().catch(() => undefined);
+  }, 30_000);
 
   test("ctx.tx writes commit with their records; a failed body is undone alone; blobs, named args and big integers round-trip", async () => {
     const j = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });

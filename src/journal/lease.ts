@@ -1,0 +1,146 @@
+// One running instance per --client-id on a shared journal. Per-instance rows (the crash guard's
+// run state, the consumers' member ids) are keyed by the client id, so two instances given the same
+// one would hide each other's crashes and rejoin Kafka under each other's member ids.
+//
+// The lease is a kexo_meta row `lease@CLIENT_ID` holding the holder's token, host, pid and a beat
+// counter, which the holder advances about once a second inside a group commit. Liveness is seen
+// as the counter moving, never by comparing clocks of different hosts:
+// - At start, a row of another token is watched for WATCH_MS: if its counter moves, that instance
+//   runs and this one refuses to start (exit 78). If not, it is taken over. A row left by an earlier
+//   run on this host (same pid, as in a restarted container, or a pid no longer alive) is taken over
+//   at once. A clean stop deletes the row.
+// - Every write of the row is a compare-and-set on the value last seen, so of two instances taking
+//   it at once one wins, and a holder that was judged gone (its JS thread stalled past WATCH_MS)
+//   learns at its next beat that it lost the row, and stops (exit 78) before its COMMIT.
+import { randomUUID } from "node:crypto";
+import { hostname } from "node:os";
+import { ExitCode, KexoError } from "../errors.ts";
+import type { SqlConnection } from "./remote.ts";
+
+/** How often the holder advances its counter. */
+export const BEAT_MS = 1000;
+/** How long a starting instance watches a row for its counter to move: the session timeout, so a holder stalled longer is out of its Kafka group too. */
+export const WATCH_MS = 6000;
+
+interface Holder {
+  token: string;
+  host: string;
+  pid: number;
+  beat: number;
+}
+
+function parse(value: string | undefined): Holder | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const h = JSON.parse(value) as Holder;
+    return typeof h?.token === "string" ? h : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === "EPERM";
+  }
+}
+
+/** Blocks the JS thread: the journal opens before anything else runs. */
+function sleepSync(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+}
+
+export class InstanceLease {
+  readonly #conn: SqlConnection;
+  readonly #key: string;
+  readonly #clientId: string;
+  readonly #where: string;
+  #value: string;
+  #holder: Holder;
+  #lastBeat = performance.now();
+  #released = false;
+
+  private constructor(conn: SqlConnection, key: string, clientId: string, where: string, holder: Holder) {
+    this.#conn = conn;
+    this.#key = key;
+    this.#clientId = clientId;
+    this.#where = where;
+    this.#holder = holder;
+    this.#value = JSON.stringify(holder);
+  }
+
+  /** Takes the row `key` for this process, or throws (exit 78) while another instance holds it. */
+  static acquire(conn: SqlConnection, key: string, clientId: string, where: string, watchMs = WATCH_MS): InstanceLease {
+    const get = conn.prepare("SELECT value FROM kexo_meta WHERE key = ?");
+    const read = () => (get.get(key) as { value: string } | undefined)?.value;
+    const mine: Holder = { token: randomUUID(), host: hostname(), pid: process.pid, beat: 0 };
+    const lease = new InstanceLease(conn, key, clientId, where, mine);
+    let seen = read();
+    const other = parse(seen);
+    const earlierRunHere = other !== undefined && other.host === mine.host && (other.pid === mine.pid || !alive(other.pid));
+    if (seen !== undefined && !earlierRunHere) {
+      const until = performance.now() + watchMs;
+      while (performance.now() < until) {
+        sleepSync(Math.min(250, Math.max(1, until - performance.now())));
+        const now = read();
+        if (now !== seen) {
+          if (now === undefined) break; // stopped cleanly meanwhile
+          throw lease.#held(parse(now), `its lease moved while this one watched it for ${watchMs / 1000} s`);
+        }
+      }
+      seen = read();
+    }
+    const took = seen === undefined
+      ? conn.prepare("INSERT INTO kexo_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING").run(key, lease.#value)
+      : conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(lease.#value, key, seen);
+    if (took.changes !== 1) throw lease.#held(parse(read()), "it took the lease at the same moment");
+    return lease;
+  }
+
+  /** A beat is due (the journal commits for it even when idle). */
+  due(now = performance.now()): boolean {
+    return !this.#released && now - this.#lastBeat >= BEAT_MS;
+  }
+
+  /** Advances the counter inside the open transaction; throws (exit 78) when another instance took the row. */
+  beat(): void {
+    if (this.#released) return;
+    this.#lastBeat = performance.now();
+    const next: Holder = { ...this.#holder, beat: this.#holder.beat + 1 };
+    const value = JSON.stringify(next);
+    const r = this.#conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(value, this.#key, this.#value);
+    if (r.changes !== 1) {
+      const now = parse((this.#conn.prepare("SELECT value FROM kexo_meta WHERE key = ?").get(this.#key) as { value: string } | undefined)?.value);
+      throw new KexoError(
+        "lease_lost",
+        `another kexo instance (${describe(now)}) took over --client-id ${this.#clientId} on the shared journal ${this.#where}, ` +
+          `having seen this one idle for ${WATCH_MS / 1000} s; this one stops with its open group unacknowledged. ` +
+          "Instances sharing a journal need distinct client ids (the default, kexo-HOSTNAME, is): set --client-id or KEXO_CLIENT_ID per instance",
+        { exitCode: ExitCode.config },
+      );
+    }
+    this.#holder = next;
+    this.#value = value;
+  }
+
+  /** A clean stop: no more beats; the caller deletes the row in its last commit. */
+  release(): void {
+    this.#released = true;
+  }
+
+  #held(other: Holder | undefined, why: string): KexoError {
+    return new KexoError(
+      "client_id_in_use",
+      `another kexo instance (${describe(other)}) runs with --client-id ${this.#clientId} on the shared journal ${this.#where}: ${why}. ` +
+        "Instances sharing a journal need distinct client ids (the default, kexo-HOSTNAME, is): set --client-id or KEXO_CLIENT_ID per instance",
+      { exitCode: ExitCode.config },
+    );
+  }
+}
+
+function describe(h: Holder | undefined): string {
+  return h ? `host ${h.host}, pid ${h.pid}` : "unknown";
+}
