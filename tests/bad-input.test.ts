@@ -3,11 +3,11 @@
 // PermanentErrors are dead-lettered at once, other errors are retried `retry.attempts` times in all
 // with backoff, and each dead letter carries the original key, value and headers byte for byte plus
 // the kexo-dlq-*, Spring and Connect headers, and a row in the journal.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import Database from "libsql";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { callsLog, tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { callsLog } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -78,15 +78,7 @@ const DLQ_HEADERS = [
   "__connect.errors.exception.message", "__connect.errors.exception.stacktrace",
 ];
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 1, [DLQ]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "bad.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 1, [DLQ]: 1 }, { "bad.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 const int32 = (n: number) => Buffer.from([0, 0, 0, n]);
 const int64 = (n: number) => {

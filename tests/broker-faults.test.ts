@@ -2,13 +2,12 @@
 // for 10 s mid-stream, 500 ms round trips, injected errors on Fetch, OffsetCommit, JoinGroup and
 // Heartbeat, and a kafkajs crash it won't restart from (kexo rebuilds the consumer). At the end
 // every message's effect is in the database exactly once.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import Database from "libsql";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { ApiKey, KafkaErr } from "../src/dev/mock-cluster.ts";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -37,15 +36,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 4 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "faults.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 4 }, { "faults.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 function effects(db: string): { rows: number; ids: number } {
   if (!existsSync(db)) return { rows: 0, ids: 0 };

@@ -1,12 +1,11 @@
 // Guarantee 3: a message redelivered after completion (same group, offsets rewound) is not handled
 // again and its recorded result is returned; a re-published copy of a completed event (same
 // business key, another offset) is skipped too.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import Database from "libsql";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -34,15 +33,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "dedup.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 1 }, { "dedup.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 /** Commits offset 0 for the group, as an operator rewinding a consumer group would. */
 async function rewindGroup(): Promise<void> {

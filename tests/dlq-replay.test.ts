@@ -1,12 +1,11 @@
 // Dead letters replayed through the CLI are handled again, exactly once, and marked replayed:
 // a dead letter was never completed, so dedup does not swallow its replay, whether its id is the
 // handler's business key or an upstream kexo-id header. list/show/inspect report what happened.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import Database from "libsql";
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess } from "./support/worker.ts";
 
@@ -36,15 +35,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 1, [DLQ]: 1, "rp-other": 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "rp.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 1, [DLQ]: 1, "rp-other": 1 }, { "rp.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 async function kexo(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   const p = Bun.spawn([BUN, join(ROOT, "main.ts"), ...args], { cwd: dir, stdin: "ignore", stdout: "pipe", stderr: "pipe" });

@@ -1,11 +1,10 @@
 // Guarantee 1 without completion rows: a handler that returns nothing (default dedup id, partition
 // order) is recorded by partition progress alone, and after SIGKILLs and restarts its ctx.tx
 // effects still appear exactly once.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { countIn } from "./support/db.ts";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -30,15 +29,9 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 4 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "noresult.ts"), HANDLER);
+withBroker({ [TOPIC]: 4 }, { "noresult.ts": HANDLER }, async (f) => {
+  ({ broker, dir } = f);
   await broker.produce(TOPIC, Array.from({ length: COUNT }, (_, i) => ({ value: JSON.stringify({ n: i }) })));
-});
-
-afterAll(async () => {
-  await broker?.close();
 });
 
 test("no-result handlers: exactly-once ctx.tx effects across SIGKILLs, with few or no completion rows", async () => {

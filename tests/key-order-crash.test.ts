@@ -1,11 +1,10 @@
 // order: "key" after SIGKILL: the partition's progress is its lowest unfinished offset, and work
 // completed above it (other keys overtook a slow one) is never run again after the restart.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import Database from "libsql";
 import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -30,15 +29,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "keyed.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 1 }, { "keyed.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 function journalRows(db: string): { completed: number; next: number | undefined } {
   if (!existsSync(db)) return { completed: 0, next: undefined };

@@ -1,10 +1,10 @@
 // Guarantee 5 with order: "key": messages of one key run one at a time in offset order, messages of
 // other keys run concurrently (up to `concurrency`), and a slow key holds up neither the other keys
 // of its partition nor other partitions.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { readJsonLines, tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
@@ -31,15 +31,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 2 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "keyed.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 2 }, { "keyed.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 type Rec = { k: string; seq: number; at: "start" | "end"; t: number };
 

@@ -3,9 +3,9 @@
 // message that was running then runs again alone, and once its attempts are used up, the process
 // dying in those run alone, it is dead-lettered as exhausted. Every other message, on its partition
 // and beside it, is handled exactly once and never blamed.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { columnIn, countIn } from "./support/db.ts";
 import { callsLog, tempDir } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
@@ -56,15 +56,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [HANG_TOPIC]: 1, [`${HANG_TOPIC}.dlq`]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "deadly.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [HANG_TOPIC]: 1, [`${HANG_TOPIC}.dlq`]: 1 }, { "deadly.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 test("a message that kills the process is dead-lettered after retry.attempts deaths; the rest run exactly once", async () => {
   const db = join(dir, "journal.db");

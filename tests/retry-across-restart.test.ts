@@ -1,11 +1,11 @@
 // retry.attempts counts every attempt, across restarts: a message that failed twice before a
 // SIGKILL gets the rest of its attempts after the restart, not a fresh set, and its dead letter
 // says how many there were in all. A message that succeeds on a later try leaves no count behind.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
 import { columnIn, countIn } from "./support/db.ts";
-import { callsLog, tempDir } from "./support/tmp.ts";
+import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { BUN, ROOT, WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -30,15 +30,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "flaky.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 }, { "flaky.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 test("failed attempts survive a SIGKILL: the restart goes on counting, and the dead letter says 4 of 4", async () => {
   const db = join(dir, "journal.db");

@@ -1,10 +1,10 @@
 // While a message waits for its next try, only its own partition waits: messages of the other
 // partitions keep flowing, later messages of its partition keep their order behind it, and the
 // consumer keeps its group membership (no rejoin) and stays ready.
-import { afterAll, beforeAll, expect, test } from "bun:test";
+import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { callsLog, tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { callsLog } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
@@ -28,15 +28,7 @@ export default defineHandler({
 });
 `;
 
-beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 });
-  dir = tempDir();
-  await Bun.write(join(dir, "handlers", "slow.ts"), HANDLER);
-});
-
-afterAll(async () => {
-  await broker?.close();
-});
+withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1 }, { "slow.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 test("a retrying message holds up only its own partition; the others flow and the member stays in its group", async () => {
   const { env, calls } = callsLog<{ id: string; partition: number; attempt: number; t: number }>(dir);

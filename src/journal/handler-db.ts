@@ -14,6 +14,8 @@ interface Stmt {
   writes?: boolean;
   /** BEGIN, COMMIT, END, ROLLBACK, SAVEPOINT or RELEASE: refused inside the journal's transaction. */
   control?: boolean;
+  /** Only reads: may run outside a ctx.tx body while the journal's transaction is open. */
+  readOnly?: boolean;
   /** Called with one argument, the driver binds it as is: an array positionally, an object by name. */
   all(params: unknown): unknown[];
   run(params: unknown): { changes: number; lastInsertRowid: number | bigint };
@@ -73,19 +75,23 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
     prepared.writes = !prepared.isReader || /\breturning\b/i.test(sql);
-    prepared.control = TX_CONTROL.has(firstKeyword(sql));
+    const keyword = firstKeyword(sql);
+    prepared.control = TX_CONTROL.has(keyword);
+    // A remote statement has no reader flag: its first word decides, erring on refusal.
+    prepared.readOnly = prepared.execute ? READS.has(keyword) : !prepared.writes;
     cache.set(sql, prepared);
   }
   return prepared;
 }
 
 const TX_CONTROL = new Set(["begin", "commit", "end", "rollback", "savepoint", "release"]);
+const READS = new Set(["select", "values", "explain"]);
 
-/** The statement's first keyword, lower case, past whitespace and comments: what SQLite parses it as. */
+/** The statement's first keyword, lower case, past whitespace, comments and empty statements (`;`): what SQLite runs it as. */
 export function firstKeyword(sql: string): string {
   let i = 0;
   for (;;) {
-    while (i < sql.length && /\s/.test(sql[i]!)) i++;
+    while (i < sql.length && /[\s;]/.test(sql[i]!)) i++;
     if (sql.startsWith("--", i)) {
       const nl = sql.indexOf("\n", i);
       i = nl < 0 ? sql.length : nl + 1;
@@ -105,6 +111,8 @@ export function firstKeyword(sql: string): string {
 export interface JournalTx {
   /** Where statements that changed data go while the journal's transaction is open; undefined outside one (setup()). */
   redoLog(): Redo[] | undefined;
+  /** A ctx.tx body holds the transaction now: statements outside one may not join it. */
+  inBody(): boolean;
   lost: Error | undefined;
 }
 
@@ -188,6 +196,13 @@ function refuseControl(sql: string): Error {
   );
 }
 
+function outsideBody(sql: string): Error {
+  return new Error(
+    `db written outside a ctx.tx body while kexo's transaction is open ("${sql.replace(/\s+/g, " ").trim().slice(0, 60)}"): ` +
+      "the write would commit with other messages' records but without a record of its own. Write through the db a ctx.tx body receives, inside that body (setup()'s db may still read)",
+  );
+}
+
 function lostError(cause: unknown): Error {
   return new Error(
     `a statement ended the journal's transaction (SQLite rolled it back: ${(cause as Error)?.message ?? String(cause)}); ` +
@@ -200,7 +215,7 @@ function lostError(cause: unknown): Error {
  * batch() runs in a savepoint, so it is all-or-nothing inside or outside a transaction.
  * `tx`: the journal's transaction (a redo log while one is open, else undefined, e.g. in setup()).
  */
-export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => undefined, lost: undefined }): HandlerDb {
+export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => undefined, inBody: () => false, lost: undefined }): HandlerDb {
   let depth = 0;
   const cache = new Map<string, Stmt>();
   /** One statement; inside the journal's transaction, refuses transaction control and notices the transaction ending. */
@@ -209,6 +224,11 @@ export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => und
     const args = typeof stmt === "string" ? undefined : stmt.args;
     const prepared = prepare(conn, cache, sql);
     if (!log) return toResult(prepared, sql, args, log);
+    if (!tx.inBody()) {
+      // A db kept from setup() or from an ended body: reads see the open group, writes may not join it.
+      if (!prepared.readOnly) throw outsideBody(sql);
+      return toResult(prepared, sql, args, undefined);
+    }
     if (tx.lost) throw tx.lost;
     if (prepared.control) throw refuseControl(sql);
     try {
@@ -227,6 +247,7 @@ export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => und
       const sp = `kexo_batch_${depth++}`;
       const log = tx.redoLog();
       if (log && tx.lost) throw tx.lost;
+      if (log && !tx.inBody()) throw outsideBody(`batch: ${typeof stmts[0] === "string" ? stmts[0] : (stmts[0]?.sql ?? "")}`);
       // A failed batch leaves nothing to redo: its statements join the log only once it is released.
       const mine: Redo[] | undefined = log ? [] : undefined;
       conn.exec(own ? "BEGIN IMMEDIATE" : `SAVEPOINT ${sp}`);

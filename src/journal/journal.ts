@@ -246,7 +246,7 @@ export class Journal {
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
   /** The open transaction as handler statements see it (handler-db.ts): its redo log, and whether SQLite ended it. */
-  #tx: JournalTx = { redoLog: () => (this.#inTx ? this.#redo : undefined), lost: undefined };
+  #tx: JournalTx = { redoLog: () => (this.#inTx ? this.#redo : undefined), inBody: () => this.#held, lost: undefined };
   /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
   #savepointRuns = new Map<string, number>();
   /** Every ctx.tx uses a savepoint: a redo once gave another result (meta `tx_undo`). */
@@ -312,13 +312,8 @@ export class Journal {
       { handler: string; topic: string; partition: number; o: string }[];
     for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
-    if (this.#worker && shared && this.#instance) {
-      // Before the run state is read: another live instance's "running" is not a crash.
-      this.#lease = InstanceLease.acquire(conn, this.localKey("lease"), this.#instance, path, opts.leaseWatchMs);
-      // Idle, the journal still commits now and then, for the beat.
-      this.#beats = setInterval(() => this.requestCommit(), BEAT_MS);
-      this.#beats.unref?.();
-    }
+    // Before the run state is read: another live instance's "running" is not a crash.
+    if (this.#worker && shared && this.#instance) this.#lease = InstanceLease.acquire(conn, this.localKey("lease"), this.#instance, path, opts.leaseWatchMs);
     this.uncleanStart = this.#worker && this.getMeta(this.localKey("run_state")) === "running";
     if (this.uncleanStart) {
       const kept = (this.#keptAtStart = new PerPartition());
@@ -327,6 +322,11 @@ export class Journal {
     // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
     // No fsync needed for that: a dead process's writes stay in the page cache.
     if (this.#worker) this.#s.metaSet.run(this.localKey("run_state"), "running");
+    if (this.#lease) {
+      // Idle, the journal still commits now and then, for the beat.
+      this.#beats = setInterval(() => this.requestCommit(), BEAT_MS);
+      this.#beats.unref?.();
+    }
   }
 
   static open(opts: JournalOptions): Journal {
@@ -393,10 +393,14 @@ export class Journal {
     try {
       return new Journal(path, conn, opts, walSync, remote !== undefined);
     } catch (err) {
-      // Refused (the client id's lease, lease.ts): nothing stays open behind the error.
+      // Refused (the client id's lease, lease.ts) or failed: nothing stays open behind the error.
       conn.close();
       walSync?.close();
-      throw err;
+      if (err instanceof KexoError) throw err;
+      throw new KexoError("journal_unavailable", `cannot open journal ${path}: ${(err as { detail?: string }).detail ?? (err as Error).message}; check --db and that it is reachable`, {
+        exitCode: ExitCode.unavailable,
+        cause: err,
+      });
     }
   }
 
@@ -571,10 +575,9 @@ export class Journal {
     if (!this.#worker || this.#failed || this.#closed) return;
     for (const claim of [...this.#claims]) claim.settle(false);
     this.setMeta(this.localKey("run_state"), "stopped");
-    if (this.#lease) {
-      this.#lease.release();
-      this.setMeta(this.localKey("lease"), null);
-    }
+    // Its row goes in the same COMMIT, and only if still this holder's: else that COMMIT, "stopped"
+    // included, does not happen (lease.ts).
+    this.#lease?.release();
   }
 
   /**
@@ -713,11 +716,12 @@ export class Journal {
         return result;
       } catch (err) {
         this.#savepointRuns.set(handler, SAVEPOINT_RUNS_AFTER_FAILURE);
-        if (this.#tx.lost || !this.#conn.inTransaction) {
+        const lost = this.#tx.lost;
+        if (lost || !this.#conn.inTransaction) {
           // SQLite ended the transaction under the body (handler-db.ts): the savepoint went with
           // it. Begin anew and redo the writes before the body, as #undoTx does after its ROLLBACK.
           this.#undoTx(mark, handler, id, false);
-          throw this.#tx.lost ?? err;
+          throw lost ?? err;
         }
         if (savepoint) {
           this.#conn.exec("ROLLBACK TO kexo_tx");
@@ -1066,12 +1070,15 @@ export class Journal {
     const writes = this.#pendingWrites;
     try {
       if (!this.#inTx) this.#begin();
+      // Records must never commit without the effects they stand for: should the group's
+      // transaction have ended under something unseen, writing them now would autocommit them.
+      else if (!this.#conn.inTransaction) throw new Error("the group's transaction ended before its COMMIT (SQLite rolled it back)");
       this.#writePending(progress);
       const now = Date.now();
       for (const [, entries] of progress) {
         for (const e of entries) this.#s.setProgress.run(e.groupId, e.topic, e.partition, e.nextOffset, now);
       }
-      if (this.#lease?.due()) this.#lease.beat();
+      if (this.#lease?.due()) this.#lease.write();
       this.#conn.exec("COMMIT");
     } catch (err) {
       this.#outboxInTx = false;

@@ -7,12 +7,14 @@
 // as the counter moving, never by comparing clocks of different hosts:
 // - At start, a row of another token is watched for WATCH_MS: if its counter moves, that instance
 //   runs and this one refuses to start (exit 78). If not, it is taken over. A row left by an earlier
-//   run on this host (same pid, as in a restarted container, or a pid no longer alive) is taken over
-//   at once. A clean stop deletes the row.
+//   run in this very process space (same host, boot and pid namespace, and its pid this one's or
+//   no longer alive) is taken over at once. Containers sharing a host name have pid namespaces of
+//   their own, so theirs are watched. A clean stop deletes the row, if it is still this holder's.
 // - Every write of the row is a compare-and-set on the value last seen, so of two instances taking
 //   it at once one wins, and a holder that was judged gone (its JS thread stalled past WATCH_MS)
 //   learns at its next beat that it lost the row, and stops (exit 78) before its COMMIT.
 import { randomUUID } from "node:crypto";
+import { readFileSync, readlinkSync } from "node:fs";
 import { hostname } from "node:os";
 import { ExitCode, KexoError } from "../errors.ts";
 import type { SqlConnection } from "./remote.ts";
@@ -26,7 +28,17 @@ interface Holder {
   token: string;
   host: string;
   pid: number;
+  /** Where `pid` means something: the boot and the pid namespace (Linux), else "". */
+  space: string;
   beat: number;
+}
+
+function pidSpace(): string {
+  try {
+    return `${readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim()}/${readlinkSync("/proc/self/ns/pid")}`;
+  } catch {
+    return "";
+  }
 }
 
 function parse(value: string | undefined): Holder | undefined {
@@ -62,6 +74,7 @@ export class InstanceLease {
   #holder: Holder;
   #lastBeat = performance.now();
   #released = false;
+  #dropped = false;
 
   private constructor(conn: SqlConnection, key: string, clientId: string, where: string, holder: Holder) {
     this.#conn = conn;
@@ -76,11 +89,12 @@ export class InstanceLease {
   static acquire(conn: SqlConnection, key: string, clientId: string, where: string, watchMs = WATCH_MS): InstanceLease {
     const get = conn.prepare("SELECT value FROM kexo_meta WHERE key = ?");
     const read = () => (get.get(key) as { value: string } | undefined)?.value;
-    const mine: Holder = { token: randomUUID(), host: hostname(), pid: process.pid, beat: 0 };
+    const mine: Holder = { token: randomUUID(), host: hostname(), pid: process.pid, space: pidSpace(), beat: 0 };
     const lease = new InstanceLease(conn, key, clientId, where, mine);
     let seen = read();
     const other = parse(seen);
-    const earlierRunHere = other !== undefined && other.host === mine.host && (other.pid === mine.pid || !alive(other.pid));
+    const earlierRunHere = other !== undefined && other.host === mine.host && other.space === mine.space &&
+      (other.pid === mine.pid || !alive(other.pid));
     if (seen !== undefined && !earlierRunHere) {
       const until = performance.now() + watchMs;
       while (performance.now() < until) {
@@ -100,18 +114,25 @@ export class InstanceLease {
     return lease;
   }
 
-  /** A beat is due (the journal commits for it even when idle). */
+  /** Something to write at the next commit: a beat is due, or the row goes (release()). The journal commits for it even when idle. */
   due(now = performance.now()): boolean {
-    return !this.#released && now - this.#lastBeat >= BEAT_MS;
+    if (this.#released) return !this.#dropped;
+    return now - this.#lastBeat >= BEAT_MS;
   }
 
-  /** Advances the counter inside the open transaction; throws (exit 78) when another instance took the row. */
-  beat(): void {
-    if (this.#released) return;
+  /**
+   * Inside the open transaction, before its COMMIT: advances the counter, or after release()
+   * deletes the row. Either only while the row is still this holder's; otherwise throws (exit 78),
+   * and the transaction, with whatever it held, is not committed.
+   */
+  write(): void {
+    if (this.#dropped) return;
     this.#lastBeat = performance.now();
     const next: Holder = { ...this.#holder, beat: this.#holder.beat + 1 };
     const value = JSON.stringify(next);
-    const r = this.#conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(value, this.#key, this.#value);
+    const r = this.#released
+      ? this.#conn.prepare("DELETE FROM kexo_meta WHERE key = ? AND value = ?").run(this.#key, this.#value)
+      : this.#conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(value, this.#key, this.#value);
     if (r.changes !== 1) {
       const now = parse((this.#conn.prepare("SELECT value FROM kexo_meta WHERE key = ?").get(this.#key) as { value: string } | undefined)?.value);
       throw new KexoError(
@@ -122,11 +143,15 @@ export class InstanceLease {
         { exitCode: ExitCode.config },
       );
     }
+    if (this.#released) {
+      this.#dropped = true;
+      return;
+    }
     this.#holder = next;
     this.#value = value;
   }
 
-  /** A clean stop: no more beats; the caller deletes the row in its last commit. */
+  /** A clean stop: no more beats; the next commit deletes the row (write()). */
   release(): void {
     this.#released = true;
   }

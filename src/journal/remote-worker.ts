@@ -112,7 +112,7 @@ port.on("message", (req: RemoteRequest) => {
       let broken = inTx && !/^SQLITE_/.test(e.code ?? "");
       if (inTx && !broken && !(await stillInTransaction(tx!))) {
         broken = true;
-        message = `${message}; SQLite rolled back the journal's transaction under this statement, so the group is lost: kexo stops and a restart redoes it (avoid OR ROLLBACK and RAISE(ROLLBACK) in ctx.tx)`;
+        message = `${message}; the journal's transaction on the server ended under this statement (SQLite rolled it back: OR ROLLBACK, RAISE(ROLLBACK) or a full disk; or it never began), so the group is lost: kexo stops and a restart redoes it`;
       }
       // A failed COMMIT leaves no transaction behind.
       if (req.op === "commit") tx = undefined;

@@ -1,9 +1,12 @@
 // The development broker for tests (librdkafka's mock cluster in this process, real TCP to it),
 // plus a kafkajs client for producing test data and reading dead letters.
+import { afterAll, beforeAll } from "bun:test";
 import { Kafka, logLevel } from "kafkajs";
+import { join } from "node:path";
 import { createMockCluster, type MockCluster } from "../../src/dev/mock-cluster.ts";
 import { silenceTimeoutNegativeWarning } from "../../src/kafka/client.ts";
 import { PROGRESS_TOPIC } from "../../src/kafka/progress-log.ts";
+import { tempDir } from "./tmp.ts";
 
 export interface TestBroker {
   cluster: MockCluster;
@@ -71,4 +74,35 @@ export async function readTopic(kafka: Kafka, topic: string, count: number, time
   await Promise.race([finished, new Promise((r) => setTimeout(r, timeoutMs))]);
   await consumer.disconnect();
   return out;
+}
+
+/** What a test file's fixture holds once its beforeAll ran (withBroker). */
+export interface BrokerFixture {
+  broker: TestBroker;
+  /** A temporary directory; the handler files are in its `handlers` directory. */
+  dir: string;
+}
+
+/**
+ * The integration tests' common fixture: before the file's tests, a development broker with
+ * `topics` and a temporary directory with `handlers` (file name → source) in `DIR/handlers`;
+ * after them, the broker closed. `ready` receives them (assign them to the file's variables) and
+ * may do more (produce, write files).
+ */
+export function withBroker(
+  topics: Record<string, number>,
+  handlers: Record<string, string>,
+  ready: (f: BrokerFixture) => unknown,
+  opts: { brokers?: number } = {},
+): void {
+  let broker: TestBroker | undefined;
+  beforeAll(async () => {
+    broker = await startBroker(topics, opts);
+    const dir = tempDir();
+    for (const [file, source] of Object.entries(handlers)) await Bun.write(join(dir, "handlers", file), source);
+    await ready({ broker, dir });
+  });
+  afterAll(async () => {
+    await broker?.close();
+  });
 }

@@ -3,6 +3,7 @@
 // run the rest outside the transaction), values that must come back exactly, instance-keyed meta,
 // and what an unreachable server says.
 import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { Journal } from "../../src/journal/journal.ts";
 import { tempDir } from "../support/tmp.ts";
@@ -29,8 +30,8 @@ describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
       await db.execute({ sql: "INSERT OR ROLLBACK INTO orb VALUES (?)", args: ["a"] }).catch(() => undefined);
       await db.execute({ sql: "INSERT INTO orb VALUES (?)", args: ["after"] });
     });
-    await expect(failing).rejects.toThrow(/rolled back the journal's transaction/);
-    await expect(j.flush()).rejects.toThrow(/journal commit failed.*rolled back the journal's transaction/);
+    await expect(failing).rejects.toThrow(/transaction on the server ended under this statement \(SQLite rolled it back/);
+    await expect(j.flush()).rejects.toThrow(/journal commit failed.*transaction on the server ended under this statement/);
     expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM orb")).toBe(0);
     await j.close().catch(() => undefined);
   });
@@ -64,13 +65,21 @@ setInterval(() => {}, 1000);
     expect(performance.now() - t0).toBeLessThan(2000);
     expect(next.uncleanStart).toBe(true);
 
-    // A holder judged gone (here: the same pid, as a restarted container's) learns at its next beat.
+    // A holder judged gone (here: the same pid, as a restarted container's) stopping cleanly
+    // leaves the row and the run state of the one that took over as they are.
     const usurper = Journal.open({ url: sqld.url, worker: true, instance: "dup" });
-    await sleep(1100);
+    next.markStopped();
     await expect(next.flush()).rejects.toThrow(/another kexo instance \(host .*\) took over --client-id dup/);
+    expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM kexo_meta WHERE key = 'lease@dup'")).toBe(1);
+    expect((await sqld.client().execute("SELECT value FROM kexo_meta WHERE key = 'run_state@dup'")).rows[0]!.value).toBe("running");
+    // And one that keeps running learns at its next beat.
+    const third = Journal.open({ url: sqld.url, worker: true, instance: "dup" });
+    await sleep(1100);
+    await expect(usurper.flush()).rejects.toThrow(/another kexo instance \(host .*\) took over --client-id dup/);
+    await usurper.close().catch(() => undefined);
     // A clean stop gives the client id back: the next start takes it without watching.
-    usurper.markStopped();
-    await usurper.close();
+    third.markStopped();
+    await third.close();
     expect(await countOn(sqld.client(), "SELECT count(*) AS n FROM kexo_meta WHERE key = 'lease@dup'")).toBe(0);
     const t1 = performance.now();
     const clean = Journal.open({ url: sqld.url, worker: true, instance: "dup", leaseWatchMs: 5000 });
@@ -78,6 +87,17 @@ setInterval(() => {}, 1000);
     expect(clean.uncleanStart).toBe(false);
     await clean.close();
     await next.close().catch(() => undefined);
+
+    // A row of a dead pid on this host but another pid namespace (a container with the same host
+    // name) is watched first: that pid means nothing here.
+    const c = sqld.client();
+    const row = { token: "t-other", host: hostname(), pid: 999_999, beat: 3 };
+    await c.execute({ sql: "INSERT OR REPLACE INTO kexo_meta (key, value) VALUES ('lease@dup', ?)", args: [JSON.stringify({ ...row, space: "elsewhere" })] });
+    const t2 = performance.now();
+    const across = Journal.open({ url: sqld.url, worker: true, instance: "dup", leaseWatchMs: 1500 });
+    expect(performance.now() - t2).toBeGreaterThanOrEqual(1400);
+    across.markStopped();
+    await across.close();
   }, 30_000);
 
   test("ctx.tx writes commit with their records; a failed body is undone alone; blobs, named args and big integers round-trip", async () => {

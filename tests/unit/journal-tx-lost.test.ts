@@ -69,7 +69,7 @@ test("transaction control in a ctx.tx body is refused with what to do instead, a
   const { path, journal } = open();
   await journal.handlerDb.execute("CREATE TABLE items (v TEXT PRIMARY KEY)");
   await journal.runTx("h", "m1", "tx:1", (db) => insert(db, "a"));
-  for (const sql of ["COMMIT", "  -- a comment\n end transaction", "/* x */ROLLBACK", "BEGIN", "SAVEPOINT s", "release s"]) {
+  for (const sql of ["COMMIT", "  -- a comment\n end transaction", "/* x */ROLLBACK", "BEGIN", "SAVEPOINT s", "release s", ";COMMIT", " ; ;\nrollback"]) {
     await expect(journal.runTx("h", `m-${sql}`, "tx:1", (db) => db.execute(sql))).rejects.toThrow(/runs inside kexo's transaction.*db\.batch/);
   }
   await expect(journal.runTx("h", "m2", "tx:1", (db) => db.batch(["INSERT INTO items VALUES ('b')", "COMMIT"]))).rejects.toThrow(/runs inside kexo's transaction/);
@@ -104,4 +104,21 @@ test("a full disk under a ctx.tx statement fails that tx alone; under the journa
   await expect(journal.runTx("h", "m5", "tx:1", (db) => insert(db, "e"))).rejects.toThrow(/journal write failed/);
   expect(contents(path)).toEqual({ items: ["a", "c"], done: [], txs: ["m1", "m3"] });
   await journal.close().catch(() => undefined);
+});
+
+test("a db kept outside a ctx.tx body may read the open group but not write into it", async () => {
+  const { path, journal } = open();
+  const db = journal.handlerDb;
+  await db.execute("CREATE TABLE items (v TEXT PRIMARY KEY)");
+  await journal.runTx("h", "m1", "tx:1", (tx) => insert(tx, "a"));
+  // The group is open (not committed): a handler using setup()'s db in handle(), say.
+  expect((await db.execute("SELECT count(*) AS n FROM items")).rows[0]).toEqual({ n: 1 });
+  for (const sql of ["INSERT OR ROLLBACK INTO items VALUES ('a')", "INSERT INTO items VALUES ('x')", "COMMIT"]) {
+    await expect(db.execute(sql)).rejects.toThrow(/db written outside a ctx\.tx body while kexo's transaction is open/);
+  }
+  await expect(db.batch(["INSERT INTO items VALUES ('y')"])).rejects.toThrow(/outside a ctx\.tx body/);
+  await journal.runTx("h", "m2", "tx:1", (tx) => insert(tx, "b"));
+  await journal.durable();
+  expect(contents(path)).toEqual({ items: ["a", "b"], done: [], txs: ["m1", "m2"] });
+  await journal.close();
 });
