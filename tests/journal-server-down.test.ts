@@ -2,12 +2,11 @@
 // comes back: the worker stops with exit 75 (temporary failure, nothing of the lost group
 // acknowledged), a start while it is down says so with exit 69, and once it is back a restart
 // finishes the stream with every ctx.tx effect exactly once.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { effectsHandler } from "./support/handlers.ts";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { countOn, startSqld, sqldSupported, type TestSqld } from "./support/sqld.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { countOn, sqldSupported, type TestSqld, withSqld } from "./support/sqld.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess } from "./support/worker.ts";
 
@@ -18,15 +17,8 @@ let sqld: TestSqld;
 let dir: string;
 
 describe.skipIf(!sqldSupported)("journal server down and back", () => {
-  beforeAll(async () => {
-    [broker, sqld] = await Promise.all([startBroker({ [TOPIC]: 4 }), startSqld()]);
-    dir = tempDir();
-    await Bun.write(join(dir, "handlers", "effects.ts"), effectsHandler(TOPIC, { delayMs: "1" }));
-  });
-
-  afterAll(async () => {
-    await Promise.all([broker?.close(), sqld?.close()]);
-  });
+  withBroker({ [TOPIC]: 4 }, { "effects.ts": effectsHandler(TOPIC, { delayMs: "1" }) }, (f) => ({ broker, dir } = f));
+  withSqld((s) => (sqld = s));
 
   test("SIGKILLed server: exit 75, exit 69 while down, then exactly once after it is back", async () => {
     const start = () =>

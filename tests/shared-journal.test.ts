@@ -3,12 +3,11 @@
 // holding the write lock) and restarted, the other leaves with SIGTERM and comes back. Every
 // message's ctx.tx effect is in the shared database exactly once. A third instance given a running
 // one's client id is refused (exit 78).
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { effectsHandler } from "./support/handlers.ts";
-import { startBroker, type TestBroker } from "./support/broker.ts";
-import { countOn, startSqld, sqldSupported, type TestSqld } from "./support/sqld.ts";
-import { tempDir } from "./support/tmp.ts";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { countOn, sqldSupported, type TestSqld, withSqld } from "./support/sqld.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess } from "./support/worker.ts";
 
@@ -19,15 +18,8 @@ let sqld: TestSqld;
 let dir: string;
 
 describe.skipIf(!sqldSupported)("shared journal on a libSQL server", () => {
-  beforeAll(async () => {
-    [broker, sqld] = await Promise.all([startBroker({ [TOPIC]: 6 }), startSqld()]);
-    dir = tempDir();
-    await Bun.write(join(dir, "handlers", "shared.ts"), effectsHandler(TOPIC, { delayMs: "1" }));
-  });
-
-  afterAll(async () => {
-    await Promise.all([broker?.close(), sqld?.close()]);
-  });
+  withBroker({ [TOPIC]: 6 }, { "shared.ts": effectsHandler(TOPIC, { delayMs: "1" }) }, (f) => ({ broker, dir } = f));
+  withSqld((s) => (sqld = s));
 
   test("two instances, one SIGKILLed and restarted, one leaving and rejoining: every effect exactly once", async () => {
     const db = sqld.client();

@@ -189,16 +189,21 @@ function sameRows(a: Record<string, unknown>[], b: Record<string, unknown>[]): b
   return true;
 }
 
+/** A statement as error messages quote it: on one line, its start only. */
+function shown(sql: string): string {
+  return sql.replace(/\s+/g, " ").trim().slice(0, 60);
+}
+
 function refuseControl(sql: string): Error {
   return new Error(
-    `ctx.tx runs inside kexo's transaction, which holds this message's record: "${sql.replace(/\s+/g, " ").trim().slice(0, 60)}" would end or split it. ` +
+    `ctx.tx runs inside kexo's transaction, which holds this message's record: "${shown(sql)}" would end or split it. ` +
       "Leave out BEGIN/COMMIT/ROLLBACK/SAVEPOINT: a ctx.tx body is already all-or-nothing, and db.batch() groups statements all-or-nothing within it",
   );
 }
 
 function outsideBody(sql: string): Error {
   return new Error(
-    `db written outside a ctx.tx body while kexo's transaction is open ("${sql.replace(/\s+/g, " ").trim().slice(0, 60)}"): ` +
+    `db written outside a ctx.tx body while kexo's transaction is open ("${shown(sql)}"): ` +
       "the write would commit with other messages' records but without a record of its own. Write through the db a ctx.tx body receives, inside that body (setup()'s db may still read)",
   );
 }

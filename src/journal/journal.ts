@@ -310,14 +310,14 @@ export class Journal {
     conn.prepare("DELETE FROM kexo_retries WHERE updated_at < ?").run(Date.now() - ATTEMPTS_KEPT_MS);
     const rows = conn.prepare('SELECT handler, topic, partition, CAST("offset" AS TEXT) AS o FROM kexo_retries').all() as
       { handler: string; topic: string; partition: number; o: string }[];
-    for (const r of rows) this.#attemptsAt(r.handler, r.topic, r.partition).add(r.o);
+    for (const r of rows) offsetsIn(this.#attemptOffsets, r.handler, r.topic, r.partition).add(r.o);
     this.#worker = opts.worker === true;
     // Before the run state is read: another live instance's "running" is not a crash.
     if (this.#worker && shared && this.#instance) this.#lease = InstanceLease.acquire(conn, this.localKey("lease"), this.#instance, path, opts.leaseWatchMs);
     this.uncleanStart = this.#worker && this.getMeta(this.localKey("run_state")) === "running";
     if (this.uncleanStart) {
       const kept = (this.#keptAtStart = new PerPartition());
-      for (const r of rows) (kept.get(r.handler, r.topic, r.partition) ?? kept.add(r.handler, r.topic, r.partition, new Set())).add(r.o);
+      for (const r of rows) offsetsIn(kept, r.handler, r.topic, r.partition).add(r.o);
     }
     // At once, not group-committed: a process that dies before its first COMMIT leaves it too.
     // No fsync needed for that: a dead process's writes stay in the page cache.
@@ -379,8 +379,11 @@ export class Journal {
         // fsync, say): made durable before any of it is trusted.
         walSync.syncNow();
       }
+      return new Journal(path, conn, opts, walSync, remote !== undefined);
     } catch (err) {
-      if (remote) conn?.close();
+      // Refused (the client id's lease, lease.ts) or failed: nothing stays open behind the error.
+      conn?.close();
+      walSync?.close();
       if (err instanceof KexoError) throw err;
       throw new KexoError(
         "journal_unavailable",
@@ -389,18 +392,6 @@ export class Journal {
           : `cannot open journal ${path}: ${(err as Error).message}; check the --db path and its permissions`,
         { exitCode: ExitCode.unavailable, cause: err },
       );
-    }
-    try {
-      return new Journal(path, conn, opts, walSync, remote !== undefined);
-    } catch (err) {
-      // Refused (the client id's lease, lease.ts) or failed: nothing stays open behind the error.
-      conn.close();
-      walSync?.close();
-      if (err instanceof KexoError) throw err;
-      throw new KexoError("journal_unavailable", `cannot open journal ${path}: ${(err as { detail?: string }).detail ?? (err as Error).message}; check --db and that it is reachable`, {
-        exitCode: ExitCode.unavailable,
-        cause: err,
-      });
     }
   }
 
@@ -480,7 +471,7 @@ export class Journal {
       if (row && Number(row.next_offset) > e.next) e.next = Number(row.next_offset);
     }
     const rows = this.#s.attemptsIn.all(handler, topic, partition) as { o: string }[];
-    for (const r of rows) this.#attemptsAt(handler, topic, partition).add(r.o);
+    for (const r of rows) offsetsIn(this.#attemptOffsets, handler, topic, partition).add(r.o);
   }
 
   progress(groupId: string): Map<string, bigint> {
@@ -528,7 +519,7 @@ export class Journal {
    * -1 once it ended (see processing/crash-guard.ts).
    */
   recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0): void {
-    this.#attemptsAt(handler, at.topic, at.partition).add(at.offset);
+    offsetsIn(this.#attemptOffsets, handler, at.topic, at.partition).add(at.offset);
     this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deaths));
   }
 
@@ -593,10 +584,6 @@ export class Journal {
         this.commit().then(resolve, reject);
       });
     }));
-  }
-
-  #attemptsAt(handler: string, topic: string, partition: number): Set<string> {
-    return this.#attemptOffsets.get(handler, topic, partition) ?? this.#attemptOffsets.add(handler, topic, partition, new Set());
   }
 
   /**
@@ -1151,6 +1138,11 @@ export class Journal {
       }
     }
   }
+}
+
+/** The set of offsets kept for this handler, topic and partition, made on first use. */
+function offsetsIn(sets: PerPartition<Set<string>>, handler: string, topic: string, partition: number): Set<string> {
+  return sets.get(handler, topic, partition) ?? sets.add(handler, topic, partition, new Set());
 }
 
 function closedError(): KexoError {

@@ -65,11 +65,15 @@ function sleepSync(ms: number): void {
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
 
+/** What both refusals tell the operator to do. */
+const DISTINCT_IDS =
+  "Instances sharing a journal need distinct client ids (the default, kexo-HOSTNAME, is): set --client-id or KEXO_CLIENT_ID per instance";
+
 export class InstanceLease {
-  readonly #conn: SqlConnection;
   readonly #key: string;
   readonly #clientId: string;
   readonly #where: string;
+  readonly #s: ReturnType<typeof statements>;
   #value: string;
   #holder: Holder;
   #lastBeat = performance.now();
@@ -77,21 +81,19 @@ export class InstanceLease {
   #dropped = false;
 
   private constructor(conn: SqlConnection, key: string, clientId: string, where: string, holder: Holder) {
-    this.#conn = conn;
     this.#key = key;
     this.#clientId = clientId;
     this.#where = where;
+    this.#s = statements(conn);
     this.#holder = holder;
     this.#value = JSON.stringify(holder);
   }
 
   /** Takes the row `key` for this process, or throws (exit 78) while another instance holds it. */
   static acquire(conn: SqlConnection, key: string, clientId: string, where: string, watchMs = WATCH_MS): InstanceLease {
-    const get = conn.prepare("SELECT value FROM kexo_meta WHERE key = ?");
-    const read = () => (get.get(key) as { value: string } | undefined)?.value;
     const mine: Holder = { token: randomUUID(), host: hostname(), pid: process.pid, space: pidSpace(), beat: 0 };
     const lease = new InstanceLease(conn, key, clientId, where, mine);
-    let seen = read();
+    let seen = lease.#read();
     const other = parse(seen);
     const earlierRunHere = other !== undefined && other.host === mine.host && other.space === mine.space &&
       (other.pid === mine.pid || !alive(other.pid));
@@ -99,18 +101,16 @@ export class InstanceLease {
       const until = performance.now() + watchMs;
       while (performance.now() < until) {
         sleepSync(Math.min(250, Math.max(1, until - performance.now())));
-        const now = read();
+        const now = lease.#read();
         if (now !== seen) {
           if (now === undefined) break; // stopped cleanly meanwhile
           throw lease.#held(parse(now), `its lease moved while this one watched it for ${watchMs / 1000} s`);
         }
       }
-      seen = read();
+      seen = lease.#read();
     }
-    const took = seen === undefined
-      ? conn.prepare("INSERT INTO kexo_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING").run(key, lease.#value)
-      : conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(lease.#value, key, seen);
-    if (took.changes !== 1) throw lease.#held(parse(read()), "it took the lease at the same moment");
+    const took = seen === undefined ? lease.#s.insert.run(key, lease.#value) : lease.#s.update.run(lease.#value, key, seen);
+    if (took.changes !== 1) throw lease.#held(parse(lease.#read()), "it took the lease at the same moment");
     return lease;
   }
 
@@ -130,16 +130,12 @@ export class InstanceLease {
     this.#lastBeat = performance.now();
     const next: Holder = { ...this.#holder, beat: this.#holder.beat + 1 };
     const value = JSON.stringify(next);
-    const r = this.#released
-      ? this.#conn.prepare("DELETE FROM kexo_meta WHERE key = ? AND value = ?").run(this.#key, this.#value)
-      : this.#conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?").run(value, this.#key, this.#value);
+    const r = this.#released ? this.#s.delete.run(this.#key, this.#value) : this.#s.update.run(value, this.#key, this.#value);
     if (r.changes !== 1) {
-      const now = parse((this.#conn.prepare("SELECT value FROM kexo_meta WHERE key = ?").get(this.#key) as { value: string } | undefined)?.value);
       throw new KexoError(
         "lease_lost",
-        `another kexo instance (${describe(now)}) took over --client-id ${this.#clientId} on the shared journal ${this.#where}, ` +
-          `having seen this one idle for ${WATCH_MS / 1000} s; this one stops with its open group unacknowledged. ` +
-          "Instances sharing a journal need distinct client ids (the default, kexo-HOSTNAME, is): set --client-id or KEXO_CLIENT_ID per instance",
+        `another kexo instance (${describe(parse(this.#read()))}) took over --client-id ${this.#clientId} on the shared journal ${this.#where}, ` +
+          `having seen this one idle for ${WATCH_MS / 1000} s; this one stops with its open group unacknowledged. ${DISTINCT_IDS}`,
         { exitCode: ExitCode.config },
       );
     }
@@ -156,14 +152,28 @@ export class InstanceLease {
     this.#released = true;
   }
 
+  /** The row's value now, whoever holds it. */
+  #read(): string | undefined {
+    return (this.#s.read.get(this.#key) as { value: string } | undefined)?.value;
+  }
+
   #held(other: Holder | undefined, why: string): KexoError {
     return new KexoError(
       "client_id_in_use",
-      `another kexo instance (${describe(other)}) runs with --client-id ${this.#clientId} on the shared journal ${this.#where}: ${why}. ` +
-        "Instances sharing a journal need distinct client ids (the default, kexo-HOSTNAME, is): set --client-id or KEXO_CLIENT_ID per instance",
+      `another kexo instance (${describe(other)}) runs with --client-id ${this.#clientId} on the shared journal ${this.#where}: ${why}. ${DISTINCT_IDS}`,
       { exitCode: ExitCode.config },
     );
   }
+}
+
+/** Every write of the row is a compare-and-set on the value last seen. */
+function statements(conn: SqlConnection) {
+  return {
+    read: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
+    insert: conn.prepare("INSERT INTO kexo_meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING"),
+    update: conn.prepare("UPDATE kexo_meta SET value = ? WHERE key = ? AND value = ?"),
+    delete: conn.prepare("DELETE FROM kexo_meta WHERE key = ? AND value = ?"),
+  };
 }
 
 function describe(h: Holder | undefined): string {

