@@ -16,6 +16,8 @@ interface Stmt {
   control?: boolean;
   /** Only reads: may run outside a ctx.tx body while the journal's transaction is open. */
   readOnly?: boolean;
+  /** Has a bare `?` parameter: the local driver aborts the process when such a statement gets named args. */
+  nameless?: boolean;
   /** Called with one argument, the driver binds it as is: an array positionally, an object by name. */
   all(params: unknown): unknown[];
   run(params: unknown): { changes: number; lastInsertRowid: number | bigint };
@@ -79,6 +81,7 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
     prepared.control = TX_CONTROL.has(keyword);
     // A remote statement has no reader flag: its first word decides, erring on refusal.
     prepared.readOnly = prepared.execute ? READS.has(keyword) : !prepared.writes;
+    prepared.nameless = hasNamelessParameter(sql);
     cache.set(sql, prepared);
   }
   return prepared;
@@ -101,6 +104,60 @@ export function firstKeyword(sql: string): string {
     } else break;
   }
   return /^[a-z]*/i.exec(sql.slice(i))![0].toLowerCase();
+}
+
+/**
+ * Whether one of the statement's parameters has no name: a bare `?`, or a number that `?NNN`
+ * skips (`?2` alone makes parameter 1 nameless). Parameters are numbered as SQLite numbers them;
+ * string literals, quoted identifiers and comments are skipped.
+ */
+export function hasNamelessParameter(sql: string): boolean {
+  let max = 0;
+  const named = new Set<number>();
+  const names = new Map<string, number>();
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql[i]!;
+    if (c === "'" || c === '"' || c === "`" || c === "[") {
+      // Quotes are escaped by doubling, which this loop reads as a close and an open.
+      const end = sql.indexOf(c === "[" ? "]" : c, i + 1);
+      if (end < 0) break;
+      i = end;
+    } else if (c === "-" && sql[i + 1] === "-") {
+      const nl = sql.indexOf("\n", i);
+      if (nl < 0) break;
+      i = nl;
+    } else if (c === "/" && sql[i + 1] === "*") {
+      const end = sql.indexOf("*/", i + 2);
+      if (end < 0) break;
+      i = end + 1;
+    } else if (c === "?") {
+      const digits = /^[0-9]*/.exec(sql.slice(i + 1))![0];
+      if (!digits) return true;
+      const n = Number(digits);
+      named.add(n);
+      if (n > max) max = n;
+      i += digits.length;
+    } else if ((c === ":" || c === "@" || c === "$") && !IDENT.test(sql[i - 1] ?? " ")) {
+      const name = /^[A-Za-z0-9_]*/.exec(sql.slice(i + 1))![0];
+      if (!name) continue;
+      if (!names.has(name)) {
+        names.set(name, ++max);
+        named.add(max);
+      }
+      i += name.length;
+    }
+  }
+  for (let n = 1; n <= max; n++) if (!named.has(n)) return true;
+  return false;
+}
+
+const IDENT = /[A-Za-z0-9_$]/;
+
+function namedOnNameless(sql: string): Error {
+  return new Error(
+    `named args (an object) given to a statement with bare ? parameters: "${shown(sql)}". ` +
+      "Pass args as an array in the order of the ?s, or name the parameters (:name, @name, $name) to pass an object",
+  );
 }
 
 /**
@@ -135,11 +192,32 @@ function snapshot(params: unknown[] | Record<string, unknown>): unknown[] | Reco
   return named;
 }
 
+/**
+ * Named args as @libsql/client takes them, `{ ":id": 1 }` or `{ id: 1 }`, in the driver's form
+ * (no prefix), which would bind NULL for a prefixed key.
+ */
+function unprefixed(args: Record<string, unknown>): Record<string, unknown> {
+  let out: Record<string, unknown> | undefined;
+  for (const k in args) {
+    const c = k[0];
+    if (c === ":" || c === "@" || c === "$") {
+      out ??= { ...args };
+      delete out[k];
+      out[k.slice(1)] = args[k];
+    }
+  }
+  return out ?? args;
+}
+
 const NO_ARGS: readonly unknown[] = Object.freeze([]);
 
 function toResult(prepared: Stmt, sql: string, args: InValue[] | Record<string, InValue> | undefined, redo: Redo[] | undefined): ResultSet {
   // Positional (array) or named (object), handed to the driver as one argument: no spread.
-  const params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
+  let params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
+  if (!Array.isArray(params)) {
+    if (prepared.nameless) throw namedOnNameless(sql);
+    params = unprefixed(params);
+  }
   if (prepared.execute) {
     // A remote statement: one round trip says both, so nothing rests on guessing a reader. A
     // shared journal undoes with savepoints, never by redo (journal.ts), but the log stays whole.

@@ -1,0 +1,55 @@
+// The handler's db over the local libsql driver: a handler's mistake in its args is an error the
+// handler sees, never the worker's death (the driver aborts the process when an object of named
+// args meets a bare `?` parameter), and named args bind as @libsql/client binds them (the driver
+// binds NULL for a key written with its prefix, `{ ":id": 1 }`).
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { hasNamelessParameter } from "../../src/journal/handler-db.ts";
+import { Journal } from "../../src/journal/journal.ts";
+import { tempDir } from "../support/tmp.ts";
+
+test("bare ? parameters are found outside literals, quoted identifiers and comments", () => {
+  expect(hasNamelessParameter("INSERT INTO t VALUES (?, ?)")).toBe(true);
+  expect(hasNamelessParameter("INSERT INTO t VALUES (:a, ?)")).toBe(true);
+  expect(hasNamelessParameter("SELECT * FROM t WHERE a = ?")).toBe(true);
+  expect(hasNamelessParameter("INSERT INTO t VALUES (?1, ?2)")).toBe(false);
+  expect(hasNamelessParameter("INSERT INTO t VALUES (:a, @b, $c)")).toBe(false);
+  expect(hasNamelessParameter("SELECT '?', \"?\", `?`, [?] -- ?\n /* ? */ FROM t WHERE a = :a")).toBe(false);
+  expect(hasNamelessParameter("SELECT 'it''s ?' , :a")).toBe(false);
+  expect(hasNamelessParameter("SELECT 'it''s' , ?")).toBe(true);
+  // ?NNN numbers parameters: the ones it skips have no name.
+  expect(hasNamelessParameter("SELECT ?2")).toBe(true);
+  expect(hasNamelessParameter("SELECT ?2, :a")).toBe(true);
+  expect(hasNamelessParameter("SELECT :a, ?2, :a")).toBe(false);
+  expect(hasNamelessParameter("SELECT a$b FROM t WHERE x = :x")).toBe(false);
+});
+
+test("named args on a statement with bare ? parameters fail that call with what to do, in setup() and in ctx.tx, and the worker carries on; prefixed names bind", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 5 });
+  try {
+    const db = journal.handlerDb;
+    await db.execute("CREATE TABLE t (a, b)");
+    const advice = /named args \(an object\) given to a statement with bare \? parameters: "INSERT INTO t VALUES \(:a, \?\)".*Pass args as an array/;
+    await expect(db.execute({ sql: "INSERT INTO t VALUES (:a, ?)", args: { a: 1 } })).rejects.toThrow(advice);
+    await expect(db.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: {} })).rejects.toThrow(/named args/);
+    await expect(db.execute({ sql: "INSERT INTO t VALUES ('?', ?2)", args: { 2: 1 } })).rejects.toThrow(/named args/);
+    await expect(db.batch([{ sql: "INSERT INTO t VALUES (?, ?)", args: { a: 1, b: 2 } }])).rejects.toThrow(/named args/);
+    await expect(
+      journal.runTx("h", "m1", "tx:1", async (tx) => {
+        await tx.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: [1, 2] });
+        await tx.execute({ sql: "INSERT INTO t VALUES (:a, ?)", args: { a: 3 } });
+      }),
+    ).rejects.toThrow(advice);
+    // Arrays bind by position, objects by name with or without the prefix.
+    await journal.runTx("h", "m2", "tx:1", async (tx) => {
+      await tx.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: ["x", 1] });
+      await tx.execute({ sql: "INSERT INTO t VALUES (:a, $b)", args: { a: "y", $b: 2 } });
+      await tx.execute({ sql: "INSERT INTO t VALUES (@a, :b)", args: { "@a": "z", ":b": 4 } });
+      await tx.execute({ sql: "INSERT INTO t VALUES ('?', ?1)", args: { 1: 3 } });
+    });
+    const rows = await db.execute("SELECT a, b FROM t ORDER BY a");
+    expect(rows.rows.map((r) => [r.a, r.b])).toEqual([["?", 3], ["x", 1], ["y", 2], ["z", 4]]);
+  } finally {
+    await journal.close();
+  }
+});
