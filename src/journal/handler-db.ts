@@ -193,20 +193,36 @@ function snapshot(params: unknown[] | Record<string, unknown>): unknown[] | Reco
 }
 
 /**
+ * An InValue as the driver binds it, converted as @libsql/client converts it: the driver aborts
+ * the process on a boolean, and refuses a Date or an ArrayBuffer.
+ */
+function toSql(x: unknown): unknown {
+  if (typeof x === "boolean") return x ? 1 : 0;
+  if (x instanceof Date) return x.valueOf();
+  if (x instanceof ArrayBuffer) return Buffer.from(x);
+  return x;
+}
+
+/** The args themselves when the driver binds them as they are (the usual case: no copy), else converted. */
+function bindable(args: unknown[]): unknown[] {
+  for (let i = 0; i < args.length; i++) {
+    const x = args[i];
+    if (typeof x === "boolean" || (typeof x === "object" && x !== null && !(x instanceof Uint8Array))) return args.map(toSql);
+  }
+  return args;
+}
+
+/**
  * Named args as @libsql/client takes them, `{ ":id": 1 }` or `{ id: 1 }`, in the driver's form
- * (no prefix), which would bind NULL for a prefixed key.
+ * (no prefix; it would bind NULL for a prefixed key), values converted (toSql).
  */
 function unprefixed(args: Record<string, unknown>): Record<string, unknown> {
-  let out: Record<string, unknown> | undefined;
+  const out: Record<string, unknown> = {};
   for (const k in args) {
     const c = k[0];
-    if (c === ":" || c === "@" || c === "$") {
-      out ??= { ...args };
-      delete out[k];
-      out[k.slice(1)] = args[k];
-    }
+    out[c === ":" || c === "@" || c === "$" ? k.slice(1) : k] = toSql(args[k]);
   }
-  return out ?? args;
+  return out;
 }
 
 const NO_ARGS: readonly unknown[] = Object.freeze([]);
@@ -214,7 +230,8 @@ const NO_ARGS: readonly unknown[] = Object.freeze([]);
 function toResult(prepared: Stmt, sql: string, args: InValue[] | Record<string, InValue> | undefined, redo: Redo[] | undefined): ResultSet {
   // Positional (array) or named (object), handed to the driver as one argument: no spread.
   let params = (args ?? NO_ARGS) as unknown[] | Record<string, unknown>;
-  if (!Array.isArray(params)) {
+  if (Array.isArray(params)) params = bindable(params);
+  else {
     if (prepared.nameless) throw namedOnNameless(sql);
     params = unprefixed(params);
   }

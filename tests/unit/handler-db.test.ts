@@ -47,8 +47,18 @@ test("named args on a statement with bare ? parameters fail that call with what 
       await tx.execute({ sql: "INSERT INTO t VALUES (@a, :b)", args: { "@a": "z", ":b": 4 } });
       await tx.execute({ sql: "INSERT INTO t VALUES ('?', ?1)", args: { 1: 3 } });
     });
+    // Booleans, Dates and ArrayBuffers as @libsql/client binds them (a boolean aborted the process).
+    const at = new Date(1_700_000_000_000);
+    await journal.runTx("h", "m3", "tx:1", async (tx) => {
+      await tx.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: ["true", true] });
+      await tx.execute({ sql: "INSERT INTO t VALUES (:a, :b)", args: { a: "false", b: false } });
+      await tx.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: ["date", at] });
+      await tx.execute({ sql: "INSERT INTO t VALUES (?, ?)", args: ["buffer", new Uint8Array([1, 2]).buffer] });
+    });
     const rows = await db.execute("SELECT a, b FROM t ORDER BY a");
-    expect(rows.rows.map((r) => [r.a, r.b])).toEqual([["?", 3], ["x", 1], ["y", 2], ["z", 4]]);
+    expect(rows.rows.map((r) => [r.a, r.b instanceof ArrayBuffer ? [...new Uint8Array(r.b)] : r.b])).toEqual([
+      ["?", 3], ["buffer", [1, 2]], ["date", at.valueOf()], ["false", 0], ["true", 1], ["x", 1], ["y", 2], ["z", 4],
+    ]);
   } finally {
     await journal.close();
   }
