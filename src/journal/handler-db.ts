@@ -22,6 +22,8 @@ interface Stmt {
   all(params: unknown): unknown[];
   run(params: unknown): { changes: number; lastInsertRowid: number | bigint };
   columns(): { name: string }[];
+  /** The local driver's: integers read as BigInt (then made numbers while exact, see exactInteger). */
+  safeIntegers?(on: boolean): unknown;
 }
 
 /**
@@ -76,6 +78,7 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
     if (cache.size >= MAX_CACHED) cache.clear();
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
+    if (prepared.isReader && prepared.safeIntegers) prepared.safeIntegers(true);
     prepared.writes = !prepared.isReader || /\breturning\b/i.test(sql);
     const keyword = firstKeyword(sql);
     prepared.control = TX_CONTROL.has(keyword);
@@ -251,12 +254,25 @@ function toResult(prepared: Stmt, sql: string, args: InValue[] | Record<string, 
         if (!sameRows(prepared.all(again) as Record<string, unknown>[], seen)) throw new RedoMismatchError(sql, "returned rows");
       });
     }
+    if (!prepared.execute) {
+      for (const row of rows) for (const k in row) if (typeof row[k] === "bigint") row[k] = exactInteger(row[k]);
+    }
     return { columns: prepared.columns().map((c) => c.name), rows, rowsAffected: 0, lastInsertRowid: undefined };
   }
   const info = prepared.run(params);
   if (redo) redo.push(new RunRedo(prepared, sql, snapshot(params), info.changes, info.lastInsertRowid));
   return { columns: [], rows: [], rowsAffected: info.changes, lastInsertRowid: BigInt(info.lastInsertRowid) };
 }
+
+/**
+ * An integer a handler reads: a number while exact, else a BigInt (a number would be rounded
+ * without a word). The same on the local driver and on a libSQL server.
+ */
+export function exactInteger(v: bigint): number | bigint {
+  return v >= MIN_SAFE && v <= MAX_SAFE ? Number(v) : v;
+}
+const MIN_SAFE = BigInt(Number.MIN_SAFE_INTEGER);
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 
 /** Blobs come back as ArrayBuffers. */
 function bytes(x: unknown): Buffer | undefined {

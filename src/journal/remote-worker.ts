@@ -2,6 +2,7 @@
 // @libsql/client, whose interactive transactions keep SQLite's semantics over the network (a
 // failed statement fails alone; the transaction stays open), and answers each request of the
 // JS thread on its port, then wakes it through the shared flag.
+import { exactInteger } from "./handler-db.ts";
 import { createClient, type Client, type InArgs, type ResultSet, type Transaction } from "@libsql/client";
 import { type MessagePort, workerData } from "node:worker_threads";
 import { type RemoteReply, type RemoteRequest, THREAD_DEAD, THREAD_READY } from "./remote.ts";
@@ -19,10 +20,9 @@ const wake = new Int32Array(flag);
 let client: Client | undefined;
 let tx: Transaction | undefined;
 
-/** Integers as numbers while exact, else as BigInt (the embedded driver would round them). */
+/** Integers as numbers while exact, else as BigInt, as the embedded journal gives them. */
 function plain(v: unknown): unknown {
-  if (typeof v === "bigint") return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
-  return v;
+  return typeof v === "bigint" ? exactInteger(v) : v;
 }
 
 function rowsOf(rs: ResultSet): Record<string, unknown>[] {

@@ -63,3 +63,13 @@ test("named args on a statement with bare ? parameters fail that call with what 
     await journal.close();
   }
 });
+
+test("integers read as numbers while exact, else as BigInt (never rounded), as on a libSQL server", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 5 });
+  try {
+    const r = await journal.handlerDb.execute("SELECT 42 AS small, 9007199254740993 AS big, -9223372036854775808 AS min, 1.5 AS real");
+    expect(r.rows[0]).toEqual({ small: 42, big: 9007199254740993n, min: -9223372036854775808n, real: 1.5 });
+  } finally {
+    await journal.close();
+  }
+});
