@@ -135,8 +135,10 @@ export class InstanceLease {
       throw new KexoError(
         "lease_lost",
         `another kexo instance (${describe(parse(this.#read()))}) took over --client-id ${this.#clientId} on the shared journal ${this.#where}, ` +
-          `having seen this one idle for ${WATCH_MS / 1000} s; this one stops with its open group unacknowledged. ${DISTINCT_IDS}`,
-        { exitCode: ExitCode.config },
+          `having seen this one idle for ${WATCH_MS / 1000} s; this one stops with its open group unacknowledged (a restart finds out whether the other is still running). ${DISTINCT_IDS}`,
+        // A stall, most likely, with a replacement started meanwhile: a restart either takes the
+        // row back (the other is gone) or refuses with client_id_in_use (78).
+        { exitCode: ExitCode.transient },
       );
     }
     if (this.#released) {

@@ -71,6 +71,8 @@ setInterval(() => {}, 1000);
     const third = Journal.open({ url: sqld.url, worker: true, instance: "dup" });
     await sleep(1100);
     await expect(usurper.flush()).rejects.toThrow(/another kexo instance \(host .*\) took over --client-id dup/);
+    // A stall is transient: the restart decides (takes the row back, or refuses with 78).
+    await expect(usurper.flush()).rejects.toMatchObject({ code: "lease_lost", exitCode: 75 });
     await usurper.close().catch(() => undefined);
     // A clean stop gives the client id back: the next start takes it without watching.
     third.markStopped();
