@@ -75,6 +75,8 @@ const MAX_CACHED = 512;
 function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
   let prepared = cache.get(sql);
   if (!prepared) {
+    const rest = afterFirstStatement(sql);
+    if (rest !== undefined) throw moreThanOne(sql, rest);
     if (cache.size >= MAX_CACHED) cache.clear();
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
@@ -93,20 +95,51 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
 const TX_CONTROL = new Set(["begin", "commit", "end", "rollback", "savepoint", "release"]);
 const READS = new Set(["select", "values", "explain"]);
 
-/** The statement's first keyword, lower case, past whitespace, comments and empty statements (`;`): what SQLite runs it as. */
-export function firstKeyword(sql: string): string {
-  let i = 0;
+/**
+ * Where SQL code resumes after the string literal, quoted identifier or comment that starts at
+ * `i`, or `i` itself when none starts there; the text's length when one is left open.
+ */
+function pastQuoted(sql: string, i: number): number {
+  const c = sql[i];
+  let end: number;
+  // A doubled quote inside a literal reads as a close and an open: the same place.
+  if (c === "'" || c === '"' || c === "`") end = sql.indexOf(c, i + 1) + 1;
+  else if (c === "[") end = sql.indexOf("]", i + 1) + 1;
+  else if (c === "-" && sql[i + 1] === "-") end = sql.indexOf("\n", i) + 1;
+  else if (c === "/" && sql[i + 1] === "*") end = sql.indexOf("*/", i + 2) + 2;
+  else return i;
+  return end <= i ? sql.length : end;
+}
+
+/** Past whitespace, comments and empty statements (`;`) from `i`. */
+function pastBlank(sql: string, i: number): number {
   for (;;) {
     while (i < sql.length && /[\s;]/.test(sql[i]!)) i++;
-    if (sql.startsWith("--", i)) {
-      const nl = sql.indexOf("\n", i);
-      i = nl < 0 ? sql.length : nl + 1;
-    } else if (sql.startsWith("/*", i)) {
-      const end = sql.indexOf("*/", i + 2);
-      i = end < 0 ? sql.length : end + 2;
-    } else break;
+    const next = sql[i] === "-" || sql[i] === "/" ? pastQuoted(sql, i) : i;
+    if (next === i) return i;
+    i = next;
   }
-  return /^[a-z]*/i.exec(sql.slice(i))![0].toLowerCase();
+}
+
+/** The statement's first keyword, lower case, past whitespace, comments and empty statements (`;`): what SQLite runs it as. */
+export function firstKeyword(sql: string): string {
+  return /^[a-z]*/i.exec(sql.slice(pastBlank(sql, 0)))![0].toLowerCase();
+}
+
+/**
+ * The text after the first statement, when there is more than blanks: prepare() compiles the
+ * first statement alone, so the rest would be dropped without a word. A CREATE TRIGGER's body
+ * holds `;`s of its own and is not looked into.
+ */
+export function afterFirstStatement(sql: string): string | undefined {
+  const start = pastBlank(sql, 0);
+  if (/^create\s+(?:temp\s+|temporary\s+)?trigger\b/i.test(sql.slice(start))) return undefined;
+  for (let i = start; i < sql.length; i++) {
+    const next = pastQuoted(sql, i);
+    if (next !== i) i = next - 1;
+    else if (sql[i] === ";") return pastBlank(sql, i) < sql.length ? sql.slice(i + 1) : undefined;
+  }
+  return undefined;
 }
 
 /**
@@ -119,21 +152,10 @@ export function hasNamelessParameter(sql: string): boolean {
   const named = new Set<number>();
   const names = new Map<string, number>();
   for (let i = 0; i < sql.length; i++) {
+    const next = pastQuoted(sql, i);
     const c = sql[i]!;
-    if (c === "'" || c === '"' || c === "`" || c === "[") {
-      // Quotes are escaped by doubling, which this loop reads as a close and an open.
-      const end = sql.indexOf(c === "[" ? "]" : c, i + 1);
-      if (end < 0) break;
-      i = end;
-    } else if (c === "-" && sql[i + 1] === "-") {
-      const nl = sql.indexOf("\n", i);
-      if (nl < 0) break;
-      i = nl;
-    } else if (c === "/" && sql[i + 1] === "*") {
-      const end = sql.indexOf("*/", i + 2);
-      if (end < 0) break;
-      i = end + 1;
-    } else if (c === "?") {
+    if (next !== i) i = next - 1;
+    else if (c === "?") {
       const digits = /^[0-9]*/.exec(sql.slice(i + 1))![0];
       if (!digits) return true;
       const n = Number(digits);
@@ -155,6 +177,13 @@ export function hasNamelessParameter(sql: string): boolean {
 }
 
 const IDENT = /[A-Za-z0-9_$]/;
+
+function moreThanOne(sql: string, rest: string): Error {
+  return new Error(
+    `execute() runs one statement, and this text holds more after its first ";" ("${shown(sql)}" then "${shown(rest)}"): ` +
+      "the rest would be dropped. Give each statement its own execute(), or pass them to batch() to run all or none",
+  );
+}
 
 function namedOnNameless(sql: string): Error {
   return new Error(

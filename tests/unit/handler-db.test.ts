@@ -4,7 +4,7 @@
 // binds NULL for a key written with its prefix, `{ ":id": 1 }`).
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { hasNamelessParameter } from "../../src/journal/handler-db.ts";
+import { afterFirstStatement, firstKeyword, hasNamelessParameter } from "../../src/journal/handler-db.ts";
 import { Journal } from "../../src/journal/journal.ts";
 import { tempDir } from "../support/tmp.ts";
 
@@ -22,6 +22,34 @@ test("bare ? parameters are found outside literals, quoted identifiers and comme
   expect(hasNamelessParameter("SELECT ?2, :a")).toBe(true);
   expect(hasNamelessParameter("SELECT :a, ?2, :a")).toBe(false);
   expect(hasNamelessParameter("SELECT a$b FROM t WHERE x = :x")).toBe(false);
+});
+
+test("the statements of a text are told apart past literals, comments and trigger bodies", () => {
+  expect(afterFirstStatement("CREATE TABLE a (x); CREATE TABLE b (y)")).toBe(" CREATE TABLE b (y)");
+  expect(afterFirstStatement("INSERT INTO a VALUES (';'); -- done; really\n")).toBeUndefined();
+  expect(afterFirstStatement("SELECT 1;;  /* ; */ ;")).toBeUndefined();
+  expect(afterFirstStatement("SELECT \"a;b\", [c;d], `e;f` FROM t")).toBeUndefined();
+  expect(afterFirstStatement("CREATE TEMP TRIGGER tr AFTER INSERT ON a BEGIN INSERT INTO b VALUES (1); END;")).toBeUndefined();
+  expect(afterFirstStatement("SELECT 'open")).toBeUndefined();
+  expect(firstKeyword(" -- c\n /* d */ ;; Commit")).toBe("commit");
+  expect(firstKeyword("-- only a comment")).toBe("");
+});
+
+test("execute() with two statements in its text fails with what to do, rather than running the first alone", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 5 });
+  try {
+    const db = journal.handlerDb;
+    await expect(db.execute("CREATE TABLE a (x); CREATE TABLE b (y)")).rejects.toThrow(
+      /execute\(\) runs one statement, and this text holds more after its first ";" \("CREATE TABLE a \(x\);.*" then "CREATE TABLE b \(y\)"\).*batch\(\)/,
+    );
+    expect((await db.execute("SELECT count(*) AS n FROM sqlite_master WHERE name = 'a'")).rows[0]).toEqual({ n: 0 });
+    await db.execute("CREATE TABLE a (x);  -- trailing comment");
+    await db.batch(["CREATE TABLE b (y)", "CREATE TRIGGER tr AFTER INSERT ON a BEGIN INSERT INTO b VALUES (NEW.x); INSERT INTO b VALUES (NEW.x); END"]);
+    await db.execute({ sql: "INSERT INTO a VALUES (?)", args: [7] });
+    expect((await db.execute("SELECT count(*) AS n FROM b WHERE y = 7")).rows[0]).toEqual({ n: 2 });
+  } finally {
+    await journal.close();
+  }
 });
 
 test("named args on a statement with bare ? parameters fail that call with what to do, in setup() and in ctx.tx, and the worker carries on; prefixed names bind", async () => {
