@@ -31,7 +31,12 @@ export interface WorkerOptions {
   bus?: EventBus;
   /** Poll and handler time-to-live, broker grace (see health/liveness.ts). */
   liveness?: Partial<LivenessOptions>;
+  /** Aborted by a signal before the start finished: the start stops where it is and throws start_aborted. */
+  abort?: AbortSignal;
 }
+
+/** A setup() still running after this long is logged, then again at each multiple. */
+const SETUP_WARN_MS = 10_000;
 
 /** Event-loop liveness: a tick that stops for this long means the process is stalled. */
 const LOOP_TTL_MS = 10_000;
@@ -94,24 +99,56 @@ export class Worker {
     try {
       await worker.#setupHandlers();
       worker.#startHttp();
-      await worker.#startConsumers();
+      await worker.#untilAborted(worker.#startConsumers(), "while joining the consumer groups");
     } catch (err) {
-      await worker.#close();
+      await worker.#abandon();
       throw err;
     }
     return worker;
   }
 
+  /** `work`, unless a signal comes first (WorkerOptions.abort): then start_aborted, exit 0. */
+  #untilAborted<T>(work: Promise<T>, when: string): Promise<T> {
+    const abort = this.#opts.abort;
+    if (!abort) return work;
+    return new Promise<T>((resolve, reject) => {
+      const stop = () => reject(new KexoError("start_aborted", `stopped by a signal ${when}`, { exitCode: ExitCode.ok }));
+      if (abort.aborted) return stop();
+      abort.addEventListener("abort", stop, { once: true });
+      work.then(resolve, reject).finally(() => abort.removeEventListener("abort", stop));
+    });
+  }
+
+  /**
+   * A start that failed or was stopped leaves the journal as it found it: clean when it was (the
+   * next start need not guard against a crash that never happened), else still marked unclean
+   * for the crash guard. Consumers that started stop as in a drain.
+   */
+  async #abandon(): Promise<void> {
+    this.#draining = true;
+    await Promise.all(this.consumers.map((c) => c.stop(this.#opts.shutdownTimeoutMs).catch(() => false)));
+    if (!this.journal.uncleanStart) this.journal.markStopped();
+    await this.#progressLog?.stop().catch(() => {});
+    await this.#close();
+  }
+
   async #setupHandlers(): Promise<void> {
     for (const h of this.#opts.handlers) {
       if (!h.def.setup) continue;
+      const started = Date.now();
+      const slow = setInterval(() => {
+        this.#opts.log.warn("handler setup() still running", { handler: h.name, file: h.file, seconds: Math.round((Date.now() - started) / 1000) });
+      }, SETUP_WARN_MS);
       try {
-        await h.def.setup(this.journal.handlerDb);
+        await this.#untilAborted(Promise.resolve(h.def.setup(this.journal.handlerDb)), `while ${h.file}'s setup() ran`);
       } catch (err) {
+        if (err instanceof KexoError && err.code === "start_aborted") throw err;
         throw new KexoError("handler_setup_failed", `${h.file}: setup: ${(err as Error).message ?? String(err)}; fix the handler's setup(db)`, {
           exitCode: ExitCode.config,
           cause: err,
         });
+      } finally {
+        clearInterval(slow);
       }
     }
   }
@@ -211,7 +248,7 @@ export class Worker {
     this.#draining = true;
     this.#opts.log.info("draining", { timeoutMs: this.#opts.shutdownTimeoutMs });
     const results = await Promise.all(this.consumers.map((c) => c.stop(this.#opts.shutdownTimeoutMs)));
-    // Only a stop that got here is clean: a start that failed leaves the journal as it found it.
+    // A start that failed leaves the journal as it found it (#abandon).
     this.journal.markStopped();
     await this.#progressLog?.stop();
     await this.#close();

@@ -33,6 +33,12 @@ describe("invalid handler files", () => {
       "regex-topic.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [/a.*/], order: "topic", handle: async () => {} });`,
       "good.ts": GOOD,
       "dup.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ name: "good", topics: ["t2"], handle: async () => {} });`,
+      // Misspelt options would fall back to their defaults: deadletter: false would dead-letter.
+      "typos.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["ty", ""], deadletter: false, concurency: 4, retries: {}, retry: { attempt: 3 }, handle: async () => {} } as never);`,
+      "no-handle.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["nh"] } as never);`,
+      "dlq-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["loop"], deadLetter: "loop", handle: async () => {} });`,
+      "dlq-regex-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [/^orders/], deadLetter: "orders-dead", handle: async () => {} });`,
+      "syntax.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["s"], handle: async () => { return; }, ;\n});`,
     });
     const r = kexo(["check", "--handlers", dir]);
     expect(r.code).toBe(78);
@@ -45,6 +51,16 @@ describe("invalid handler files", () => {
     expect(r.stderr).toContain(`${f("throws.ts")}: failed to load: boom at import`);
     expect(r.stderr).toContain(`${f("regex-topic.ts")}: topics: a RegExp topic can not be used with order: "topic"`);
     expect(r.stderr).toContain(`${f("good.ts")}: name: "good" is also the name of ${f("dup.ts")}`);
+    expect(r.stderr).toContain(`${f("typos.ts")}: deadletter: unknown handler option (did you mean "deadLetter"?)`);
+    expect(r.stderr).toContain(`${f("typos.ts")}: concurency: unknown handler option (did you mean "concurrency"?)`);
+    expect(r.stderr).toContain(`${f("typos.ts")}: retries: unknown handler option (did you mean "retry"?)`);
+    expect(r.stderr).toContain(`${f("typos.ts")}: retry.attempt: unknown retry option (did you mean "attempts"?)`);
+    expect(r.stderr).toContain(`${f("typos.ts")}: topics.1: must not be empty`);
+    expect(r.stderr).toContain(`${f("no-handle.ts")}: handle: is required`);
+    expect(r.stderr).toContain(`${f("dlq-loop.ts")}: deadLetter: "loop" is also a topic this handler consumes (loop)`);
+    expect(r.stderr).toContain(`${f("dlq-regex-loop.ts")}: deadLetter: "orders-dead" is also a topic this handler consumes (/^orders/)`);
+    // Bun's parse errors, each with its line and column, not only their count.
+    expect(r.stderr).toMatch(new RegExp(`${f("syntax.ts")}: failed to load: .*line 2, column \\d+`));
   });
 
   test("a missing or empty handlers directory is a config error", () => {

@@ -3,13 +3,13 @@ import { resolveConfig, type Config } from "../config/config.ts";
 import { ExitCode, KexoError, UsageError } from "../errors.ts";
 import { EventBus } from "../events.ts";
 import { bundledHandlers } from "../handlers/bundled.ts";
-import { loadBundledHandlers, loadHandlers } from "../handlers/load.ts";
+import { LOAD_TIMEOUT_MS, loadBundledHandlers, loadHandlers } from "../handlers/load.ts";
 import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
 import type { LivenessOptions } from "../health/liveness.ts";
-import { livenessFromEnv } from "../health/options.ts";
+import { livenessFromEnv, loadTimeoutFromEnv } from "../health/options.ts";
 import { createLogger, type Logger, redactUrl } from "../log.ts";
 import { attachRegistry } from "../registry/attach.ts";
 import { Worker } from "../worker.ts";
@@ -28,7 +28,7 @@ export async function loadPlan(args: Args, env: Record<string, string | undefine
   // still loads a directory at run time instead.
   const bundled = bundledHandlers();
   const compiledIn = !config.handlersGiven && bundled.length > 0;
-  const handlers = compiledIn ? loadBundledHandlers(bundled) : await loadHandlers(config.handlers);
+  const handlers = compiledIn ? loadBundledHandlers(bundled) : await loadHandlers(config.handlers, loadTimeoutFromEnv(env, LOAD_TIMEOUT_MS));
   await attachRegistry(handlers, config.schemaRegistry);
   return { config, handlers, handlersFrom: compiledIn ? "the binary (compiled in)" : config.handlers };
 }
@@ -39,7 +39,15 @@ function stringTopics(handlers: ResolvedHandler[]): string[] {
 
 export async function runCommand(args: Args, env: Record<string, string | undefined>, life: Lifecycle): Promise<number> {
   const dev = args.command === "dev";
-  const { config, handlers } = await loadPlan(args, env, !dev);
+  // A signal while the handler files load (a slow top-level await): nothing started, exit 0.
+  const loading = loadPlan(args, env, !dev);
+  const plan = await Promise.race([loading, life.signalled.then(() => undefined)]);
+  if (!plan) {
+    loading.catch(() => {});
+    createLogger({ level: "info" }).info("signal received while loading handlers; nothing was started, exiting");
+    return ExitCode.ok;
+  }
+  const { config, handlers } = plan;
   const liveness = livenessFromEnv(env);
   const log = createLogger({ level: config.logLevel });
   let stopDev = () => {};
@@ -78,8 +86,13 @@ async function runWorker(
     schemaRegistry: config.schemaRegistry ? redactUrl(config.schemaRegistry.url) : undefined,
   });
   let signal: string | undefined;
-  void life.signalled.then((s) => (signal = s));
+  const abort = new AbortController();
+  void life.signalled.then((s) => {
+    signal = s;
+    abort.abort();
+  });
   const started = Worker.start({
+    abort: abort.signal,
     handlers,
     kafka: { brokers: config.brokers, clientId: config.clientId, tls: config.tls, tlsFiles: config.tlsFiles, sasl: config.sasl },
     db: config.db,
@@ -90,15 +103,15 @@ async function runWorker(
     ensureTopics: dev?.ensureTopics,
     liveness: config.liveness,
   });
-  // A signal before the group is joined: stop as soon as start returns, exit 0.
-  const first = await Promise.race([started.then((w) => ({ w })), life.signalled.then(() => ({ w: undefined }))]);
+  // A signal before the group is joined stops the start where it is (setup(), joining): exit 0.
   let worker: Worker;
   try {
-    worker = first.w ?? (await started);
+    worker = await started;
   } catch (err) {
-    // Stopped before the group was joined (SPEC: exit 0), even when the start then failed.
+    // Stopped before the group was joined (SPEC: exit 0), even when the start failed meanwhile.
     if (!signal) throw err;
-    log.info("signal received while starting; the start failed meanwhile, nothing to drain", { signal, error: err });
+    const aborted = err instanceof KexoError && err.code === "start_aborted";
+    log.info("signal received while starting; nothing to drain", { signal, ...(aborted ? { stopped: err.message } : { error: err }) });
     return ExitCode.ok;
   }
   if (signal) {

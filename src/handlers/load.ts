@@ -20,8 +20,39 @@ export function handlerFiles(dir: string): string[] {
     .map((f) => join(dir, f));
 }
 
+/** How long one handler file may take to import (its top-level awaits included) by default. */
+export const LOAD_TIMEOUT_MS = 30_000;
+
+/** Why an import failed: Bun's parse errors each with their line and column (its message only counts them). */
+function loadError(err: unknown): string {
+  const parts = (err as { errors?: unknown }).errors;
+  if (Array.isArray(parts) && parts.length > 0) {
+    const shown = parts.slice(0, 3).map((e: { message?: string; position?: { line?: number; column?: number } | null }) =>
+      e.position?.line ? `${e.message} (line ${e.position.line}, column ${e.position.column})` : String(e.message ?? e),
+    );
+    return shown.join("; ") + (parts.length > 3 ? `; and ${parts.length - 3} more` : "");
+  }
+  return (err as Error)?.message ?? String(err);
+}
+
+/** Imports a handler file, giving up after `timeoutMs`: a top-level await that never settles would hang `check` and `run`. */
+async function importWithin(file: string, timeoutMs: number): Promise<{ default?: unknown }> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(
+      () => reject(new Error(`did not finish loading within ${timeoutMs / 1000} s; look for a top-level await that never settles (KEXO_HANDLER_LOAD_TIMEOUT_MS sets the limit)`)),
+      timeoutMs,
+    );
+  });
+  try {
+    return (await Promise.race([import(pathToFileURL(file).href), late])) as { default?: unknown };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Imports and validates every handler in `dir`; throws ConfigError listing every problem. */
-export async function loadHandlers(dir: string): Promise<ResolvedHandler[]> {
+export async function loadHandlers(dir: string, timeoutMs = LOAD_TIMEOUT_MS): Promise<ResolvedHandler[]> {
   const abs = resolve(dir);
   if (!existsSync(abs) || !statSync(abs).isDirectory()) {
     throw new ConfigError([{ path: "handlers", message: `${dir} is not a directory; pass --handlers DIR with your handler files` }]);
@@ -35,9 +66,9 @@ export async function loadHandlers(dir: string): Promise<ResolvedHandler[]> {
   for (const file of files) {
     let mod: { default?: unknown };
     try {
-      mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
+      mod = await importWithin(file, timeoutMs);
     } catch (err) {
-      problems.push({ path: file, message: `failed to load: ${(err as Error).message ?? String(err)}` });
+      problems.push({ path: file, message: `failed to load: ${loadError(err)}` });
       continue;
     }
     const h = resolveHandler(file, basename(file, extname(file)), mod.default, problems);

@@ -4,6 +4,7 @@ import * as v from "valibot";
 import type { Problem } from "../errors.ts";
 import { HANDLER, type Handler, type Order, type PayloadFormat } from "../index.ts";
 import type { PayloadRegistry } from "../registry/registry.ts";
+import { didYouMean } from "../suggest.ts";
 
 export interface ResolvedHandler {
   name: string;
@@ -35,10 +36,16 @@ export const PAYLOAD_FORMATS = ["json", "avro", "protobuf", "json-schema", "raw"
 /** Formats whose values are decoded through the schema registry. */
 export const REGISTRY_FORMATS: readonly PayloadFormat[] = ["avro", "protobuf", "json-schema"];
 
+const RETRY_ENTRIES = {
+  attempts: v.optional(positiveInt),
+  initialDelayMs: v.optional(nonNegativeInt),
+  maxDelayMs: v.optional(nonNegativeInt),
+};
+
 const HandlerShape = v.object({
   name: v.optional(v.pipe(v.string("must be a string"), v.regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'"))),
   topics: v.pipe(
-    v.array(v.union([v.pipe(v.string(), v.nonEmpty()), v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
+    v.array(v.union([v.pipe(v.string(), v.nonEmpty("must not be empty")), v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
     v.minLength(1, "must name at least one topic"),
   ),
   groupId: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"), v.maxLength(255, "must be at most 255 characters"))),
@@ -47,22 +54,27 @@ const HandlerShape = v.object({
   order: v.optional(v.picklist(["partition", "key", "topic"], 'must be "partition", "key" or "topic"')),
   format: v.optional(v.picklist(PAYLOAD_FORMATS, `must be ${PAYLOAD_FORMATS.map((f) => `"${f}"`).join(", ")}`)),
   concurrency: v.optional(positiveInt),
-  retry: v.optional(
-    v.strictObject({
-      attempts: v.optional(positiveInt),
-      initialDelayMs: v.optional(nonNegativeInt),
-      maxDelayMs: v.optional(nonNegativeInt),
-    }, "must be { attempts, initialDelayMs, maxDelayMs }"),
-  ),
+  retry: v.optional(v.object(RETRY_ENTRIES, "must be { attempts, initialDelayMs, maxDelayMs }")),
   deadLetter: v.optional(v.union([v.pipe(v.string(), v.nonEmpty()), v.literal(false)], "must be a topic name or false")),
   kafkaTransactions: v.optional(v.boolean("must be true or false")),
   setup: v.optional(fn),
   handle: fn,
-});
+  // Only a missing key has no input: a wrong value gets its entry's own message.
+}, (issue) => (issue.input === undefined ? "is required" : "must be an object"));
 
 export function groupIdFor(name: string, topics: (string | RegExp)[]): string {
   const parts = topics.map((t) => (typeof t === "string" ? t : t.source.replace(/[^A-Za-z0-9._-]+/g, "_")));
   return `kexo-${name}-${parts.join("-")}`.slice(0, 255);
+}
+
+/** Pushes a problem for each key of `given` not in `known`, with the likely meant one; returns them. */
+function unknownKeys(given: Record<string, unknown>, known: string[], prefix: string, file: string, problems: Problem[]): string[] {
+  const unknown = Object.keys(given).filter((k) => !known.includes(k));
+  for (const k of unknown) {
+    const hint = didYouMean(k, known);
+    problems.push({ path: `${file}: ${prefix}${k}`, message: `unknown ${prefix ? `${prefix.slice(0, -1)} ` : "handler "}option${hint || `; known: ${known.join(", ")}`}` });
+  }
+  return unknown;
 }
 
 export function issuePath(issue: v.BaseIssue<unknown>): string {
@@ -79,11 +91,17 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
     problems.push({ path: file, message: "default export is not a handler; wrap it in defineHandler({ … }) from \"kexo\"" });
     return undefined;
   }
+  // A misspelt option would otherwise fall back to its default without a word (`deadletter: false`
+  // would dead-letter where the handler meant to retry forever).
+  const unknown = unknownKeys(exported as Record<string, unknown>, Object.keys(HandlerShape.entries), "", file, problems);
+  const retryGiven = (exported as { retry?: unknown }).retry;
+  if (typeof retryGiven === "object" && retryGiven !== null) unknown.push(...unknownKeys(retryGiven as Record<string, unknown>, Object.keys(RETRY_ENTRIES), "retry.", file, problems));
   const parsed = v.safeParse(HandlerShape, exported);
   if (!parsed.success) {
     for (const issue of parsed.issues) problems.push({ path: `${file}: ${issuePath(issue) || "handler"}`, message: issue.message });
     return undefined;
   }
+  if (unknown.length > 0) return undefined;
   const def = exported as Handler<unknown>;
   const order = def.order ?? "partition";
   if (order === "topic" && def.topics.some((t) => t instanceof RegExp)) {
@@ -102,6 +120,14 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
   }
   const name = def.name ?? defaultName;
   const deadLetter = def.deadLetter;
+  const loops = typeof deadLetter === "string" ? def.topics.find((t) => (typeof t === "string" ? t === deadLetter : deadLetter.search(t) >= 0)) : undefined;
+  if (loops !== undefined) {
+    problems.push({
+      path: `${file}: deadLetter`,
+      message: `"${deadLetter}" is also a topic this handler consumes (${String(loops)}): each dead letter would come back to it. Name another topic`,
+    });
+    return undefined;
+  }
   return {
     name,
     file,
