@@ -253,9 +253,7 @@ export class HandlerConsumer {
     consumer.on(consumer.events.CRASH, (e) => this.#onCrash(consumer, e.payload.error, e.payload.restart));
     this.#bus.emit("consumer.joining", { handler: this.handler.name, group: this.handler.groupId });
     await consumer.connect();
-    // kafkajs matches a RegExp once, against the topics the broker lists at subscribe time, with
-    // RegExp.test: a g or y flag would make that stateful, so only the other flags are kept.
-    const topics = this.handler.topics.map((t) => (typeof t === "string" ? t : new RegExp(t.source, t.flags.replace(/[gy]/g, ""))));
+    const topics = this.handler.topics.map((t) => (typeof t === "string" ? t : new TopicPattern(t, (u) => this.handler.deadLetterTopic(u))));
     await consumer.subscribe({ topics, fromBeginning: true });
     await consumer.run({
       autoCommit: false,
@@ -841,4 +839,31 @@ function toMessage(
   const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
   if (leaderEpoch !== undefined) message.leaderEpoch = leaderEpoch;
   return message;
+}
+
+/**
+ * A handler's RegExp topic as kafkajs matches it: once, against the topics the broker lists at
+ * subscribe time, through test(). A g or y flag would make test() stateful, so only the other
+ * flags are kept. It never matches Kafka's and kexo's internal topics (`__…`, unless the pattern
+ * names them), nor the handler's own dead-letter topic of a topic it matches: /^orders/ matches
+ * `orders.dlq` too, whose letters would come back to the handler, and theirs go to
+ * `orders.dlq.dlq`, and so on.
+ */
+export class TopicPattern extends RegExp {
+  readonly #deadLetterOf: (topic: string) => string | false;
+  readonly #internal: boolean;
+
+  constructor(pattern: RegExp, deadLetterOf: (topic: string) => string | false) {
+    super(pattern.source, pattern.flags.replace(/[gy]/g, ""));
+    this.#deadLetterOf = deadLetterOf;
+    this.#internal = pattern.source.includes("__");
+  }
+
+  override test(topic: string): boolean {
+    if (!super.test(topic)) return false;
+    if (topic.startsWith("__") && !this.#internal) return false;
+    const dot = topic.lastIndexOf(".");
+    // The default dead-letter topic is `${topic}.dlq`; a named one the handler consumes is refused at load.
+    return !(dot > 0 && this.#deadLetterOf(topic.slice(0, dot)) === topic && super.test(topic.slice(0, dot)));
+  }
 }
