@@ -1,6 +1,7 @@
 // kexo's entry point and its only exit: parses the command line, runs one command, maps errors to
 // exit codes. First SIGTERM/SIGINT asks for a drain; a second one exits at once (130/143).
 import { parseCli, USAGE } from "./src/cli/args.ts";
+import { printJson, printLine } from "./src/cli/output.ts";
 import { ConfigError, ExitCode, KexoError } from "./src/errors.ts";
 import { explainAddonLoadFailure } from "./src/journal/native-addon.ts";
 import { VERSION } from "./src/version.ts";
@@ -15,7 +16,8 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(USAGE);
       return ExitCode.ok;
     case "version":
-      process.stdout.write(`kexo ${VERSION}\n`);
+      if (args.flags.json) printJson({ version: VERSION });
+      else printLine(`kexo ${VERSION}`);
       return ExitCode.ok;
     case "check": {
       const { checkCommand } = await import("./src/cli/check.ts");

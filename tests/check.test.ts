@@ -23,7 +23,7 @@ writeFileSync(
   join(dir, "ledger.ts"),
   `import { defineHandler, v } from "kexo";
 export default defineHandler({ name: "book", groupId: "ledger-g", topics: [/^ledger\\..+/], order: "key", schema: v.object({}), key: () => "k",
-  retry: { attempts: 3, initialDelayMs: 10, maxDelayMs: 100 }, deadLetter: "ledger.dead", handle: async () => {} });`,
+  retry: { attempts: 3, initialDelayMs: 10, maxDelayMs: 100 }, deadLetter: "ledger-dead", handle: async () => {} });`,
 );
 writeFileSync(join(dir, "notes.md"), "not a handler");
 
@@ -37,7 +37,7 @@ test("the table: one row per handler with its plan; no network needed", () => {
   expect(lines[1]).toBe(`2 handlers from ${dir}:`);
   expect(lines[3]!.split(/\s{2,}/)).toEqual(["HANDLER", "TOPICS", "GROUP", "ORDER", "FORMAT", "CONCURRENCY", "RETRY", "DEAD LETTERS"]);
   expect(lines[4]!.split(/\s{2,}/)).toEqual(["audit", "a,b", "kexo-audit-a-b", "topic", "raw", "1", "5× 200–30000 ms", "off (retry forever)"]);
-  expect(lines[5]!.split(/\s{2,}/)).toEqual(["book", "/^ledger\\..+/", "ledger-g", "key", "json", "16", "3× 10–100 ms", "ledger.dead"]);
+  expect(lines[5]!.split(/\s{2,}/)).toEqual(["book", "/^ledger\\..+/", "ledger-g", "key", "json", "16", "3× 10–100 ms", "ledger-dead"]);
   expect(lines).toHaveLength(6);
 });
 
@@ -55,7 +55,7 @@ test("--json: the same plan and the resolved config, for scripts", () => {
     },
     {
       name: "book", file: join(dir, "ledger.ts"), topics: ["/^ledger\\..+/"], group: "ledger-g", order: "key", format: "json", concurrency: 16, kafkaTransactions: false,
-      retry: { attempts: 3, initialDelayMs: 10, maxDelayMs: 100 }, deadLetter: ["ledger.dead"], schema: true, key: true,
+      retry: { attempts: 3, initialDelayMs: 10, maxDelayMs: 100 }, deadLetter: ["ledger-dead"], schema: true, key: true,
     },
   ]);
 });

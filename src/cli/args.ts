@@ -50,9 +50,9 @@ Usage:
   kexo check   [flags] [--json]   validate config and handlers, print the plan; no network
   kexo dlq list [--handler H] [--since T] [--json]
   kexo dlq show ID [--json]
-  kexo dlq replay (--all | ID…) [--to TOPIC] [--dry-run]
+  kexo dlq replay (--all [--handler H] [--since T] | ID…) [--to TOPIC] [--dry-run] [--json]
   kexo inspect ID [--handler H] [--json]
-  kexo version
+  kexo version [--json]
 
 Flags (each also an environment variable; flag > env > --config file > default):
   --brokers host:port,…     KEXO_BROKERS           required for run
@@ -75,6 +75,111 @@ Flags (each also an environment variable; flag > env > --config file > default):
   --schema-registry-password P  KEXO_SCHEMA_REGISTRY_PASSWORD
 `;
 
+/** Flags that belong to some commands only; every other flag is a setting (config.ts) or --help/--version. */
+const COMMAND_FLAGS = ["json", "demo", "demo-count", "handler", "since", "to", "all", "dry-run"] as const;
+type CommandFlag = (typeof COMMAND_FLAGS)[number];
+
+/** What one command (or dlq subcommand) takes besides the settings' flags. */
+interface Shape {
+  name: string;
+  /** Its usage line, as USAGE shows it. */
+  usage: string;
+  /** Positionals after the command (and subcommand) word. */
+  min: number;
+  max: number;
+  /** The message when fewer than `min` are given. */
+  missing?: string;
+  flags: readonly CommandFlag[];
+  /** Whether it reads the configuration (and so takes the settings' flags). */
+  settings: boolean;
+}
+
+const SHAPES: Record<Exclude<Command, "dlq" | "help">, Shape> = {
+  run: { name: "kexo run", usage: "kexo run [flags]", min: 0, max: 0, flags: [], settings: true },
+  dev: { name: "kexo dev", usage: "kexo dev [flags] [--demo] [--demo-count N] [--json]", min: 0, max: 0, flags: ["demo", "demo-count", "json"], settings: true },
+  check: { name: "kexo check", usage: "kexo check [flags] [--json]", min: 0, max: 0, flags: ["json"], settings: true },
+  inspect: {
+    name: "kexo inspect",
+    usage: "kexo inspect ID [--handler H] [--json]",
+    min: 1,
+    max: 1,
+    missing: "kexo inspect ID: give the message's dedup id (ctx.id)",
+    flags: ["handler", "json"],
+    settings: true,
+  },
+  version: { name: "kexo version", usage: "kexo version [--json]", min: 0, max: 0, flags: ["json"], settings: false },
+};
+
+const DLQ_SHAPES: Record<"list" | "show" | "replay", Shape> = {
+  list: { name: "kexo dlq list", usage: "kexo dlq list [--handler H] [--since T] [--json]", min: 0, max: 0, flags: ["handler", "since", "json"], settings: true },
+  show: {
+    name: "kexo dlq show",
+    usage: "kexo dlq show ID [--json]",
+    min: 1,
+    max: 1,
+    missing: "kexo dlq show ID: give a dead-letter id from kexo dlq list",
+    flags: ["json"],
+    settings: true,
+  },
+  replay: {
+    name: "kexo dlq replay",
+    usage: "kexo dlq replay (--all [--handler H] [--since T] | ID…) [--to TOPIC] [--dry-run] [--json]",
+    min: 0,
+    max: Infinity,
+    flags: ["all", "handler", "since", "to", "dry-run", "json"],
+    settings: true,
+  },
+};
+
+/**
+ * Refuses what the command would silently ignore: arguments past those it takes and flags of
+ * other commands. Checked here, before any command opens a journal or a connection.
+ */
+function checkShape(command: Exclude<Command, "help">, positionals: string[], flags: Args["flags"]): void {
+  let shape: Shape;
+  let rest = positionals;
+  if (command === "dlq") {
+    const sub = positionals[0];
+    if (sub !== "list" && sub !== "show" && sub !== "replay") {
+      const got = sub === undefined ? "no subcommand" : `unknown subcommand "${sub}"`;
+      throw new UsageError(`kexo dlq: ${got}; one of:\n  ${Object.values(DLQ_SHAPES).map((s) => s.usage).join("\n  ")}`);
+    }
+    shape = DLQ_SHAPES[sub];
+    rest = positionals.slice(1);
+  } else {
+    shape = SHAPES[command];
+  }
+  for (const [name, value] of Object.entries(flags)) {
+    if (value === undefined || name === "help" || name === "version") continue;
+    const allowed = (COMMAND_FLAGS as readonly string[]).includes(name) ? (shape.flags as readonly string[]).includes(name) : shape.settings;
+    if (!allowed) throw new UsageError(`${shape.name}: unexpected flag --${name}; usage: ${shape.usage}`);
+  }
+  if (rest.length > shape.max) {
+    const extra = rest.slice(shape.max);
+    const takes = shape.max === 0 ? "takes no arguments" : `takes ${shape.max === 1 ? "one" : shape.max} argument${shape.max === 1 ? "" : "s"}`;
+    throw new UsageError(
+      `${shape.name}: unexpected argument${extra.length === 1 ? "" : "s"} ${extra.map((a) => `"${a}"`).join(" ")} (it ${takes}); usage: ${shape.usage}`,
+    );
+  }
+  if (rest.length < shape.min) throw new UsageError(shape.missing ?? `usage: ${shape.usage}`);
+  const demoCount = flags["demo-count"];
+  if (typeof demoCount === "string" && !/^[1-9]\d{0,8}$/.test(demoCount)) {
+    throw new UsageError(`kexo dev: --demo-count ${demoCount}: expected a whole number of messages from 1 to 999999999`);
+  }
+  if (command === "dlq" && positionals[0] !== "list") {
+    for (const id of rest) {
+      if (!/^\d+$/.test(id)) throw new UsageError(`dead-letter id "${id}" is not a number; see kexo dlq list`);
+    }
+  }
+  if (command === "dlq" && positionals[0] === "replay") {
+    if (flags.all && rest.length > 0) throw new UsageError(`kexo dlq replay: give --all or dead-letter ids, not both (got --all and ${rest.join(" ")})`);
+    if (!flags.all && rest.length === 0) throw new UsageError("kexo dlq replay: give --all or dead-letter ids (see kexo dlq list)");
+    if (!flags.all && (flags.handler !== undefined || flags.since !== undefined)) {
+      throw new UsageError("kexo dlq replay: --handler and --since select dead letters for --all; with ids, drop them");
+    }
+  }
+}
+
 export function parseCli(argv: string[]): Args {
   let parsed;
   try {
@@ -83,15 +188,18 @@ export function parseCli(argv: string[]): Args {
     throw new UsageError(`${(err as Error).message}\nRun kexo help for the flags.`);
   }
   const positionals = [...parsed.positionals];
+  const flags = parsed.values as Args["flags"];
   let command: Command = "run";
-  if (parsed.values.help) command = "help";
-  else if (parsed.values.version) command = "version";
-  else if (positionals.length > 0) {
+  // --help and --version answer whatever else the line holds.
+  if (parsed.values.help) return { command: "help", positionals, flags };
+  if (parsed.values.version) return { command: "version", positionals, flags };
+  if (positionals.length > 0) {
     const first = positionals.shift()!;
     if (!(COMMANDS as readonly string[]).includes(first)) {
       throw new UsageError(`unknown command "${first}"; commands: ${COMMANDS.join(", ")}`);
     }
     command = first as Command;
   }
-  return { command, positionals, flags: parsed.values as Args["flags"] };
+  if (command !== "help") checkShape(command, positionals, flags);
+  return { command, positionals, flags };
 }

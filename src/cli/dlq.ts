@@ -2,13 +2,15 @@
 // original key, value and headers (plus kexo-id, the message's id, when it had none) to the source
 // topic (or --to) and marks the record replayed; a dead letter was never completed, so the
 // replayed copy is handled again, under the same id.
-import { UsageError } from "../errors.ts";
-import { Journal, decodeHeaders } from "../journal/journal.ts";
-import { createKafka } from "../kafka/client.ts";
+import { Kafka } from "kafkajs";
+import type { Config } from "../config/config.ts";
+import { ExitCode, KexoError, UsageError } from "../errors.ts";
+import { decodeHeaders } from "../journal/journal.ts";
+import { kafkaConfig, silenceTimeoutNegativeWarning } from "../kafka/client.ts";
 import { createLogger } from "../log.ts";
 import type { Args } from "./args.ts";
-import { openJournalFor } from "./journal-read.ts";
-import { printJson, printLine, table } from "./output.ts";
+import { type JournalReader, openJournalFor } from "./journal-read.ts";
+import { plural, printJson, printLine, table } from "./output.ts";
 
 interface DeadLetterRow {
   seq: number;
@@ -59,16 +61,17 @@ function parseSince(since: string): string {
   return new Date(t).toISOString();
 }
 
-function select(journal: Journal, args: Args): DeadLetterRow[] {
+/** `since`: parseSince's answer, computed before the journal is opened (a bad value is a usage error). */
+function select(journal: JournalReader, args: Args, since: string | undefined): DeadLetterRow[] {
   const where: string[] = [];
   const params: unknown[] = [];
   if (args.flags.handler) {
     where.push("handler = ?");
     params.push(args.flags.handler);
   }
-  if (args.flags.since) {
+  if (since !== undefined) {
     where.push("failed_at >= ?");
-    params.push(parseSince(String(args.flags.since)));
+    params.push(since);
   }
   return journal.query<DeadLetterRow>(
     `SELECT * FROM kexo_dead_letters ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq`,
@@ -76,25 +79,112 @@ function select(journal: Journal, args: Args): DeadLetterRow[] {
   );
 }
 
-function byIds(journal: Journal, ids: string[]): DeadLetterRow[] {
+function byIds(journal: JournalReader, ids: string[], json = false): DeadLetterRow[] {
   return ids.map((id) => {
-    if (!/^\d+$/.test(id)) throw new UsageError(`dead-letter id "${id}" is not a number; see kexo dlq list`);
     const row = journal.query<DeadLetterRow>("SELECT * FROM kexo_dead_letters WHERE seq = ?", Number(id))[0];
-    if (!row) throw new UsageError(`no dead letter with id ${id}; see kexo dlq list`);
+    if (!row) {
+      // As kexo inspect: a script reading --json gets an answer too, and the exit code says why.
+      if (json) printJson({ id: Number(id), found: false });
+      throw new UsageError(`no dead letter with id ${id} in journal ${journal.path}; see kexo dlq list`);
+    }
     return row;
   });
 }
 
-export async function dlqCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
-  const [sub, ...ids] = args.positionals;
-  if (sub !== "list" && sub !== "show" && sub !== "replay") {
-    throw new UsageError("kexo dlq list|show ID|replay (--all | ID…) [--to TOPIC] [--dry-run]");
+/**
+ * The replay's producer. A command, not a worker: shorter retries than the worker's client (it
+ * gives up on a broker that does not answer after about 3 s), and kafkajs's own log lines (each
+ * connection error with its stack) only with --log-level; the error this command reports names
+ * the brokers and the cause.
+ */
+function replayProducer(config: Config) {
+  const log = createLogger({ level: config.logLevel === "info" ? "silent" : config.logLevel });
+  silenceTimeoutNegativeWarning();
+  const settings = { brokers: config.brokers, clientId: config.clientId, tls: config.tls, tlsFiles: config.tlsFiles, sasl: config.sasl };
+  const kafka = new Kafka({ ...kafkaConfig(settings, log), retry: { initialRetryTime: 100, maxRetryTime: 1000, retries: 5 } });
+  return kafka.producer({ allowAutoTopicCreation: true });
+}
+
+/** The root cause: kafkajs wraps it (KafkaJSNonRetriableError around the connection error). */
+function causeOf(err: unknown): string {
+  let e = err;
+  while (e instanceof Error && e.cause instanceof Error && e.cause.message) e = e.cause;
+  return e instanceof Error ? e.message : String(e);
+}
+
+async function replay(journal: JournalReader, config: Config, args: Args, rows: DeadLetterRow[]): Promise<number> {
+  const to = args.flags.to as string | undefined;
+  if (args.flags["dry-run"]) {
+    for (const r of rows) printLine(`would replay ${r.seq} (${r.message_id}) to ${to ?? r.topic}`);
+    printLine(`${plural(rows.length, "dead letter")} would be replayed`);
+    return 0;
   }
-  const needBrokers = sub === "replay" && args.flags["dry-run"] !== true;
-  const { config, journal } = openJournalFor(args, env, needBrokers);
+  // Nothing to publish: no broker is needed for that.
+  if (rows.length === 0) {
+    if (args.flags.json) printJson({ replayed: 0 });
+    else printLine("no dead letters to replay (none, or every one was replayed already; see kexo dlq list)");
+    return 0;
+  }
+  const brokers = config.brokers.join(",");
+  const producer = replayProducer(config);
+  try {
+    await producer.connect();
+  } catch (err) {
+    throw new KexoError(
+      "broker_unavailable",
+      `cannot connect to the broker${config.brokers.length === 1 ? "" : "s"} ${brokers} to replay ${plural(rows.length, "dead letter")}: ${causeOf(err)}; ` +
+        "nothing was replayed: check --brokers (and TLS/SASL settings) and that the broker is up, then run the command again",
+      { exitCode: ExitCode.unavailable, cause: err },
+    );
+  }
+  let done = 0;
+  try {
+    for (const r of rows) {
+      const topic = to ?? r.topic;
+      // The copy keeps its message's id (kexo-id wins over key and offset), so the ctx.tx and
+      // ctx.step results the failed run recorded are reused, never applied twice; an id that
+      // came from the offset would otherwise change with the replay's new offset.
+      const headers = { "kexo-id": Buffer.from(r.message_id), ...decodeHeaders(r.headers) };
+      try {
+        await producer.send({
+          topic,
+          acks: -1,
+          messages: [{ key: r.key === null ? null : Buffer.from(r.key), value: r.value === null ? null : Buffer.from(r.value), headers }],
+        });
+      } catch (err) {
+        // Marked rows were published; this one and the rest were not (a later --all takes them).
+        const left = rows.slice(done).map((x) => x.seq);
+        throw new KexoError(
+          "broker_unavailable",
+          `cannot publish dead letter ${r.seq} (${r.message_id}) to ${topic} on ${brokers}: ${causeOf(err)}; ` +
+            `replayed ${done} of ${rows.length}, not replayed: ${left.join(" ")}. Check the broker and the topic, then run ` +
+            `${args.flags.all ? "kexo dlq replay --all" : `kexo dlq replay ${left.join(" ")}`} again`,
+          { exitCode: ExitCode.unavailable, cause: err },
+        );
+      }
+      journal.run("UPDATE kexo_dead_letters SET replayed_at = ?, replayed_to = ? WHERE seq = ?", new Date().toISOString(), topic, r.seq);
+      done++;
+      if (!args.flags.json && (done % 100 === 0 || done === rows.length)) process.stderr.write(`\rreplayed ${done}/${rows.length}`);
+    }
+  } finally {
+    await producer.disconnect().catch(() => {});
+    if (!args.flags.json && done > 0) process.stderr.write("\n");
+  }
+  if (args.flags.json) printJson({ replayed: done });
+  else printLine(`replayed ${plural(done, "dead letter")}`);
+  return 0;
+}
+
+export async function dlqCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
+  // parseCli checked the subcommand, the ids and the flags, before anything is opened.
+  const [sub, ...ids] = args.positionals;
+  if (sub !== "list" && sub !== "show" && sub !== "replay") throw new UsageError("kexo dlq list|show ID|replay (--all | ID…) [--to TOPIC] [--dry-run]");
+  const since = args.flags.since === undefined ? undefined : parseSince(String(args.flags.since));
+  const publish = sub === "replay" && args.flags["dry-run"] !== true;
+  const { config, journal } = openJournalFor(args, env, { needBrokers: publish, write: publish });
   try {
     if (sub === "list") {
-      const rows = select(journal, args).map(summary);
+      const rows = select(journal, args, since).map(summary);
       if (args.flags.json) printJson(rows);
       else if (rows.length === 0) printLine("no dead letters");
       else {
@@ -104,53 +194,19 @@ export async function dlqCommand(args: Args, env: Record<string, string | undefi
       return 0;
     }
     if (sub === "show") {
-      if (ids.length === 0) throw new UsageError("kexo dlq show ID: give a dead-letter id from kexo dlq list");
-      const rows = byIds(journal, ids).map((r) => ({
+      const r = byIds(journal, ids, args.flags.json === true)[0]!;
+      const shown = {
         ...summary(r),
         key: r.key === null ? null : Buffer.from(r.key).toString("utf8"),
         value: r.value === null ? null : Buffer.from(r.value).toString("utf8"),
         headers: Object.fromEntries(Object.entries(decodeHeaders(r.headers)).map(([k, v]) => [k, v.toString("utf8")])),
-      }));
-      if (args.flags.json) printJson(rows.length === 1 ? rows[0] : rows);
-      else for (const r of rows) printLine(JSON.stringify(r, null, 2));
+      };
+      if (args.flags.json) printJson(shown);
+      else printLine(JSON.stringify(shown, null, 2));
       return 0;
     }
-    if (!args.flags.all && ids.length === 0) throw new UsageError("kexo dlq replay: give --all or dead-letter ids");
-    const rows = args.flags.all ? select(journal, args).filter((r) => r.replayed_at === null) : byIds(journal, ids);
-    const to = args.flags.to as string | undefined;
-    if (args.flags["dry-run"]) {
-      for (const r of rows) printLine(`would replay ${r.seq} (${r.message_id}) to ${to ?? r.topic}`);
-      printLine(`${rows.length} dead letter${rows.length === 1 ? "" : "s"} would be replayed`);
-      return 0;
-    }
-    const log = createLogger({ level: config.logLevel === "info" ? "warn" : config.logLevel });
-    const kafka = createKafka({ brokers: config.brokers, clientId: config.clientId, tls: config.tls, sasl: config.sasl }, log);
-    const producer = kafka.producer({ allowAutoTopicCreation: true });
-    await producer.connect();
-    let done = 0;
-    try {
-      for (const r of rows) {
-        const topic = to ?? r.topic;
-        // The copy keeps its message's id (kexo-id wins over key and offset), so the ctx.tx and
-        // ctx.step results the failed run recorded are reused, never applied twice; an id that
-        // came from the offset would otherwise change with the replay's new offset.
-        const headers = { "kexo-id": Buffer.from(r.message_id), ...decodeHeaders(r.headers) };
-        await producer.send({
-          topic,
-          acks: -1,
-          messages: [{ key: r.key === null ? null : Buffer.from(r.key), value: r.value === null ? null : Buffer.from(r.value), headers }],
-        });
-        journal.run("UPDATE kexo_dead_letters SET replayed_at = ?, replayed_to = ? WHERE seq = ?", new Date().toISOString(), topic, r.seq);
-        done++;
-        if (!args.flags.json && (done % 100 === 0 || done === rows.length)) process.stderr.write(`\rreplayed ${done}/${rows.length}`);
-      }
-    } finally {
-      await producer.disconnect();
-      if (!args.flags.json && rows.length > 0) process.stderr.write("\n");
-    }
-    if (args.flags.json) printJson({ replayed: done });
-    else printLine(`replayed ${done} dead letter${done === 1 ? "" : "s"}`);
-    return 0;
+    const rows = args.flags.all ? select(journal, args, since).filter((r) => r.replayed_at === null) : byIds(journal, ids);
+    return await replay(journal, config, args, rows);
   } finally {
     await journal.close();
   }

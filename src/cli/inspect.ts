@@ -1,8 +1,7 @@
 // `kexo inspect ID`: one message's journal entry: status, attempts, steps, result or error.
 import { UsageError } from "../errors.ts";
-import type { Journal } from "../journal/journal.ts";
 import type { Args } from "./args.ts";
-import { openJournalFor } from "./journal-read.ts";
+import { type JournalReader, openJournalFor } from "./journal-read.ts";
 import { printJson, printLine } from "./output.ts";
 
 interface Row {
@@ -34,7 +33,7 @@ const BY_PROGRESS = "(recorded by partition progress; no result)";
  * only in kexo_progress (no kexo_messages row): the id is matched against each progress row,
  * because topic and group names may contain "-".
  */
-function byProgress(journal: Journal, id: string): ByProgress | undefined {
+function byProgress(journal: JournalReader, id: string): ByProgress | undefined {
   if (!id.startsWith("kafka-unique-id-")) return undefined;
   const rows = journal.query<{ group_id: string; topic: string; partition: number; next_offset: number | bigint }>(
     "SELECT group_id, topic, partition, next_offset FROM kexo_progress",
@@ -49,8 +48,9 @@ function byProgress(journal: Journal, id: string): ByProgress | undefined {
 }
 
 export async function inspectCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
+  // parseCli checked that there is one ID, before the journal is opened.
   const id = args.positionals[0];
-  if (!id) throw new UsageError("kexo inspect ID: give the message's dedup id (ctx.id)");
+  if (id === undefined) throw new UsageError("kexo inspect ID: give the message's dedup id (ctx.id)");
   const { journal } = openJournalFor(args, env);
   try {
     const handler = args.flags.handler as string | undefined;
@@ -79,9 +79,12 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       return 0;
     }
     if (rows.length === 0 && steps.length === 0 && retrying.length === 0) {
+      // Exit 64, as kexo dlq show for an unknown id (1 would say "a bug"); --json still answers.
       if (args.flags.json) printJson({ id, found: false });
-      else printLine(`no journal entry for ${id}${handler ? ` in handler ${handler}` : ""} (not handled yet, or another --db)`);
-      return 1;
+      throw new UsageError(
+        `no journal entry for ${id}${handler ? ` in handler ${handler}` : ""} in journal ${journal.path}: not handled yet, ` +
+          "or the worker runs on another --db; the id is the message's ctx.id (see kexo dlq list for dead letters)",
+      );
     }
     const handlers = [...new Set([...rows.map((r) => r.handler), ...steps.map((s) => s.handler), ...retrying.map((a) => a.handler)])];
     const entries = handlers.map((h) => {

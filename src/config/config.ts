@@ -2,12 +2,14 @@
 // precedence, over defaults) → validated with valibot → one expanded Config. Every problem is
 // reported as `key (source): message`.
 import { accessSync, constants, readFileSync } from "node:fs";
+import { isIP } from "node:net";
 import { hostname } from "node:os";
 import * as v from "valibot";
 import { ConfigError, type Problem } from "../errors.ts";
 import { parseHostPort } from "../http/serve.ts";
 import { issuePath } from "../handlers/resolve.ts";
-import { type Level, levels } from "../log.ts";
+import { type Level, levels, redactUrl } from "../log.ts";
+import { didYouMean } from "../suggest.ts";
 
 export interface TlsFiles {
   ca?: string;
@@ -85,20 +87,65 @@ const pemFile = v.optional(
   ),
 );
 
+/** `new URL()` without the throw: valibot runs a pipe's later checks after an earlier one failed. */
+function urlOf(s: string): URL | undefined {
+  try {
+    return new URL(s);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * An IP address (IPv6 in brackets) or a host name (RFC 1123 labels; `_` allowed, as container
+ * names have it). All digits and dots is an IPv4 address, so 999.1.1.1 is refused, not looked up.
+ */
+function validHost(host: string): boolean {
+  if (host.startsWith("[") && host.endsWith("]")) return isIP(host.slice(1, -1)) === 6;
+  if (isIP(host) !== 0) return true;
+  if (/^[\d.]+$/.test(host)) return false;
+  return host.length <= 253 && host.split(".").every((label) => /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/i.test(label));
+}
+
+/** A value that failed to parse, quoted for the message unless it may carry a password. */
+function quoted(s: string): string {
+  return s.includes("@") ? "the value given" : `"${s}"`;
+}
+
+const REMOTE_DB = /^(libsql|https?|wss?):\/\//;
+
 const Raw = v.object({
   brokers: v.optional(
     v.pipe(
       v.string(),
       v.transform((s) => s.split(",").map((b) => b.trim()).filter(Boolean)),
-      v.array(v.pipe(v.string(), v.regex(/^[^\s:]+:\d{1,5}$/, "each broker must be host:port"))),
+      v.array(
+        v.pipe(
+          v.string(),
+          v.regex(/^[^\s:]+:\d{1,5}$/, "each broker must be host:port"),
+          // The checks pass what the regex refused: that broker is reported once.
+          v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || validHost(b.split(":")[0]!), (i) => `${i.input}: ${String(i.input).split(":")[0]} is not an IP address or host name`),
+          v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || (Number(b.split(":")[1]) >= 1 && Number(b.split(":")[1]) <= 65535), (i) => `${i.input}: port ${String(i.input).split(":")[1]} is out of range (1 to 65535)`),
+        ),
+      ),
       v.minLength(1, "must list at least one host:port"),
     ),
   ),
   handlers: v.pipe(v.string(), v.nonEmpty("must not be empty")),
-  db: v.pipe(v.string(), v.regex(/^(file:|libsql:\/\/|https?:\/\/|:memory:)/, "must be file:PATH, libsql://HOST or http(s)://HOST")),
+  // Remote schemes: what @libsql/client connects to (journal/remote.ts isRemoteUrl).
+  db: v.pipe(
+    v.string(),
+    v.regex(/^(file:|libsql:\/\/|https?:\/\/|wss?:\/\/|:memory:)/, "must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST"),
+    v.check((s) => !REMOTE_DB.test(s) || Boolean(urlOf(s)?.hostname), (i) => `"${redactUrl(String(i.input))}" is not a URL with a host; expected e.g. libsql://HOST[:PORT]`),
+  ),
   http: v.pipe(
     v.string(),
     v.check((s) => parseHostPort(s) !== undefined, "must be HOST:PORT with a port from 0 to 65535 (0 picks a free port)"),
+    // Refused here, not by the listen call much later with an unrelated error (ENOENT).
+    v.check((s) => {
+      const hp = parseHostPort(s);
+      return hp === undefined || validHost(hp.host);
+    }, (i) => `${String(i.input).slice(0, String(i.input).lastIndexOf(":"))} is not an IP address or host name; use e.g. 0.0.0.0:9464 (every interface) or 127.0.0.1:9464`),
     v.transform((s) => parseHostPort(s)!),
   ),
   logLevel: v.picklist(levels, `must be one of ${levels.join(", ")}`),
@@ -119,9 +166,9 @@ const Raw = v.object({
   schemaRegistry: v.optional(
     v.pipe(
       v.string(),
-      v.url("must be a URL such as http://registry:8081"),
-      v.check((s) => /^https?:$/.test(new URL(s).protocol), "must be an http:// or https:// URL"),
-      v.check((s) => !new URL(s).username && !new URL(s).password, "must not carry credentials; set KEXO_SCHEMA_REGISTRY_USERNAME and KEXO_SCHEMA_REGISTRY_PASSWORD"),
+      v.check((s) => Boolean(urlOf(s)?.host), (i) => `must be a URL like http://host:8081; ${quoted(String(i.input))} is not one`),
+      v.check((s) => { const u = urlOf(s); return !u?.host || /^https?:$/.test(u.protocol); }, "must be an http:// or https:// URL"),
+      v.check((s) => { const u = urlOf(s); return !u || (!u.username && !u.password); }, "must not carry credentials; set KEXO_SCHEMA_REGISTRY_USERNAME and KEXO_SCHEMA_REGISTRY_PASSWORD"),
     ),
   ),
   schemaRegistryUsername: v.optional(v.string()),
@@ -151,17 +198,6 @@ function readConfigFile(path: string, problems: Problem[]): Record<string, unkno
   }
 }
 
-/** Levenshtein distance, to suggest the key a misspelt one meant. */
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const row = [i];
-    for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = row;
-  }
-  return prev[b.length]!;
-}
-
 /**
  * Resolves the configuration. `flags` holds the command line's values by flag name;
  * `needBrokers` is false for commands that don't touch Kafka.
@@ -177,8 +213,7 @@ export function resolveConfig(
   const known = new Set<string>(Object.values(SETTINGS).map((s) => s.flag));
   for (const k of Object.keys(file)) {
     if (known.has(k)) continue;
-    const near = [...known].find((n) => editDistance(n, k) <= 2);
-    problems.push({ path: `${k} (${configFile})`, message: `unknown key${near ? ` (did you mean "${near}"?)` : ""}; known keys: ${[...known].join(", ")}` });
+    problems.push({ path: `${k} (${configFile})`, message: `unknown key${didYouMean(k, known)}; known keys: ${[...known].join(", ")}` });
   }
   const sources: Sources = {};
   const raw: Record<string, string> = {};

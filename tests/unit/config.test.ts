@@ -98,7 +98,7 @@ describe("every problem as `path: message`", () => {
     [{ brokers: "a:1,b" }, {}, "brokers: each broker must be host:port"],
     [{ brokers: " , " }, {}, "brokers: must list at least one host:port"],
     [{ handlers: "" }, {}, "handlers: must not be empty"],
-    [{}, { KEXO_DB: "postgres://x" }, "db (KEXO_DB): must be file:PATH, libsql://HOST or http(s)://HOST"],
+    [{}, { KEXO_DB: "postgres://x" }, "db (KEXO_DB): must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST"],
     [{ http: "localhost:99999" }, {}, "http: must be HOST:PORT with a port from 0 to 65535 (0 picks a free port)"],
     [{ config: file }, {}, `log-level (${file}): must be one of debug, info, warn, error, silent`],
     [{}, { KEXO_SHUTDOWN_TIMEOUT: "soon" }, "shutdown-timeout (KEXO_SHUTDOWN_TIMEOUT): must be a whole number of milliseconds"],

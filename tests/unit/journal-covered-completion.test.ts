@@ -70,7 +70,7 @@ test("kexo inspect answers for an id recorded only by partition progress", async
   expect(text.out).toContain("message    my-topic/1@2");
   expect(JSON.parse(inspect(2, true).out)).toMatchObject({ status: "completed", recordedBy: "partition progress", group: "my-group", offset: "2" });
   // At or above progress: not handled yet.
-  expect(inspect(3).code).toBe(1);
+  expect(inspect(3).code).toBe(64);
 });
 
 test("a covered completion is found by its position before the COMMIT, and after it by progress or row", async () => {
