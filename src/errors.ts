@@ -63,12 +63,33 @@ export class PoisonError extends Error {
   }
 }
 
+/**
+ * `read()` as a string, or `fallback` when it throws or gives no string. A handler may throw
+ * anything (a null-prototype object, an Error whose message getter throws, whose name is a
+ * Symbol): describing it must never fail the worker.
+ */
+function described(read: () => unknown, fallback: string): string {
+  try {
+    const v = read();
+    return typeof v === "string" ? v : fallback;
+  } catch {
+    return fallback;
+  }
+}
+
 export function errorMessage(err: unknown): string {
-  if (err instanceof Error) return err.message;
-  return String(err);
+  if (err instanceof Error) return described(() => err.message, "(an Error whose message is not a string)");
+  return described(() => String(err), `(a thrown ${typeof err} that has no text)`);
 }
 
 export function errorType(err: unknown): string {
-  if (err instanceof Error) return err.name || err.constructor?.name || "Error";
+  if (err instanceof Error) return described(() => err.name || err.constructor?.name || "Error", "Error");
   return typeof err;
+}
+
+/** An Error's stack when it is a string (reading it may throw, or give anything). */
+export function errorStack(err: unknown): string | undefined {
+  if (!(err instanceof Error)) return undefined;
+  const stack = described(() => err.stack, "");
+  return stack === "" ? undefined : stack;
 }

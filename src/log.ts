@@ -1,4 +1,5 @@
 // JSON-lines logger on stderr: one object per line, levels, secrets redacted by key name.
+import { errorMessage, errorType } from "./errors.ts";
 
 export type Level = "debug" | "info" | "warn" | "error" | "silent";
 const rank: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
@@ -15,23 +16,47 @@ export interface Logger {
   enabled(level: Level): boolean;
 }
 
-/** Replaces values under secret-looking keys, recursively; errors become {type, message}. */
-export function redact(value: unknown, depth = 0): unknown {
-  if (value instanceof Error) {
-    const out: Record<string, unknown> = { type: value.name, message: value.message };
-    if ("code" in value && value.code !== undefined) out.code = value.code;
-    if (value.cause !== undefined && depth < 4) out.cause = redact(value.cause, depth + 1);
+/**
+ * Replaces values under secret-looking keys, recursively; errors become {type, message}. Never
+ * throws, whatever it is given (a handler's ctx.log fields, a thrown object): cycles become
+ * "[cycle]", what lies deeper than 8 levels "[deep]", a getter that throws "[unreadable]".
+ */
+export function redact(value: unknown, depth = 0, seen: WeakSet<object> = new WeakSet()): unknown {
+  if (typeof value === "bigint" || typeof value === "symbol") return value.toString();
+  if (typeof value === "function") return `[function ${value.name || "anonymous"}]`;
+  if (value === null || typeof value !== "object") return value;
+  if (seen.has(value)) return "[cycle]";
+  if (depth > 8) return "[deep]";
+  seen.add(value);
+  try {
+    if (value instanceof Error) {
+      const out: Record<string, unknown> = { type: errorType(value), message: errorMessage(value) };
+      const code = (value as { code?: unknown }).code;
+      if (code !== undefined) out.code = redact(code, depth + 1, seen);
+      if (value.cause !== undefined) out.cause = redact(value.cause, depth + 1, seen);
+      return out;
+    }
+    if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1, seen));
+    if (value instanceof Uint8Array) return `<${value.length} bytes>`;
+    if (value instanceof Map) return redact(Object.fromEntries(value), depth, seen);
+    if (value instanceof Set) return redact([...value], depth, seen);
+    const out: Record<string, unknown> = {};
+    for (const k of Object.keys(value)) {
+      let v: unknown;
+      try {
+        v = (value as Record<string, unknown>)[k];
+      } catch {
+        out[k] = "[unreadable]";
+        continue;
+      }
+      out[k] = SECRET_KEY.test(k) && (typeof v === "string" ? v !== "" : typeof v === "object" && v !== null) ? "[redacted]" : redact(v, depth + 1, seen);
+    }
     return out;
+  } catch {
+    return "[unreadable]";
+  } finally {
+    seen.delete(value);
   }
-  if (typeof value === "bigint") return value.toString();
-  if (value === null || typeof value !== "object" || depth > 6) return value;
-  if (Array.isArray(value)) return value.map((v) => redact(v, depth + 1));
-  if (value instanceof Uint8Array) return `<${value.length} bytes>`;
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) {
-    out[k] = SECRET_KEY.test(k) && (typeof v === "string" ? v !== "" : typeof v === "object" && v !== null) ? "[redacted]" : redact(v, depth + 1);
-  }
-  return out;
 }
 
 /** A URL with secret-looking query parameters (libsql's ?authToken=…) and user:password hidden. */
@@ -50,7 +75,14 @@ export function createLogger(
   const emit = (level: Level, msg: string, fields?: Record<string, unknown>) => {
     if (rank[level] < min) return;
     const rec = { time: new Date().toISOString(), level, msg, ...base, ...(fields ? (redact(fields) as object) : {}) };
-    write(JSON.stringify(rec));
+    let line: string;
+    try {
+      line = JSON.stringify(rec);
+    } catch (err) {
+      // redact() leaves plain data only; a toJSON() of the handler's may still throw.
+      line = JSON.stringify({ time: rec.time, level, msg, logError: `fields could not be written: ${errorMessage(err)}` });
+    }
+    write(line);
   };
   return {
     debug: (m, f) => emit("debug", m, f),

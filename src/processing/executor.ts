@@ -1,7 +1,7 @@
 // Runs one message through its handler exactly once: decode, dedup, attempts with backoff, and
 // the journal record (completion or dead letter). Kafka offsets are not this file's business: it
 // answers "done" (progress may pass this offset once the journal is durable) or "aborted".
-import { errorMessage, errorType, PermanentError, PoisonError } from "../errors.ts";
+import { errorMessage, errorStack, errorType, PermanentError, PoisonError } from "../errors.ts";
 import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
@@ -595,7 +595,7 @@ class Context implements HandlerContext {
 function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: number): PendingDeadLetter {
   return {
     id, reason, error: errorMessage(err), errorType: err instanceof PoisonError ? "PoisonError" : errorType(err),
-    stack: err instanceof Error ? err.stack : undefined, attempts, failedAt: new Date(), tries: 0,
+    stack: errorStack(err), attempts, failedAt: new Date(), tries: 0,
   };
 }
 
