@@ -28,11 +28,31 @@ export default defineHandler({
   },
 });`;
 
+// A ctx.tx nested in a body, and a body that never settles and ignores ctx.signal: both hold the
+// journal's lock, which every handler's writes and the stop wait for.
+const txStall = `import { defineHandler } from "kexo";
+export default defineHandler({
+  topics: ["stuck-c"],
+  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (v TEXT NOT NULL)"); },
+  async handle(value, ctx) {
+    const v = String(value);
+    if (v === "nested") await ctx.tx(async () => ctx.tx((db) => db.execute("SELECT 1")));
+    await ctx.tx(async (db) => {
+      if (v === "stall" && process.env.STALL === "1") {
+        ctx.log.info("stalling");
+        await new Promise(() => {});
+      }
+      await db.execute({ sql: "INSERT INTO effects (v) VALUES (?)", args: [v] });
+    });
+  },
+});`;
+
 beforeAll(async () => {
-  broker = await startBroker({ "stuck-a": 1, "stuck-b": 1 });
+  broker = await startBroker({ "stuck-a": 1, "stuck-b": 1, "stuck-c": 1, "stuck-c.dlq": 1 });
   dir = tempDir();
   await Bun.write(join(dir, "a", "stuck.ts"), handlerFor("stuck-a"));
   await Bun.write(join(dir, "b", "stuck.ts"), handlerFor("stuck-b"));
+  await Bun.write(join(dir, "c", "stuck.ts"), txStall);
 });
 
 afterAll(async () => {
@@ -122,4 +142,22 @@ test("a second signal during the drain exits at once with 143; the journal stays
   expect(Date.now() - secondAt).toBeLessThan(5000);
   expect(effects(db)).toEqual(["before"]);
   await restartAndCheck("b", db);
+}, 90_000);
+
+test("a nested ctx.tx is a dead letter, not a deadlock; a ctx.tx body that ignores ctx.signal cannot keep kexo from exiting (75)", async () => {
+  const db = join(dir, "c.db");
+  const w = new WorkerProcess(args("c", db, 1000), { env: { STALL: "1" } });
+  await w.waitJoined();
+  await broker.produce("stuck-c", [{ value: "before" }, { value: "nested" }, { value: "stall" }, { value: "after" }]);
+  const [dead] = await broker.readAll("stuck-c.dlq", 1);
+  expect(dead!.value!.toString()).toBe("nested");
+  expect(dead!.headers["kexo-dlq-reason"]!.toString()).toBe("permanent");
+  expect(dead!.headers["kexo-dlq-error"]!.toString()).toContain("ctx.tx called while another ctx.tx of this message runs");
+  await w.waitForLog("the handler stalls in its ctx.tx", (l) => l.msg === "stalling");
+  const termAt = Date.now();
+  w.kill("SIGTERM");
+  expect(await w.exited()).toBe(75);
+  console.log(`exit 75 ${Date.now() - termAt} ms after SIGTERM with a ctx.tx body holding the journal (--shutdown-timeout 1000)`);
+  expect(w.find((l) => l.msg.startsWith("shutdown did not finish: a handler still holds the journal"))).toBeDefined();
+  await restartAndCheck("c", db);
 }, 90_000);

@@ -16,6 +16,9 @@ import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
 import { printLine } from "./output.ts";
 
+/** How long a stop may take past --shutdown-timeout (the journal's last COMMIT, leaving the groups). */
+const STOP_GRACE_MS = 10_000;
+
 export interface Lifecycle {
   /** Resolves with the signal's name on the first SIGTERM or SIGINT. */
   signalled: Promise<string>;
@@ -137,13 +140,32 @@ async function runWorker(
     worker.failed.then((e) => ({ signal: undefined, error: e })),
   ]);
   demoAbort.abort();
+  // A stop waits for the journal, which a ctx.tx body that ignores ctx.signal holds forever: past
+  // the timeout and a grace, kexo exits anyway (75), as after a crash: the journal is consistent
+  // and the next start redoes what was not committed.
+  const stopped = async (): Promise<boolean | undefined> => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), config.shutdownTimeoutMs + STOP_GRACE_MS)));
+    try {
+      return await Promise.race([worker.stop().catch(() => false), late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  const giveUp = () => {
+    log.error("shutdown did not finish: a handler still holds the journal (a ctx.tx body that ignores ctx.signal?); exiting without it, its messages are redone on the next start", {
+      timeoutMs: config.shutdownTimeoutMs + STOP_GRACE_MS,
+    });
+    return ExitCode.transient;
+  };
   if (outcome.error) {
     log.error("stopping after a fatal error", { error: outcome.error });
-    await worker.stop().catch(() => {});
+    if ((await stopped()) === undefined) giveUp();
     return outcome.error instanceof KexoError ? outcome.error.exitCode : ExitCode.transient;
   }
   log.info("signal received; draining", { signal: outcome.signal, timeoutMs: config.shutdownTimeoutMs });
-  const clean = await worker.stop();
+  const clean = await stopped();
+  if (clean === undefined) return giveUp();
   log.info(clean ? "drained; exiting" : "shutdown timeout ran out; aborted handlers are redone on the next start", { clean });
   return clean ? ExitCode.ok : ExitCode.transient;
 }

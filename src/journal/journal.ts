@@ -42,7 +42,7 @@
 import { mkdirSync, realpathSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "libsql";
-import { ConfigError, ExitCode, KexoError } from "../errors.ts";
+import { ConfigError, ExitCode, KexoError, PermanentError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
 import { createHandlerDb, type JournalTx, type Redo, runRedo } from "./handler-db.ts";
@@ -219,6 +219,8 @@ export class Journal {
   #maxPending: number;
   #inTx = false;
   #held = false;
+  /** Whose ctx.tx body holds the lock (runTx's `owner`): one of its own would wait for it forever. */
+  #holder: object | undefined;
   #queue: (() => void)[] = [];
   #pendingWrites = 0;
   #waiters: Waiter[] = [];
@@ -671,10 +673,12 @@ export class Journal {
    * the caller hands to finish(). `defaultId`: `id` is the message's default id, so a lookup
    * also searches #fresh.
    */
-  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, fresh?: unknown[][], defaultId = false): Promise<R> {
+  async runTx<R>(handler: string, id: string, name: string, fn: (db: HandlerDb) => Promise<R>, fresh?: unknown[][], defaultId = false, owner?: object): Promise<R> {
+    if (this.#held && owner !== undefined && this.#holder === owner) throw nestedTx();
     // Taken at once when free: awaiting an already-resolved promise costs a turn per message.
     if (this.#held) await this.#acquire();
     else this.#held = true;
+    this.#holder = owner;
     try {
       this.#ensureTx();
       const recorded = fresh ? undefined : this.#recordedTx(handler, id, name, defaultId);
@@ -721,6 +725,7 @@ export class Journal {
         throw err;
       }
     } finally {
+      this.#holder = undefined;
       this.#release();
     }
   }
@@ -1233,4 +1238,12 @@ export function decodeHeaders(json: string): Record<string, Buffer> {
   const out: Record<string, Buffer> = {};
   for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string>)) out[k] = Buffer.from(v, "base64");
   return out;
+}
+
+/** A ctx.tx of a message while another of its own holds the journal's lock (runTx's `owner`). */
+function nestedTx(): PermanentError {
+  return new PermanentError(
+    "ctx.tx called while another ctx.tx of this message runs (nested in its body, or not awaited): it would wait forever for the transaction the first one holds, " +
+      "and every handler's writes with it. Inside a body use the db it receives; await each ctx.tx before the next",
+  );
 }

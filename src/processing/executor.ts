@@ -554,7 +554,7 @@ class Context implements HandlerContext {
       const n = ++this.#txCount;
       // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
       const fresh = run.unrecorded && this.attempt === 1 ? (run.freshTx ??= []) : undefined;
-      return run.deps.journal.runTx(run.handler.name, this.id, n === 1 ? "tx:1" : `tx:${n}`, fn, fresh, this.#defaultId);
+      return run.deps.journal.runTx(run.handler.name, this.id, n === 1 ? "tx:1" : `tx:${n}`, fn, fresh, this.#defaultId, this);
     });
   }
 
