@@ -38,6 +38,7 @@ describe("invalid handler files", () => {
       "no-handle.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["nh"] } as never);`,
       "dlq-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["loop"], deadLetter: "loop", handle: async () => {} });`,
       "dlq-regex-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [/^orders/], deadLetter: "orders-dead", handle: async () => {} });`,
+      "async-schema.ts": `import { defineHandler, v } from "kexo";\nexport default defineHandler({ topics: ["as"], schema: v.pipeAsync(v.object({ i: v.number() }), v.checkAsync(async () => true)), handle: async () => {} });`,
       "syntax.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["s"], handle: async () => { return; }, ;\n});`,
     });
     const r = kexo(["check", "--handlers", dir]);
@@ -59,6 +60,7 @@ describe("invalid handler files", () => {
     expect(r.stderr).toContain(`${f("no-handle.ts")}: handle: is required`);
     expect(r.stderr).toContain(`${f("dlq-loop.ts")}: deadLetter: "loop" is also a topic this handler consumes (loop)`);
     expect(r.stderr).toContain(`${f("dlq-regex-loop.ts")}: deadLetter: "orders-dead" is also a topic this handler consumes (/^orders/)`);
+    expect(r.stderr).toContain(`${f("async-schema.ts")}: schema: is an async valibot schema`);
     // Bun's parse errors, each with its line and column, not only their count.
     expect(r.stderr).toMatch(new RegExp(`${f("syntax.ts")}: failed to load: .*line 2, column \\d+`));
   });

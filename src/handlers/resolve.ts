@@ -103,6 +103,11 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
   }
   if (unknown.length > 0) return undefined;
   const def = exported as Handler<unknown>;
+  if ((def.schema as { async?: unknown } | undefined)?.async === true) {
+    // safeParse() of an async schema gives a Promise, which would read as a success with no value.
+    problems.push({ path: `${file}: schema`, message: "is an async valibot schema (pipeAsync, checkAsync, …): kexo validates each message synchronously; use the sync functions" });
+    return undefined;
+  }
   const order = def.order ?? "partition";
   if (order === "topic" && def.topics.some((t) => t instanceof RegExp)) {
     problems.push({ path: `${file}: topics`, message: 'a RegExp topic can not be used with order: "topic"; list the topics by name' });

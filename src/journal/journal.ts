@@ -46,7 +46,7 @@ import { ConfigError, ExitCode, KexoError, PermanentError } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { HandlerDb } from "../index.ts";
 import { createHandlerDb, type JournalTx, type Redo, runRedo } from "./handler-db.ts";
-import { toJson } from "./json.ts";
+import { fromJson, toJson } from "./json.ts";
 import { createMultiInsert } from "./multi-insert.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 import { defaultMessageId } from "../processing/decode.ts";
@@ -682,7 +682,7 @@ export class Journal {
     try {
       this.#ensureTx();
       const recorded = fresh ? undefined : this.#recordedTx(handler, id, name, defaultId);
-      if (recorded !== undefined) return JSON.parse(recorded) as R;
+      if (recorded !== undefined) return fromJson<R>(recorded);
       const savepoint = this.#alwaysSavepoint || this.#savepointRun(handler);
       const mark = this.#redo.length;
       if (savepoint) this.#conn.exec("SAVEPOINT kexo_tx");
@@ -704,7 +704,7 @@ export class Journal {
           records.set(name, row);
         }
         this.#pendingWrites++;
-        return result;
+        return fromJson<R>(json);
       } catch (err) {
         this.#savepointRuns.set(handler, SAVEPOINT_RUNS_AFTER_FAILURE);
         const lost = this.#tx.lost;

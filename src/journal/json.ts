@@ -19,3 +19,12 @@ export function toJson(value: unknown, what: string): string {
     throw new PermanentError(`${what} is not JSON-serializable: ${(err as Error).message}`, { cause: err });
   }
 }
+
+/**
+ * A recorded result as the handler gets it, on its first run as on a replay: what JSON kept
+ * (a Date as its string, a Map as {}, a BigInt as a number or string, undefined as null), so that
+ * code after a step or a tx does not behave differently once the result comes from the journal.
+ */
+export function fromJson<R>(json: string): R {
+  return (json === "null" ? null : JSON.parse(json)) as R;
+}

@@ -165,7 +165,17 @@ export class OutboxRelay {
     const fresh = [...new Set(rows.map((r) => r.topic))].filter((t) => !this.#ensured.has(t));
     if (fresh.length > 0 && this.#deps.ensureTopics) await this.#deps.ensureTopics(fresh);
     try {
-      await this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
+      const acked = await this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
+      // kafkajs drops, without a word, records for a partition the topic does not have: each
+      // partition a record named must be in the acknowledgement, or its rows stay to be sent again.
+      const got = new Set(acked.map((m) => `${m.topicName}\0${m.partition}`));
+      const lost = rows.find((r) => r.partition !== null && !got.has(`${r.topic}\0${r.partition}`));
+      if (lost) {
+        throw new Error(
+          `outbox record ${lost.seq} of handler ${lost.handler} names partition ${lost.partition} of ${lost.topic}, which the broker did not acknowledge ` +
+            "(the topic has fewer partitions?); it and the records after it wait: add partitions to the topic, or delete the row from kexo_outbox",
+        );
+      }
     } catch (err) {
       if (/does not host this topic-partition|UNKNOWN_TOPIC/i.test(errorMessage(err))) {
         throw new Error(`outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")}): create it or let the broker auto-create topics; ${errorMessage(err)}`, { cause: err });

@@ -9,7 +9,7 @@ import type { AttemptClaim, Journal, OutboxRecord } from "../journal/journal.ts"
 import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
-import { toJson } from "../journal/json.ts";
+import { fromJson, toJson } from "../journal/json.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
@@ -539,12 +539,12 @@ class Context implements HandlerContext {
       const key = this.#occurrence(`step:${name}`);
       const steps = (run.steps ??= run.unrecorded ? new Map() : run.deps.journal.steps(run.handler.name, this.id));
       const hit = steps.get(key);
-      if (hit !== undefined) return JSON.parse(hit) as R;
+      if (hit !== undefined) return fromJson<R>(hit);
       const result = await fn();
       const json = toJson(result, `ctx.step("${name}") result`);
       steps.set(key, json);
       run.deps.journal.recordStep(run.handler.name, this.id, key, json);
-      return result;
+      return fromJson<R>(json);
     });
   }
 
@@ -562,6 +562,9 @@ class Context implements HandlerContext {
     return (this.#emit ??= (topic: string, msg: EmitMessage): void => {
       const handler = this.#run.handler;
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");
+      if (msg.partition != null && !(Number.isInteger(msg.partition) && msg.partition >= 0)) {
+        throw new PermanentError(`ctx.emit to ${topic}: partition must be a whole number from 0 (got ${String(msg.partition)}); leave it out to let the key choose`);
+      }
       const outbox = (this.#outbox ??= []);
       const headers: Record<string, Buffer> = {};
       for (const [k, v] of Object.entries(msg.headers ?? {})) headers[k] = toBuffer(v);
