@@ -66,3 +66,19 @@ test("SIGTERM while a handler file's top-level await never settles exits 0; chec
   expect(r.exitCode).toBe(78);
   expect(r.stderr.toString()).toContain(`${join(HANGING_LOAD, "h.ts")}: failed to load: did not finish loading within 0.5 s; look for a top-level await that never settles`);
 });
+
+test("a handler's stray exception or rejection is a JSON log line, not the end of kexo", async () => {
+  const stray = handlerDir(`export default defineHandler({ topics: ["t"], handle: async () => {},
+  async setup() {
+    setTimeout(() => { throw new Error("stray timer"); }, 10);
+    void Promise.reject(new Error("stray promise"));
+    await new Promise((r) => setTimeout(r, 300));
+  } });`);
+  // The start goes on past them and fails where expected (cannot listen there: 69), not with 1.
+  const w = start(stray, join(tempDir(), "j.db"), "--http", "192.0.2.1:1");
+  expect(await w.exited()).toBe(69);
+  expect(w.find((l) => l.msg.startsWith("uncaught exception"))?.error).toMatchObject({ message: "stray timer" });
+  expect(w.find((l) => l.msg.startsWith("unhandled promise rejection"))?.error).toMatchObject({ message: "stray promise" });
+  // Nothing in plain text but the exit message.
+  expect(w.raw.filter((l) => !l.startsWith("{") && !l.startsWith("kexo: "))).toEqual([]);
+});

@@ -53,6 +53,11 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
   const { config, handlers } = plan;
   const liveness = livenessFromEnv(env);
   const log = createLogger({ level: config.logLevel });
+  // A handler's stray timer or promise that throws would print plain text on stderr, or end the
+  // process (Bun exits 1 on an uncaught exception) for a message that is done. Logged as JSON
+  // instead; kexo's own records are in the journal, whatever happened around them.
+  process.on("uncaughtException", (error) => log.error("uncaught exception (a timer or callback of a handler?); kexo carries on", { error }));
+  process.on("unhandledRejection", (error) => log.error("unhandled promise rejection (a promise a handler did not await?); kexo carries on", { error }));
   let stopDev = () => {};
   let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
   if (dev) {

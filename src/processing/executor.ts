@@ -421,6 +421,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     } catch (err) {
       failed = err;
     } finally {
+      ctx.ended = true;
       try {
         bus.emit("message.finished", attemptEvent);
       } finally {
@@ -503,6 +504,8 @@ class Context implements HandlerContext {
   #defaultId: boolean;
   #seen: Map<string, number> | undefined;
   #txCount = 0;
+  /** The attempt's handle() returned or threw: what the ctx records now would belong to no attempt. */
+  ended = false;
   #outbox: OutboxRecord[] | undefined;
   #encodes: PendingEncode[] | undefined;
   #log: HandlerContext["log"] | undefined;
@@ -535,6 +538,7 @@ class Context implements HandlerContext {
 
   get step(): HandlerContext["step"] {
     return (this.#step ??= async <R>(name: string, fn: () => R | Promise<R>): Promise<R> => {
+      if (this.ended) throw afterEnd(`ctx.step("${name}")`, this.id);
       const run = this.#run;
       const key = this.#occurrence(`step:${name}`);
       const steps = (run.steps ??= run.unrecorded ? new Map() : run.deps.journal.steps(run.handler.name, this.id));
@@ -550,6 +554,7 @@ class Context implements HandlerContext {
 
   get tx(): HandlerContext["tx"] {
     return (this.#tx ??= <R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> => {
+      if (this.ended) return Promise.reject(afterEnd("ctx.tx", this.id));
       const run = this.#run;
       const n = ++this.#txCount;
       // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
@@ -561,6 +566,7 @@ class Context implements HandlerContext {
   get emit(): HandlerContext["emit"] {
     return (this.#emit ??= (topic: string, msg: EmitMessage): void => {
       const handler = this.#run.handler;
+      if (this.ended) throw afterEnd(`ctx.emit to ${String(topic)}`, this.id);
       if (typeof topic !== "string" || topic.length === 0) throw new TypeError("ctx.emit: topic must be a non-empty string");
       if (msg.partition != null && !(Number.isInteger(msg.partition) && msg.partition >= 0)) {
         throw new PermanentError(`ctx.emit to ${topic}: partition must be a whole number from 0 (got ${String(msg.partition)}); leave it out to let the key choose`);
@@ -593,6 +599,14 @@ class Context implements HandlerContext {
     seen.set(name, n);
     return n === 1 ? name : `${name}#${n}`;
   }
+}
+
+/** A ctx call after its attempt ended (a timer or a promise left running): it would record nothing, or outside the message's record. */
+function afterEnd(call: string, id: string): Error {
+  return new Error(
+    `${call} after handle() returned (message ${id}): it belongs to no attempt any more, so it is refused. ` +
+      "Await everything handle() starts before it returns",
+  );
 }
 
 function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: number): PendingDeadLetter {

@@ -65,3 +65,22 @@ test("ctx.emit refuses a partition that is not a whole number from 0: a dead let
     await journal.close();
   }
 });
+
+test("ctx calls after handle() returned are refused, not recorded outside the message's record", async () => {
+  const { journal, deps } = setup();
+  let kept: HandlerContext | undefined;
+  const h = resolveHandler("h.ts", "h", defineHandler({
+    topics: ["t"],
+    async handle(_v, ctx) {
+      kept = ctx;
+    },
+  }), [])!;
+  try {
+    expect(await execute(h, msg(0), deps, signal)).toBe("done");
+    expect(() => kept!.emit("out", { value: "late" })).toThrow("ctx.emit to out after handle() returned (message kafka-unique-id-t-0-");
+    await expect(kept!.tx(async () => 1)).rejects.toThrow("ctx.tx after handle() returned");
+    await expect(kept!.step("s", () => 1)).rejects.toThrow('ctx.step("s") after handle() returned');
+  } finally {
+    await journal.close();
+  }
+});
