@@ -38,6 +38,7 @@ describe("invalid handler files", () => {
       "no-handle.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["nh"] } as never);`,
       "dlq-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["loop"], deadLetter: "loop", handle: async () => {} });`,
       "dlq-regex-loop.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: [/^orders/], deadLetter: "orders-dead", handle: async () => {} });`,
+      "limits.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["bad topic!"], deadLetter: "x".repeat(250), retry: { maxDelayMs: 1e12 }, handle: async () => {} });`,
       "async-schema.ts": `import { defineHandler, v } from "kexo";\nexport default defineHandler({ topics: ["as"], schema: v.pipeAsync(v.object({ i: v.number() }), v.checkAsync(async () => true)), handle: async () => {} });`,
       "syntax.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["s"], handle: async () => { return; }, ;\n});`,
     });
@@ -61,6 +62,9 @@ describe("invalid handler files", () => {
     expect(r.stderr).toContain(`${f("dlq-loop.ts")}: deadLetter: "loop" is also a topic this handler consumes (loop)`);
     expect(r.stderr).toContain(`${f("dlq-regex-loop.ts")}: deadLetter: "orders-dead" is also a topic this handler consumes (/^orders/)`);
     expect(r.stderr).toContain(`${f("async-schema.ts")}: schema: is an async valibot schema`);
+    expect(r.stderr).toContain(`${f("limits.ts")}: topics.0: a Kafka topic name holds only letters, digits`);
+    expect(r.stderr).toContain(`${f("limits.ts")}: deadLetter: must be at most 249 characters`);
+    expect(r.stderr).toContain(`${f("limits.ts")}: retry.maxDelayMs: must be at most 2147483647 ms`);
     // Bun's parse errors, each with its line and column, not only their count.
     expect(r.stderr).toMatch(new RegExp(`${f("syntax.ts")}: failed to load: .*line 2, column \\d+`));
   });

@@ -31,6 +31,14 @@ export const DEFAULT_CONCURRENCY = 16;
 const fn = v.custom<(...args: never[]) => unknown>((x) => typeof x === "function", "must be a function");
 const positiveInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(1, "must be at least 1"));
 const nonNegativeInt = v.pipe(v.number("must be a number"), v.integer("must be an integer"), v.minValue(0, "must be 0 or more"));
+// Timers clamp a longer delay to 1 ms: a retry delay past it would retry at once, in a loop.
+const delayMs = v.pipe(nonNegativeInt, v.maxValue(2_147_483_647, "must be at most 2147483647 ms (24.8 days): a longer timer fires at once"));
+const topicName = v.pipe(
+  v.string(),
+  v.nonEmpty("must not be empty"),
+  v.maxLength(249, "must be at most 249 characters (Kafka's limit)"),
+  v.regex(/^[A-Za-z0-9._-]+$/, "a Kafka topic name holds only letters, digits, '.', '_' and '-'"),
+);
 
 export const PAYLOAD_FORMATS = ["json", "avro", "protobuf", "json-schema", "raw"] as const;
 /** Formats whose values are decoded through the schema registry. */
@@ -38,14 +46,14 @@ export const REGISTRY_FORMATS: readonly PayloadFormat[] = ["avro", "protobuf", "
 
 const RETRY_ENTRIES = {
   attempts: v.optional(positiveInt),
-  initialDelayMs: v.optional(nonNegativeInt),
-  maxDelayMs: v.optional(nonNegativeInt),
+  initialDelayMs: v.optional(delayMs),
+  maxDelayMs: v.optional(delayMs),
 };
 
 const HandlerShape = v.object({
   name: v.optional(v.pipe(v.string("must be a string"), v.regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'"))),
   topics: v.pipe(
-    v.array(v.union([v.pipe(v.string(), v.nonEmpty("must not be empty")), v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
+    v.array(v.union([topicName, v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
     v.minLength(1, "must name at least one topic"),
   ),
   groupId: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"), v.maxLength(255, "must be at most 255 characters"))),
@@ -55,7 +63,7 @@ const HandlerShape = v.object({
   format: v.optional(v.picklist(PAYLOAD_FORMATS, `must be ${PAYLOAD_FORMATS.map((f) => `"${f}"`).join(", ")}`)),
   concurrency: v.optional(positiveInt),
   retry: v.optional(v.object(RETRY_ENTRIES, "must be { attempts, initialDelayMs, maxDelayMs }")),
-  deadLetter: v.optional(v.union([v.pipe(v.string(), v.nonEmpty()), v.literal(false)], "must be a topic name or false")),
+  deadLetter: v.optional(v.union([topicName, v.literal(false)], "must be a topic name or false")),
   kafkaTransactions: v.optional(v.boolean("must be true or false")),
   setup: v.optional(fn),
   handle: fn,
