@@ -1,6 +1,6 @@
 // The worker: opens the journal, runs handler setup, starts one consumer per handler and the HTTP
 // endpoint, and drains them on stop. It never exits the process; main.ts does.
-import { ExitCode, KexoError } from "./errors.ts";
+import { errorMessage, ExitCode, KexoError } from "./errors.ts";
 import { EventBus } from "./events.ts";
 import type { ResolvedHandler } from "./handlers/resolve.ts";
 import type { Hono } from "hono";
@@ -72,7 +72,7 @@ export class Worker {
     this.#ticker = setInterval(() => (this.#lastTick = Date.now()), 1000);
     this.#stopGcPacer = startGcPacer(bus);
     bus.on("worker.error", ({ error }) => {
-      this.#lastError = error instanceof Error ? error.message : String(error);
+      this.#lastError = errorMessage(error);
       if (error instanceof KexoError && error.exitCode !== ExitCode.bug) this.#fail(error);
       else this.#fail(new KexoError("worker_failed", `worker failed: ${this.#lastError}`, { exitCode: ExitCode.transient, cause: error }));
     });
@@ -143,7 +143,7 @@ export class Worker {
         await this.#untilAborted(Promise.resolve(h.def.setup(this.journal.handlerDb)), `while ${h.file}'s setup() ran`);
       } catch (err) {
         if (err instanceof KexoError && err.code === "start_aborted") throw err;
-        throw new KexoError("handler_setup_failed", `${h.file}: setup: ${(err as Error).message ?? String(err)}; fix the handler's setup(db)`, {
+        throw new KexoError("handler_setup_failed", `${h.file}: setup: ${errorMessage(err)}; fix the handler's setup(db)`, {
           exitCode: ExitCode.config,
           cause: err,
         });

@@ -4,7 +4,7 @@
 // replayed copy is handled again, under the same id.
 import { Kafka } from "kafkajs";
 import type { Config } from "../config/config.ts";
-import { ExitCode, KexoError, UsageError } from "../errors.ts";
+import { errorMessage, ExitCode, KexoError, UsageError } from "../errors.ts";
 import { decodeHeaders } from "../journal/journal.ts";
 import { kafkaConfig, silenceTimeoutNegativeWarning } from "../kafka/client.ts";
 import { createLogger } from "../log.ts";
@@ -109,7 +109,7 @@ function replayProducer(config: Config) {
 function causeOf(err: unknown): string {
   let e = err;
   while (e instanceof Error && e.cause instanceof Error && e.cause.message) e = e.cause;
-  return e instanceof Error ? e.message : String(e);
+  return errorMessage(e);
 }
 
 async function replay(journal: JournalReader, config: Config, args: Args, rows: DeadLetterRow[]): Promise<number> {

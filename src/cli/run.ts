@@ -12,6 +12,7 @@ import type { LivenessOptions } from "../health/liveness.ts";
 import { livenessFromEnv, loadTimeoutFromEnv } from "../health/options.ts";
 import { createLogger, type Logger, redactUrl } from "../log.ts";
 import { attachRegistry } from "../registry/attach.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
 import { printLine } from "./output.ts";
@@ -148,15 +149,7 @@ async function runWorker(
   // A stop waits for the journal, which a ctx.tx body that ignores ctx.signal holds forever: past
   // the timeout and a grace, kexo exits anyway (75), as after a crash: the journal is consistent
   // and the next start redoes what was not committed.
-  const stopped = async (): Promise<boolean | undefined> => {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const late = new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), config.shutdownTimeoutMs + STOP_GRACE_MS)));
-    try {
-      return await Promise.race([worker.stop().catch(() => false), late]);
-    } finally {
-      clearTimeout(timer);
-    }
-  };
+  const stopped = () => within(worker.stop().catch(() => false), config.shutdownTimeoutMs + STOP_GRACE_MS);
   const giveUp = () => {
     log.error("shutdown did not finish: a handler still holds the journal (a ctx.tx body that ignores ctx.signal?); exiting without it, its messages are redone on the next start", {
       timeoutMs: config.shutdownTimeoutMs + STOP_GRACE_MS,
@@ -165,12 +158,12 @@ async function runWorker(
   };
   if (outcome.error) {
     log.error("stopping after a fatal error", { error: outcome.error });
-    if ((await stopped()) === undefined) giveUp();
+    if ((await stopped()) === TIMED_OUT) giveUp();
     return outcome.error instanceof KexoError ? outcome.error.exitCode : ExitCode.transient;
   }
   log.info("signal received; draining", { signal: outcome.signal, timeoutMs: config.shutdownTimeoutMs });
   const clean = await stopped();
-  if (clean === undefined) return giveUp();
+  if (clean === TIMED_OUT) return giveUp();
   log.info(clean ? "drained; exiting" : "shutdown timeout ran out; aborted handlers are redone on the next start", { clean });
   return clean ? ExitCode.ok : ExitCode.transient;
 }

@@ -2,7 +2,8 @@
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { basename, extname, join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
-import { ConfigError, type Problem } from "../errors.ts";
+import { ConfigError, errorMessage, type Problem } from "../errors.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 import type { BundledHandler } from "./bundled.ts";
 import { checkHandlerSet, resolveHandler, type ResolvedHandler } from "./resolve.ts";
 
@@ -32,23 +33,16 @@ function loadError(err: unknown): string {
     );
     return shown.join("; ") + (parts.length > 3 ? `; and ${parts.length - 3} more` : "");
   }
-  return (err as Error)?.message ?? String(err);
+  return errorMessage(err);
 }
 
 /** Imports a handler file, giving up after `timeoutMs`: a top-level await that never settles would hang `check` and `run`. */
 async function importWithin(file: string, timeoutMs: number): Promise<{ default?: unknown }> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const late = new Promise<never>((_, reject) => {
-    timer = setTimeout(
-      () => reject(new Error(`did not finish loading within ${timeoutMs / 1000} s; look for a top-level await that never settles (KEXO_HANDLER_LOAD_TIMEOUT_MS sets the limit)`)),
-      timeoutMs,
-    );
-  });
-  try {
-    return (await Promise.race([import(pathToFileURL(file).href), late])) as { default?: unknown };
-  } finally {
-    clearTimeout(timer);
+  const mod = await within(import(pathToFileURL(file).href) as Promise<{ default?: unknown }>, timeoutMs);
+  if (mod === TIMED_OUT) {
+    throw new Error(`did not finish loading within ${timeoutMs / 1000} s; look for a top-level await that never settles (KEXO_HANDLER_LOAD_TIMEOUT_MS sets the limit)`);
   }
+  return mod;
 }
 
 /** Imports and validates every handler in `dir`; throws ConfigError listing every problem. */

@@ -1,6 +1,7 @@
 // The @libsql/client-shaped `db` that handlers get in setup() and ctx.tx(), over the journal's
 // synchronous libsql connection (same engine, one connection, so tx writes join the journal's
 // transaction).
+import { errorMessage } from "../errors.ts";
 import type { SqlConnection, SqlStatement } from "./remote.ts";
 import type { HandlerDb, InStatement, InValue, ResultSet } from "../index.ts";
 
@@ -283,9 +284,7 @@ function toResult(prepared: Stmt, sql: string, args: InValue[] | Record<string, 
         if (!sameRows(prepared.all(again) as Record<string, unknown>[], seen)) throw new RedoMismatchError(sql, "returned rows");
       });
     }
-    if (!prepared.execute) {
-      for (const row of rows) for (const k in row) if (typeof row[k] === "bigint") row[k] = exactInteger(row[k]);
-    }
+    for (const row of rows) for (const k in row) if (typeof row[k] === "bigint") row[k] = exactInteger(row[k]);
     return { columns: prepared.columns().map((c) => c.name), rows, rowsAffected: 0, lastInsertRowid: undefined };
   }
   const info = prepared.run(params);
@@ -350,7 +349,7 @@ function outsideBody(sql: string): Error {
 
 function lostError(cause: unknown): Error {
   return new Error(
-    `a statement ended the journal's transaction (SQLite rolled it back: ${(cause as Error)?.message ?? String(cause)}); ` +
+    `a statement ended the journal's transaction (SQLite rolled it back: ${errorMessage(cause)}); ` +
       "this ctx.tx fails and every other message of the group is redone. Avoid OR ROLLBACK and RAISE(ROLLBACK) in ctx.tx: use OR ABORT or RAISE(ABORT), which undo the statement alone",
     { cause },
   );

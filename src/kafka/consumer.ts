@@ -21,6 +21,7 @@ import { PartitionLanes, KeySlots } from "./key-lanes.ts";
 import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 
 export interface ConsumerOptions {
   sessionTimeoutMs: number;
@@ -279,17 +280,11 @@ export class HandlerConsumer {
     if (this.#activeBatches > 0 || lanesDrained) {
       const batchesDone = this.#activeBatches > 0 ? new Promise<void>((r) => this.#idle.push(r)) : undefined;
       const drained = Promise.all([batchesDone, lanesDrained]).then(() => {});
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timedOut = await Promise.race([
-        drained.then(() => false),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs))),
-      ]);
-      clearTimeout(timer);
-      if (timedOut) {
+      if ((await within(drained, timeoutMs)) === TIMED_OUT) {
         clean = false;
         this.#log.warn("shutdown timeout ran out; aborting in-flight handlers", { inflight: this.#inflight, timeoutMs });
         this.#abort.abort();
-        await Promise.race([drained, new Promise((r) => setTimeout(r, 2000))]);
+        await within(drained, 2000);
       }
     }
     await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
@@ -299,10 +294,7 @@ export class HandlerConsumer {
     await this.#txOut?.close();
     const consumer = this.#consumer;
     if (consumer) {
-      const left = await Promise.race([
-        consumer.disconnect().then(() => true, () => false),
-        new Promise<boolean>((r) => setTimeout(() => r(false), 5000)),
-      ]);
+      const left = (await within(consumer.disconnect().then(() => true, () => false), 5000)) === true;
       // Left the group cleanly: the next start joins as a new member, nothing to rejoin as.
       if (left) this.#journal.setMeta(this.#journal.localKey(`member:${this.handler.groupId}`), null);
     }

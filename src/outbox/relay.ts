@@ -19,6 +19,7 @@ import type { EventBus } from "../events.ts";
 import { decodeHeaders, type Journal } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
+import { within } from "../timeout.ts";
 
 export interface OutboxRow {
   seq: number;
@@ -96,9 +97,7 @@ export class OutboxRelay {
     this.#stopping = true;
     this.#wake?.();
     this.#off();
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([this.#loop, new Promise((r) => (timer = setTimeout(r, timeoutMs)))]);
-    clearTimeout(timer);
+    if (this.#loop) await within(this.#loop, timeoutMs);
     if (this.#published < this.#watermark && this.#pending() > 0) {
       this.#log.warn("outbox not empty at shutdown; the next start publishes the rest", { pending: this.#pending() });
     }
