@@ -8,6 +8,7 @@
 //   a batch still running from before a rebalance can't move the new epoch's progress.
 // - Messages below the journaled progress are done: they are skipped, whatever Kafka redelivers.
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
@@ -18,7 +19,7 @@ import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } fr
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
-import { beforeJoin, beforeLeave, type CommitVia, rejoinAs } from "./membership.ts";
+import { beforeJoin, beforeLeave, type CommitVia, commitThrough, rejoinAs } from "./membership.ts";
 import type { ProgressLog } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
@@ -56,11 +57,12 @@ class PartitionState {
   /** Progress handed to a journal COMMIT, maybe not yet acknowledged (≥ durable). */
   journaled: bigint;
   /**
-   * Kafka's committed offset is known to be at least this (-1: unknown): what this epoch committed,
-   * else the journal's progress at join. Kafka may be ahead of this journal (another instance with
-   * its own journal handled the partition since): committing the journal's progress back to Kafka
-   * would make a later owner handle that instance's messages again. Lowered only when Kafka
-   * delivers a message below the journal's progress (see #behind).
+   * Kafka's committed offset (-1: none): read from Kafka once `ready` (the journal's progress
+   * before, or when Kafka could not be asked), then what this epoch committed. Progress is
+   * committed only above it: Kafka may be ahead of this journal (another instance with its own
+   * journal handled the partition since), and committing the journal's progress back to Kafka
+   * would make a later owner handle that instance's messages again. Lowered when Kafka delivers a
+   * message below it (see #behind).
    */
   committed: bigint;
   /** Resolves once the progress log was read: `next` then covers a previous owner's work. */
@@ -312,14 +314,22 @@ export class HandlerConsumer {
     const parts = new Map<string, PartitionState>();
     const log = this.#progressLog;
     // A previous owner that could not commit its last offsets published them to the progress log.
+    // Kafka's own committed offsets are read too: `committed` must not claim more than Kafka has,
+    // or progress this journal made past it (its commit refused in a rebalance) would never be
+    // committed, and a later owner could redo it. Not with kafkaTransactions (no progress log):
+    // there offsets go to Kafka only with the transaction's records.
     const ready = log
-      ? log.caughtUp().then(() => {
+      ? Promise.all([log.caughtUp(), this.#committedInKafka(groupId, assignment)]).then(([, inKafka]) => {
           for (const p of parts.values()) {
+            const k = key(p.topic, p.partition);
+            if (inKafka) p.committed = inKafka.get(k) ?? -1n;
             const theirs = log.get(groupId, p.topic, p.partition);
             if (theirs !== undefined && theirs > p.next) {
               this.#log.info("resuming after the previous owner's progress", { topic: p.topic, partition: p.partition, next: theirs.toString() });
               p.next = theirs;
             }
+            // Committed by an owner whose progress this journal never saw: below is done.
+            if (p.committed > p.next) p.next = p.committed;
           }
         })
       : Promise.resolve();
@@ -338,6 +348,38 @@ export class HandlerConsumer {
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
     this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
+  }
+
+  /**
+   * The group's committed offsets in Kafka for `assignment` (a partition without one is absent),
+   * or undefined (logged) when they cannot be read within 10 s: `committed` then stays the
+   * journal's progress, as when #behind has not run yet.
+   */
+  async #committedInKafka(groupId: string, assignment: Record<string, number[]>): Promise<Map<string, bigint> | undefined> {
+    const admin = this.#kafka.admin();
+    const read = (async () => {
+      await admin.connect();
+      const out = new Map<string, bigint>();
+      const topics = Object.keys(assignment);
+      if (topics.length === 0) return out;
+      for (const { topic, partitions } of await admin.fetchOffsets({ groupId, topics })) {
+        for (const { partition, offset } of partitions) {
+          if (assignment[topic]?.includes(partition) && BigInt(offset) >= 0n) out.set(key(topic, partition), BigInt(offset));
+        }
+      }
+      return out;
+    })();
+    read.catch(() => {}); // a late failure after the timeout below is already logged as one
+    try {
+      const result = await within(read, 10_000);
+      if (result === TIMED_OUT) throw new Error("no answer within 10 s");
+      return result;
+    } catch (err) {
+      this.#log.warn("cannot read the group's committed offsets; assuming Kafka has the journal's progress", { error: err });
+      return undefined;
+    } finally {
+      void admin.disconnect().catch(() => {});
+    }
   }
 
   /**
@@ -719,6 +761,8 @@ export class HandlerConsumer {
    * `via`: commit through this instead of the consumer (see beforeLeave).
    */
   async #settle(via?: CommitVia): Promise<void> {
+    // What this epoch knows of Kafka's offsets and the previous owner's (bounded, never rejects).
+    await Promise.all([...this.#parts.values()].map((p) => p.ready));
     await this.#journal.flush();
     try {
       await this.#commitOffsets(via);
@@ -770,13 +814,13 @@ export class HandlerConsumer {
 
   async #commitOffsets(via?: CommitVia): Promise<void> {
     while (this.#committing) await this.#committing.catch(() => {});
-    const consumer = this.#consumer;
-    const commit = via ?? (consumer && ((o: Parameters<CommitVia>[0]) => consumer.commitOffsets(o)));
+    const commit = via ?? commitThrough(this.handler.groupId);
     if (!commit) return;
     const todo = [...this.#parts.values()].filter((p) => p.durable >= 0n && p.durable > p.committed);
     if (todo.length === 0) return;
     const offsets = todo.map((p) => ({ topic: p.topic, partition: p.partition, offset: p.durable.toString() }));
     const done = todo.map((p) => [p, p.durable] as const);
+    crashPoint("offsets.commit");
     this.#committing = (this.#txOut ? this.#txOut.commit(offsets) : commit(offsets))
       .then(() => {
         for (const [p, at] of done) {

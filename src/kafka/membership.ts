@@ -10,6 +10,8 @@
 import ConsumerGroup from "kafkajs/src/consumer/consumerGroup.js";
 
 const hints = new Map<string, string>();
+/** The consumer group object kafkajs last joined with, per group id (see commitThrough). */
+const groups = new Map<string, Group>();
 const gates = new Map<string, Set<() => Promise<void>>>();
 const leaveGates = new Map<string, Set<(commit: CommitVia) => Promise<void>>>();
 let patched = false;
@@ -46,9 +48,14 @@ function patch(): void {
   const leave = proto.leave;
   proto.leave = function (this: Group) {
     // Still a member here: its generation's commits are accepted unless a rebalance began.
-    return all(leaveGates.get(this.groupId), (offsets) => this.commitOffsets(byTopic(offsets))).then(() => leave.call(this));
+    return all(leaveGates.get(this.groupId), (offsets) => this.commitOffsets(byTopic(offsets)))
+      .then(() => leave.call(this))
+      .finally(() => {
+        if (groups.get(this.groupId) === this) groups.delete(this.groupId);
+      });
   };
   proto.joinAndSync = function (this: Group) {
+    groups.set(this.groupId, this);
     const hint = hints.get(this.groupId);
     if (hint !== undefined) {
       hints.delete(this.groupId);
@@ -57,6 +64,17 @@ function patch(): void {
     const gate = gates.get(this.groupId);
     return gate ? all(gate).then(() => original.call(this)) : original.call(this);
   };
+}
+
+/**
+ * Commits through the consumer group object of `groupId`'s latest join, undefined before any.
+ * Not consumer.commitOffsets: kafkajs's runner resolves that without committing anything while it
+ * is not running (stopping, or a restart after a crash still joining), and a caller that took
+ * the resolution for a commit would neither commit nor share that progress again.
+ */
+export function commitThrough(groupId: string): CommitVia | undefined {
+  const group = groups.get(groupId);
+  return group && ((offsets) => group.commitOffsets(byTopic(offsets)));
 }
 
 /** The next join of `groupId` in this process reuses `memberId` (once). */

@@ -26,6 +26,7 @@ export class WorkerProcess {
   readonly raw: string[] = [];
   stdout = "";
   #exit: Promise<number>;
+  #watches = new Map<(l: LogLine) => boolean, (l: LogLine) => void>();
 
   constructor(args: string[], opts: { env?: Record<string, string>; cwd?: string; cmd?: string[] } = {}) {
     const cmd = opts.cmd ?? [BUN, join(ROOT, "main.ts")];
@@ -38,12 +39,19 @@ export class WorkerProcess {
     });
     void this.#read(this.proc.stderr, (line) => {
       this.raw.push(line);
+      let parsed: LogLine;
       try {
-        this.lines.push(JSON.parse(line) as LogLine);
+        parsed = JSON.parse(line) as LogLine;
       } catch {
-        // not JSON: kept in raw only
+        return; // not JSON: kept in raw only
+      } finally {
+        if (process.env.KEXO_TEST_VERBOSE) process.stderr.write(`[worker ${this.proc.pid}] ${line}\n`);
       }
-      if (process.env.KEXO_TEST_VERBOSE) process.stderr.write(`[worker ${this.proc.pid}] ${line}\n`);
+      this.lines.push(parsed);
+      for (const [pred, act] of this.#watches) if (pred(parsed)) {
+        this.#watches.delete(pred);
+        act(parsed);
+      }
     });
     void this.#read(this.proc.stdout, (line) => (this.stdout += line + "\n"));
     this.#exit = this.proc.exited;
@@ -61,6 +69,11 @@ export class WorkerProcess {
       }
     }
     if (buf) onLine(buf);
+  }
+
+  /** Runs `act` as soon as the first line matching `pred` is read (not polled): for tight windows. */
+  onLog(pred: (l: LogLine) => boolean, act: (l: LogLine) => void): void {
+    this.#watches.set(pred, act);
   }
 
   find(pred: (l: LogLine) => boolean): LogLine | undefined {
