@@ -64,15 +64,8 @@ const HandlerShape = v.object({
     v.array(v.union([topicName, v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
     v.minLength(1, "must name at least one topic"),
   ),
-  // As the name: a group id is a metric label and part of each default dedup id.
-  groupId: v.optional(
-    v.pipe(
-      v.string("must be a string"),
-      v.nonEmpty("must not be empty"),
-      v.maxLength(255, "must be at most 255 characters"),
-      v.regex(/^[A-Za-z0-9._-]*$/, "may hold only letters, digits, '.', '_' and '-'"),
-    ),
-  ),
+  // Any characters Kafka takes: an explicit group id often continues a group that exists already.
+  groupId: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"), v.maxLength(255, "must be at most 255 characters"))),
   schema: v.optional(v.custom((x) => typeof x === "object" && x !== null && "~standard" in x, "must be a valibot schema")),
   key: v.optional(fn),
   order: v.optional(v.picklist(["partition", "key", "topic"], 'must be "partition", "key" or "topic"')),
