@@ -1,8 +1,8 @@
 // kexo's entry point and its only exit: parses the command line, runs one command, maps errors to
 // exit codes. First SIGTERM/SIGINT asks for a drain; a second one exits at once (130/143).
-import { parseCli, USAGE } from "./src/cli/args.ts";
+import { helpText, jsonRequested, parseCli } from "./src/cli/args.ts";
 import { printJson, printLine } from "./src/cli/output.ts";
-import { ConfigError, ExitCode, KexoError } from "./src/errors.ts";
+import { ConfigError, errorMessage, errorStack, ExitCode, KexoError } from "./src/errors.ts";
 import { explainAddonLoadFailure } from "./src/journal/native-addon.ts";
 import { VERSION } from "./src/version.ts";
 
@@ -13,7 +13,7 @@ async function main(argv: string[]): Promise<number> {
   const env = process.env as Record<string, string | undefined>;
   switch (args.command) {
     case "help":
-      process.stdout.write(USAGE);
+      process.stdout.write(helpText(args.positionals));
       return ExitCode.ok;
     case "version":
       if (args.flags.json) printJson({ version: VERSION });
@@ -52,23 +52,39 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-function report(err: unknown): number {
+/**
+ * The one place an error becomes an exit code. stderr gets the human text; with --json, stdout
+ * also gets exactly one object, `{"error":{"exitCode","code","message","problems"?}}` (beside
+ * the error's own fields, such as `"found":false`), so a script reading stdout learns why too.
+ */
+function report(err: unknown, json: boolean): number {
+  const known = err instanceof KexoError;
+  const exitCode = known ? err.exitCode : ExitCode.bug;
+  const bug = "unexpected error (a bug; please report it)";
   if (err instanceof ConfigError) {
     process.stderr.write(`kexo: invalid configuration:\n${err.problems.map((p) => `  ${p.path}: ${p.message}`).join("\n")}\n`);
-    return err.exitCode;
-  }
-  if (err instanceof KexoError) {
+  } else if (known) {
     process.stderr.write(`kexo: ${err.message}\n`);
-    return err.exitCode;
+  } else {
+    process.stderr.write(`kexo: ${bug}: ${errorStack(err) ?? errorMessage(err)}\n`);
   }
-  process.stderr.write(`kexo: unexpected error (a bug; please report it): ${(err as Error)?.stack ?? String(err)}\n`);
-  return ExitCode.bug;
+  if (json) {
+    const error = {
+      exitCode,
+      code: known ? err.code : "bug",
+      message: known ? err.message : `${bug}: ${errorMessage(err)}`,
+      problems: err instanceof ConfigError ? err.problems : undefined,
+    };
+    printJson({ ...(known ? err.json : undefined), error });
+  }
+  return exitCode;
 }
 
+const argv = process.argv.slice(2);
 let code: number;
 try {
-  code = await main(process.argv.slice(2));
+  code = await main(argv);
 } catch (err) {
-  code = report(explainAddonLoadFailure(err) ?? err);
+  code = report(explainAddonLoadFailure(err) ?? err, jsonRequested(argv));
 }
 process.exit(code);

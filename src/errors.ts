@@ -14,11 +14,14 @@ export const ExitCode = {
 export class KexoError extends Error {
   readonly code: string;
   readonly exitCode: number;
-  constructor(code: string, message: string, opts: { exitCode?: number; cause?: unknown } = {}) {
+  /** Fields a `--json` answer carries beside `error` (`{"id":…,"found":false}` of an id not found). */
+  readonly json?: Record<string, unknown>;
+  constructor(code: string, message: string, opts: { exitCode?: number; cause?: unknown; json?: Record<string, unknown> } = {}) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = "KexoError";
     this.code = code;
     this.exitCode = opts.exitCode ?? ExitCode.bug;
+    this.json = opts.json;
   }
 }
 
@@ -41,8 +44,8 @@ export class ConfigError extends KexoError {
 }
 
 export class UsageError extends KexoError {
-  constructor(message: string) {
-    super("usage", message, { exitCode: ExitCode.usage });
+  constructor(message: string, json?: Record<string, unknown>) {
+    super("usage", message, { exitCode: ExitCode.usage, json });
     this.name = "UsageError";
   }
 }

@@ -1,14 +1,15 @@
 // `kexo check` loads config and handlers without touching the network and prints the plan: each
 // handler's topics, group, ordering, concurrency, retry and dead-letter topics, as a table or as
-// JSON (--json); the repository's handlers/ are the default when no --handlers is given.
+// JSON (--json); the repository's handlers/ are the default when no --handlers is given. SASL
+// without TLS is a warning in the plan, as at start, never with the password.
 import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "./support/tmp.ts";
 import { BUN, ROOT } from "./support/worker.ts";
 
-function check(args: string[], cwd = ROOT) {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
+function check(args: string[], cwd = ROOT, extraEnv: Record<string, string> = {}) {
+  const env = { ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_"))), ...extraEnv };
   const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), "check", ...args], { cwd, env, stdin: "ignore" });
   return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
 }
@@ -67,4 +68,20 @@ test("default: the repository's handlers/, with their default dead-letter topics
     ["orders", ["orders.dlq"]],
     ["payments", ["payments.dlq"]],
   ]);
+});
+
+test("SASL without TLS: a warning in the plan (text and --json), never the password; none with TLS", () => {
+  const PASSWORD = "pw-9e2b-not-printed";
+  const sasl = { KEXO_SASL_MECHANISM: "scram-sha-256", KEXO_SASL_USERNAME: "bob", KEXO_SASL_PASSWORD: PASSWORD };
+  const text = check(["--handlers", dir], ROOT, sasl);
+  expect(text.code).toBe(0);
+  const lines = text.stdout.split("\n");
+  expect(lines[1]).toStartWith("warning: SASL credentials sent without TLS (sasl-mechanism scram-sha-256): ");
+  expect(lines[1]).toContain("set KEXO_TLS=true");
+  expect(lines[2]).toBe(`2 handlers from ${dir}:`);
+  const json = check(["--json", "--handlers", dir], ROOT, sasl);
+  expect(JSON.parse(json.stdout).warnings).toEqual([lines[1]!.slice("warning: ".length)]);
+  expect(text.stdout + text.stderr + json.stdout + json.stderr).not.toContain(PASSWORD);
+  const tls = check(["--json", "--handlers", dir, "--tls"], ROOT, sasl);
+  expect(JSON.parse(tls.stdout).warnings).toEqual([]);
 });

@@ -1,8 +1,9 @@
 // The inspection commands (inspect, dlq list/show/replay) never create a journal: a usage error is
 // reported before anything is opened, a missing journal file is exit 69 naming the path, and an
 // existing one is read without being written. Not found is 64 for inspect and dlq show alike,
-// with --json still answering; extra arguments are refused; a replay with nothing to replay needs
-// no broker, and an unreachable broker is 69 naming it, without a stack.
+// with --json still answering (`found: false` beside the error); extra arguments are refused; a
+// replay with nothing to replay needs no broker, and an unreachable broker is 69 naming it,
+// without a stack.
 import { describe, expect, test } from "bun:test";
 import Database from "libsql";
 import { readdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -38,6 +39,11 @@ async function journalWith(path: string, deadLetters: number): Promise<void> {
 
 const STACK = /^\s+at /m;
 
+/** What --json prints for an id not in the journal: one object, the answer and the error. */
+function notFound(id: string | number, message: string) {
+  return { id, found: false, error: { exitCode: 64, code: "usage", message: expect.stringContaining(message) } };
+}
+
 describe("a journal that does not exist is not created", () => {
   const commands: string[][] = [
     ["inspect", "x"],
@@ -61,7 +67,9 @@ describe("a journal that does not exist is not created", () => {
       const byDefault = kexo(args, cwd);
       expect(byDefault.code).toBe(69);
       expect(byDefault.stderr).toContain("--db was not given, so kexo looked in the current directory");
-      expect(byDefault.stdout).toBe("");
+      // With --json, the error is on stdout too (one object); otherwise stdout stays empty.
+      if (args.includes("--json")) expect(JSON.parse(byDefault.stdout)).toMatchObject({ error: { exitCode: 69, code: "journal_not_found" } });
+      else expect(byDefault.stdout).toBe("");
       expect(tree(cwd)).toEqual([]);
     });
   }
@@ -127,7 +135,7 @@ describe("an existing journal is read, not written", () => {
     conn.exec("DROP TABLE kexo_retries");
     conn.close();
     const r = kexo(["inspect", "nope", "--json", "--db", `file:${db}`]);
-    expect([r.code, JSON.parse(r.stdout)]).toEqual([64, { id: "nope", found: false }]);
+    expect([r.code, JSON.parse(r.stdout)]).toEqual([64, notFound("nope", "no journal entry for nope")]);
     expect(kexo(["dlq", "list", "--json", "--db", `file:${db}`]).code).toBe(0);
   });
 });
@@ -141,9 +149,9 @@ describe("not found is 64 for inspect and dlq show; --json still answers", () =>
     expect(text.code).toBe(64);
     expect(text.stderr).toContain(`no journal entry for nope in journal ${db}: not handled yet, or the worker runs on another --db`);
     const json = kexo(["inspect", "nope", "--json", "--db", `file:${db}`]);
-    expect([json.code, JSON.parse(json.stdout)]).toEqual([64, { id: "nope", found: false }]);
+    expect([json.code, JSON.parse(json.stdout)]).toEqual([64, notFound("nope", "no journal entry for nope")]);
     const show = kexo(["dlq", "show", "9", "--json", "--db", `file:${db}`]);
-    expect([show.code, JSON.parse(show.stdout)]).toEqual([64, { id: 9, found: false }]);
+    expect([show.code, JSON.parse(show.stdout)]).toEqual([64, notFound(9, "no dead letter with id 9")]);
     expect(show.stderr).toContain(`no dead letter with id 9 in journal ${db}; see kexo dlq list`);
   });
 });
@@ -224,7 +232,7 @@ describe.skipIf(!sqldSupported)("a journal on a libSQL server works as before", 
       const list = kexo(["dlq", "list", "--json", "--db", url], cwd);
       expect({ url, code: list.code, stdout: list.stdout, stderr: list.stderr }).toEqual({ url, code: 0, stdout: "[]\n", stderr: "" });
       const inspect = kexo(["inspect", "nope", "--json", "--db", url], cwd);
-      expect([inspect.code, JSON.parse(inspect.stdout)]).toEqual([64, { id: "nope", found: false }]);
+      expect([inspect.code, JSON.parse(inspect.stdout)]).toEqual([64, notFound("nope", "no journal entry for nope")]);
     }
     expect(tree(cwd)).toEqual([]);
   });

@@ -69,6 +69,36 @@ describe("invalid handler files", () => {
     expect(r.stderr).toMatch(new RegExp(`${f("syntax.ts")}: failed to load: .*line 2, column \\d+`));
   });
 
+  test("a handler name from a file name with characters other than A-Za-z0-9._- (or too long) names the file; exit 78", () => {
+    const long = "x".repeat(201);
+    const handler = (topic: string, options = "") => `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["${topic}"], ${options} handle: async () => {} });`;
+    const dir = handlerDir({
+      "my handler.ts": handler("a"),
+      "ordérs.ts": handler("b"),
+      [`${long}.ts`]: handler("c"),
+      // An explicit name is the handler's name: the file's does not matter then.
+      "named one.ts": handler("d", 'name: "named",'),
+      "ok.v2_x-y.ts": handler("e"),
+      // The name option is held to the same characters; a groupId is any group Kafka takes.
+      "options.ts": handler("f", 'name: "bad name", groupId: "g:1",'),
+      "long-name.ts": handler("g", `name: "${long}",`),
+    });
+    const r = kexo(["check", "--handlers", dir]);
+    expect(r.code).toBe(78);
+    const f = (name: string) => join(dir, name);
+    const rule = "which must be 1 to 200 characters, each a letter, digit, '.', '_' or '-': it becomes a metric label";
+    expect(r.stderr).toContain(`${f("my handler.ts")}: the file name gives the handler the name "my handler", ${rule}`);
+    expect(r.stderr).toContain("Rename the file (e.g. my_handler.ts), or set the handler's name option");
+    expect(r.stderr).toContain(`${f("ordérs.ts")}: the file name gives the handler the name "ordérs", ${rule}`);
+    expect(r.stderr).toContain("Rename the file (e.g. orders.ts)");
+    expect(r.stderr).toContain(`${f(`${long}.ts`)}: the file name gives the handler the name "${long}", ${rule}`);
+    expect(r.stderr).toContain(`${f("options.ts")}: name: must be 1 to 200 characters, each a letter, digit, '.', '_' or '-'`);
+    expect(r.stderr).not.toContain(`${f("options.ts")}: groupId`);
+    expect(r.stderr).toContain(`${f("long-name.ts")}: name: must be 1 to 200 characters`);
+    expect(r.stderr).not.toContain(f("named one.ts"));
+    expect(r.stderr).not.toContain(f("ok.v2_x-y.ts"));
+  });
+
   test("a missing or empty handlers directory is a config error", () => {
     expect(kexo(["check", "--handlers", "/nonexistent/kexo"]).stderr).toContain("handlers: /nonexistent/kexo is not a directory");
     const r = kexo(["check", "--handlers", tempDir()]);

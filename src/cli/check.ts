@@ -1,4 +1,5 @@
 // `kexo check`: validate config and handlers and print the plan; touches no network.
+import { saslWithoutTls } from "../config/config.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { Args } from "./args.ts";
 import { redactUrl } from "../log.ts";
@@ -25,6 +26,9 @@ export function planOf(handlers: ResolvedHandler[]) {
 export async function checkCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
   const { config, handlers, handlersFrom } = await loadPlan(args, env, false);
   const plan = planOf(handlers);
+  // What run would warn about at start, said before it runs.
+  const sasl = saslWithoutTls(config);
+  const warnings = sasl ? [`${sasl.msg} (sasl-mechanism ${sasl.mechanism}): ${sasl.detail}`] : [];
   if (args.flags.json) {
     const safe = {
       ...config,
@@ -32,10 +36,11 @@ export async function checkCommand(args: Args, env: Record<string, string | unde
       sasl: config.sasl ? { ...config.sasl, password: "[redacted]" } : undefined,
       schemaRegistry: config.schemaRegistry?.password !== undefined ? { ...config.schemaRegistry, password: "[redacted]" } : config.schemaRegistry,
     };
-    printJson({ ok: true, config: safe, handlersFrom, handlers: plan });
+    printJson({ ok: true, config: safe, handlersFrom, handlers: plan, warnings });
     return 0;
   }
   printLine(`config ok: brokers ${config.brokers.join(",") || "(not set)"} · db ${redactUrl(config.db)} · http ${config.http.host}:${config.http.port}`);
+  for (const w of warnings) printLine(`warning: ${w}`);
   printLine(`${handlers.length} handler${handlers.length === 1 ? "" : "s"} from ${handlersFrom}:\n`);
   printLine(
     table(

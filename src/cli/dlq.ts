@@ -79,13 +79,12 @@ function select(journal: JournalReader, args: Args, since: string | undefined): 
   );
 }
 
-function byIds(journal: JournalReader, ids: string[], json = false): DeadLetterRow[] {
+function byIds(journal: JournalReader, ids: string[]): DeadLetterRow[] {
   return ids.map((id) => {
     const row = journal.query<DeadLetterRow>("SELECT * FROM kexo_dead_letters WHERE seq = ?", Number(id))[0];
+    // As kexo inspect: with --json, `{"id":…,"found":false,"error":{…}}` (main.ts prints it).
     if (!row) {
-      // As kexo inspect: a script reading --json gets an answer too, and the exit code says why.
-      if (json) printJson({ id: Number(id), found: false });
-      throw new UsageError(`no dead letter with id ${id} in journal ${journal.path}; see kexo dlq list`);
+      throw new UsageError(`no dead letter with id ${id} in journal ${journal.path}; see kexo dlq list`, { id: Number(id), found: false });
     }
     return row;
   });
@@ -194,7 +193,7 @@ export async function dlqCommand(args: Args, env: Record<string, string | undefi
       return 0;
     }
     if (sub === "show") {
-      const r = byIds(journal, ids, args.flags.json === true)[0]!;
+      const r = byIds(journal, ids)[0]!;
       const shown = {
         ...summary(r),
         key: r.key === null ? null : Buffer.from(r.key).toString("utf8"),

@@ -79,11 +79,12 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       return 0;
     }
     if (rows.length === 0 && steps.length === 0 && retrying.length === 0) {
-      // Exit 64, as kexo dlq show for an unknown id (1 would say "a bug"); --json still answers.
-      if (args.flags.json) printJson({ id, found: false });
+      // Exit 64, as kexo dlq show for an unknown id (1 would say "a bug"); --json still answers
+      // `{"id":…,"found":false,"error":{…}}` (main.ts prints it).
       throw new UsageError(
         `no journal entry for ${id}${handler ? ` in handler ${handler}` : ""} in journal ${journal.path}: not handled yet, ` +
           "or the worker runs on another --db; the id is the message's ctx.id (see kexo dlq list for dead letters)",
+        { id, found: false },
       );
     }
     const handlers = [...new Set([...rows.map((r) => r.handler), ...steps.map((s) => s.handler), ...retrying.map((a) => a.handler)])];

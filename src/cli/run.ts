@@ -1,5 +1,5 @@
 // `kexo run` and `kexo dev`: load config and handlers, start the worker, drain on the first signal.
-import { resolveConfig, type Config } from "../config/config.ts";
+import { resolveConfig, saslWithoutTls, type Config } from "../config/config.ts";
 import { ExitCode, KexoError, UsageError } from "../errors.ts";
 import { EventBus } from "../events.ts";
 import { bundledHandlers } from "../handlers/bundled.ts";
@@ -89,6 +89,8 @@ async function runWorker(
   dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
 ): Promise<number> {
   const bus = new EventBus();
+  const exposed = saslWithoutTls(config);
+  if (exposed) log.warn(exposed.msg, { mechanism: exposed.mechanism, detail: exposed.detail });
   log.info("starting", {
     handlers: handlers.map((h) => ({ name: h.name, group: h.groupId, topics: h.topics.map(String) })),
     db: redactUrl(config.db),

@@ -73,10 +73,15 @@ const boolText = v.pipe(
   v.transform((s) => ["true", "1", "yes", "on"].includes(s)),
 );
 
+/** A value that says something: "" or only whitespace in a file or the environment is a slip (a flag's is refused in args.ts). */
+const filled = v.check((s: string) => s.trim() !== "", (i) => (i.input === "" ? "must not be empty" : "must not be blank (only whitespace)"));
+
 const pemFile = v.optional(
   v.pipe(
     v.string(),
+    filled,
     v.check((path) => {
+      if (path.trim() === "") return true; // `filled` said so
       try {
         accessSync(path, constants.R_OK);
         return true;
@@ -131,7 +136,7 @@ const Raw = v.object({
       v.minLength(1, "must list at least one host:port"),
     ),
   ),
-  handlers: v.pipe(v.string(), v.nonEmpty("must not be empty")),
+  handlers: v.pipe(v.string(), filled),
   // Remote schemes: what @libsql/client connects to (journal/remote.ts isRemoteUrl).
   db: v.pipe(
     v.string(),
@@ -148,21 +153,27 @@ const Raw = v.object({
     }, (i) => `${String(i.input).slice(0, String(i.input).lastIndexOf(":"))} is not an IP address or host name; use e.g. 0.0.0.0:9464 (every interface) or 127.0.0.1:9464`),
     v.transform((s) => parseHostPort(s)!),
   ),
-  logLevel: v.picklist(levels, `must be one of ${levels.join(", ")}`),
+  // Any case (INFO, Debug): levels are words, not identifiers.
+  logLevel: v.pipe(
+    v.string(),
+    v.trim(),
+    v.toLowerCase(),
+    v.picklist(levels, (i) => `must be one of ${levels.join(", ")}${didYouMean(String(i.input), levels)}`),
+  ),
   shutdownTimeout: v.pipe(
     v.string(),
     v.regex(/^\d+$/, "must be a whole number of milliseconds"),
     v.transform(Number),
     v.maxValue(3_600_000, "must be at most 3600000 (one hour)"),
   ),
-  clientId: v.optional(v.pipe(v.string(), v.nonEmpty("must not be empty"))),
+  clientId: v.optional(v.pipe(v.string(), filled)),
   tls: v.optional(boolText),
   tlsCa: pemFile,
   tlsCert: pemFile,
   tlsKey: pemFile,
   saslMechanism: v.optional(v.pipe(v.string(), v.toLowerCase(), v.picklist(["plain", "scram-sha-256", "scram-sha-512"], "must be plain, scram-sha-256 or scram-sha-512"))),
-  saslUsername: v.optional(v.string()),
-  saslPassword: v.optional(v.string()),
+  saslUsername: v.optional(v.pipe(v.string(), filled)),
+  saslPassword: v.optional(v.pipe(v.string(), filled)),
   schemaRegistry: v.optional(
     v.pipe(
       v.string(),
@@ -171,8 +182,8 @@ const Raw = v.object({
       v.check((s) => { const u = urlOf(s); return !u || (!u.username && !u.password); }, "must not carry credentials; set KEXO_SCHEMA_REGISTRY_USERNAME and KEXO_SCHEMA_REGISTRY_PASSWORD"),
     ),
   ),
-  schemaRegistryUsername: v.optional(v.string()),
-  schemaRegistryPassword: v.optional(v.string()),
+  schemaRegistryUsername: v.optional(v.pipe(v.string(), filled)),
+  schemaRegistryPassword: v.optional(v.pipe(v.string(), filled)),
 });
 
 type Sources = Partial<Record<SettingName, { value: string; from: string }>>;
@@ -208,7 +219,8 @@ export function resolveConfig(
   opts: { needBrokers: boolean },
 ): Config {
   const problems: Problem[] = [];
-  const configFile = (flags.config as string | undefined) ?? env.KEXO_CONFIG;
+  // An empty KEXO_CONFIG is unset, as every empty variable is (an empty --config is refused in args.ts).
+  const configFile = ((flags.config as string | undefined) ?? env.KEXO_CONFIG) || undefined;
   const file = configFile ? readConfigFile(configFile, problems) : {};
   const known = new Set<string>(Object.values(SETTINGS).map((s) => s.flag));
   for (const k of Object.keys(file)) {
@@ -246,8 +258,9 @@ export function resolveConfig(
   }
   // Cross-field rules read the raw values, so they are reported together with the others.
   if (raw.saslMechanism) {
-    if (!raw.saslUsername) problems.push({ path: "sasl-username", message: `required with sasl-mechanism ${raw.saslMechanism}` });
-    if (!raw.saslPassword) problems.push({ path: "sasl-password", message: `required with sasl-mechanism ${raw.saslMechanism}` });
+    // An empty one given is reported by `filled`.
+    if (raw.saslUsername === undefined) problems.push({ path: "sasl-username", message: `required with sasl-mechanism ${raw.saslMechanism}` });
+    if (raw.saslPassword === undefined) problems.push({ path: "sasl-password", message: `required with sasl-mechanism ${raw.saslMechanism}` });
   } else if (raw.saslUsername || raw.saslPassword) {
     problems.push({ path: "sasl-mechanism", message: "required when a SASL username or password is set" });
   }
@@ -285,5 +298,21 @@ export function resolveConfig(
       ? { url: out.schemaRegistry, username: out.schemaRegistryUsername, password: out.schemaRegistryPassword }
       : undefined,
     configFile,
+  };
+}
+
+/**
+ * The warning for SASL without TLS, or nothing: PLAIN sends the password as it is, and with SCRAM
+ * the username, the exchange (open to an offline guess of the password) and every message are
+ * readable on the network. A warning, not an error: a private network may be what the user chose.
+ */
+export function saslWithoutTls(config: Pick<Config, "sasl" | "tls">): { msg: string; mechanism: string; detail: string } | undefined {
+  if (!config.sasl || config.tls) return undefined;
+  const { mechanism } = config.sasl;
+  const exposed = mechanism === "plain" ? "the password is sent as it is" : "the SCRAM exchange and every message are readable";
+  return {
+    msg: "SASL credentials sent without TLS",
+    mechanism,
+    detail: `${exposed} on the network; set KEXO_TLS=true (or --tls, or --tls-ca FILE for a private CA) if the brokers' SASL listener speaks TLS (SASL_SSL)`,
   };
 }

@@ -1,5 +1,6 @@
 // Turns a handler file's default export into a ResolvedHandler: validated, defaults applied,
 // group id derived. Every problem is reported as `FILE: field: message`.
+import { extname } from "node:path";
 import * as v from "valibot";
 import type { Problem } from "../errors.ts";
 import { HANDLER, type Handler, type Order, type PayloadFormat } from "../index.ts";
@@ -40,6 +41,13 @@ const topicName = v.pipe(
   v.regex(/^[A-Za-z0-9._-]+$/, "a Kafka topic name holds only letters, digits, '.', '_' and '-'"),
 );
 
+/**
+ * A handler's name is a metric label, part of its group id, dedup ids and journal rows, and a
+ * CLI argument (--handler): Kafka's id characters only, none a shell or a label would mangle.
+ */
+const NAME = /^[A-Za-z0-9._-]{1,200}$/;
+const NAME_RULE = "1 to 200 characters, each a letter, digit, '.', '_' or '-'";
+
 export const PAYLOAD_FORMATS = ["json", "avro", "protobuf", "json-schema", "raw"] as const;
 /** Formats whose values are decoded through the schema registry. */
 export const REGISTRY_FORMATS: readonly PayloadFormat[] = ["avro", "protobuf", "json-schema"];
@@ -51,11 +59,12 @@ const RETRY_ENTRIES = {
 };
 
 const HandlerShape = v.object({
-  name: v.optional(v.pipe(v.string("must be a string"), v.regex(/^[A-Za-z0-9._-]+$/, "use letters, digits, '.', '_' or '-'"))),
+  name: v.optional(v.pipe(v.string("must be a string"), v.regex(NAME, `must be ${NAME_RULE}`))),
   topics: v.pipe(
     v.array(v.union([topicName, v.instance(RegExp)], "must be a topic name or a RegExp"), "must be an array of topics"),
     v.minLength(1, "must name at least one topic"),
   ),
+  // Any characters Kafka takes: an explicit group id often continues a group that exists already.
   groupId: v.optional(v.pipe(v.string("must be a string"), v.nonEmpty("must not be empty"), v.maxLength(255, "must be at most 255 characters"))),
   schema: v.optional(v.custom((x) => typeof x === "object" && x !== null && "~standard" in x, "must be a valibot schema")),
   key: v.optional(fn),
@@ -69,6 +78,12 @@ const HandlerShape = v.object({
   handle: fn,
   // Only a missing key has no input: a wrong value gets its entry's own message.
 }, (issue) => (issue.input === undefined ? "is required" : "must be an object"));
+
+/** ` (e.g. orders.ts)` for `ordérs`: accents dropped, other characters made `_`; or nothing. */
+function suggestedName(name: string, ext: string): string {
+  const s = name.normalize("NFKD").replace(/[\u0300-\u036f]/g, "").replace(/[^A-Za-z0-9._-]+/g, "_").slice(0, 200);
+  return /[A-Za-z0-9]/.test(s) ? ` (e.g. ${s}${ext})` : "";
+}
 
 export function groupIdFor(name: string, topics: (string | RegExp)[]): string {
   const parts = topics.map((t) => (typeof t === "string" ? t : t.source.replace(/[^A-Za-z0-9._-]+/g, "_")));
@@ -132,6 +147,14 @@ export function resolveHandler(file: string, defaultName: string, exported: unkn
     return undefined;
   }
   const name = def.name ?? defaultName;
+  if (!NAME.test(name)) {
+    problems.push({
+      path: file,
+      message: `the file name gives the handler the name "${name}", which must be ${NAME_RULE}: it becomes a metric label, ` +
+        `part of the consumer group id and journal rows, and a CLI argument. Rename the file${suggestedName(name, extname(file))}, or set the handler's name option`,
+    });
+    return undefined;
+  }
   const deadLetter = def.deadLetter;
   const loops = typeof deadLetter === "string" ? def.topics.find((t) => (typeof t === "string" ? t === deadLetter : deadLetter.search(t) >= 0)) : undefined;
   if (loops !== undefined) {
