@@ -151,6 +151,7 @@ export class Worker {
         clearInterval(slow);
       }
     }
+    this.journal.endSetup();
   }
 
   #startHttp(): void {

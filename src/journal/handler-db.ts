@@ -203,6 +203,12 @@ export interface JournalTx {
   redoLog(): Redo[] | undefined;
   /** A ctx.tx body holds the transaction now: statements outside one may not join it. */
   inBody(): boolean;
+  /**
+   * Handlers' setup() runs now: a write outside the journal's transaction commits on its own.
+   * After it, such a write (a db kept from setup() or from a ctx.tx body, used later) would commit
+   * an effect without a message's record, so it is refused. Absent: always allowed.
+   */
+  setup?(): boolean;
   lost: Error | undefined;
 }
 
@@ -347,6 +353,14 @@ function outsideBody(sql: string): Error {
   );
 }
 
+function afterSetup(sql: string): Error {
+  return new Error(
+    `db written outside setup() and outside a ctx.tx body ("${shown(sql)}"): the write would commit on its own, ` +
+      "an effect without a message's record, so a redelivery or another instance would repeat it. " +
+      "Write through the db a ctx.tx body receives, inside that body; setup()'s db is for setup() (its reads work later too)",
+  );
+}
+
 function lostError(cause: unknown): Error {
   return new Error(
     `a statement ended the journal's transaction (SQLite rolled it back: ${errorMessage(cause)}); ` +
@@ -367,7 +381,10 @@ export function createHandlerDb(conn: Conn, tx: JournalTx = { redoLog: () => und
     const sql = typeof stmt === "string" ? stmt : stmt.sql;
     const args = typeof stmt === "string" ? undefined : stmt.args;
     const prepared = prepare(conn, cache, sql);
-    if (!log) return toResult(prepared, sql, args, log);
+    if (!log) {
+      if (!prepared.readOnly && tx.setup?.() === false) throw afterSetup(sql);
+      return toResult(prepared, sql, args, log);
+    }
     if (!tx.inBody()) {
       // A db kept from setup() or from an ended body: reads see the open group, writes may not join it.
       if (!prepared.readOnly) throw outsideBody(sql);

@@ -248,7 +248,9 @@ export class Journal {
   /** Every write of the open transaction, in order (see "ctx.tx without a savepoint" at the top). */
   #redo: Redo[] = [];
   /** The open transaction as handler statements see it (handler-db.ts): its redo log, and whether SQLite ended it. */
-  #tx: JournalTx = { redoLog: () => (this.#inTx ? this.#redo : undefined), inBody: () => this.#held, lost: undefined };
+  #tx: JournalTx = { redoLog: () => (this.#inTx ? this.#redo : undefined), inBody: () => this.#held, setup: () => this.#setupOpen, lost: undefined };
+  /** Handlers' setup() runs: handlerDb writes outside a transaction may commit (see JournalTx.setup). */
+  #setupOpen = true;
   /** ctx.tx runs left with a savepoint, by handler (after a failed body). */
   #savepointRuns = new Map<string, number>();
   /** Every ctx.tx uses a savepoint: a redo once gave another result (meta `tx_undo`). */
@@ -728,6 +730,11 @@ export class Journal {
       this.#holder = undefined;
       this.#release();
     }
+  }
+
+  /** Handlers' setup() is over: from now on handlerDb writes only inside a ctx.tx body. */
+  endSetup(): void {
+    this.#setupOpen = false;
   }
 
   addCommitHook(hook: CommitHook): () => void {

@@ -101,3 +101,25 @@ test("integers read as numbers while exact, else as BigInt (never rounded), as o
     await journal.close();
   }
 });
+
+test("after setup(), a db written outside a ctx.tx body is refused even while no group is open (it would commit an effect without a record)", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 5 });
+  try {
+    const kept = journal.handlerDb; // what a handler keeps from setup(db)
+    await kept.execute("CREATE TABLE t (a)");
+    await kept.batch([{ sql: "INSERT INTO t VALUES (?)", args: [1] }]);
+    journal.endSetup();
+    await journal.flush(); // no group open now: the write below would autocommit
+    const advice = /db written outside setup\(\) and outside a ctx\.tx body \("INSERT INTO t VALUES \(\?\)"\).*without a message's record.*inside that body/;
+    await expect(kept.execute({ sql: "INSERT INTO t VALUES (?)", args: [2] })).rejects.toThrow(advice);
+    await expect(kept.batch([{ sql: "INSERT INTO t VALUES (?)", args: [3] }])).rejects.toThrow(advice);
+    await expect(kept.execute("CREATE TABLE u (b)")).rejects.toThrow(/outside setup\(\)/);
+    // Reads still work, and ctx.tx bodies write as before.
+    expect((await kept.execute("SELECT count(*) AS n FROM t")).rows[0]).toEqual({ n: 1 });
+    await journal.runTx("h", "m1", "tx:1", (tx) => tx.execute({ sql: "INSERT INTO t VALUES (?)", args: [4] }));
+    await journal.flush();
+    expect((await kept.execute("SELECT a FROM t ORDER BY a")).rows.map((r) => r.a)).toEqual([1, 4]);
+  } finally {
+    await journal.close();
+  }
+});
