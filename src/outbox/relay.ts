@@ -43,6 +43,34 @@ export interface RelayDeps {
 }
 
 const BATCH = 500;
+/**
+ * Bytes of keys, values and headers per request. Kafka measures its max.message.bytes (1 MB by
+ * default) against a partition's whole record batch, and kafkajs puts every record of a request
+ * for one partition into one batch: 500 rows of 3 KB would be refused for good, every time.
+ */
+const BATCH_BYTES = 512 * 1024;
+
+/** A row's size on the wire, near enough (headers as their JSON text). */
+function rowBytes(r: OutboxRow): number {
+  return (r.key?.byteLength ?? 0) + (r.value?.byteLength ?? 0) + r.headers.length + 64;
+}
+
+/** The longest prefix of `rows` within `maxBytes`, and never fewer than one row. */
+export function takeWithin(rows: OutboxRow[], maxBytes: number): OutboxRow[] {
+  let total = 0;
+  for (let i = 0; i < rows.length; i++) {
+    total += rowBytes(rows[i]!);
+    if (total > maxBytes) return rows.slice(0, Math.max(1, i));
+  }
+  return rows;
+}
+
+/** Kafka refused the request's size: fewer rows may pass, one row alone never will. */
+function tooLarge(err: unknown, depth = 0): boolean {
+  if (depth > 4 || typeof err !== "object" || err === null) return false;
+  const { type, cause } = err as { type?: unknown; cause?: unknown };
+  return type === "MESSAGE_TOO_LARGE" || type === "RECORD_LIST_TOO_LARGE" || tooLarge(cause, depth + 1);
+}
 
 /** Rows as kafkajs topicMessages, in seq order per topic. */
 export function toTopicMessages(rows: OutboxRow[]) {
@@ -67,6 +95,8 @@ export class OutboxRelay {
   /** Every row up to here (not excepted) is published. */
   #published = 0;
   #ensured = new Set<string>();
+  /** Bytes per request now: BATCH_BYTES, or less while the broker refuses requests as too large. */
+  #maxBytes = BATCH_BYTES;
   #wake: (() => void) | undefined;
   #stopping = false;
   #loop: Promise<void> | undefined;
@@ -131,16 +161,31 @@ export class OutboxRelay {
         continue;
       }
       const upto = this.#watermark;
-      const rows = this.#deps.journal.query<OutboxRow>(
+      const all = this.#deps.journal.query<OutboxRow>(
         `SELECT seq, handler, topic, key, value, headers, partition FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()} ORDER BY seq LIMIT ${BATCH}`,
         this.#published,
         upto,
       );
-      const last = rows.length === BATCH ? rows[rows.length - 1]!.seq : upto;
+      const rows = takeWithin(all, this.#maxBytes);
+      const last = rows.length < all.length || all.length === BATCH ? rows[rows.length - 1]!.seq : upto;
       try {
         if (rows.length > 0) await this.#send(rows);
         failures = 0;
+        this.#maxBytes = BATCH_BYTES;
       } catch (err) {
+        if (tooLarge(err) && rows.length > 1) {
+          // The broker's limit is below ours: halve until the rows pass, or one row alone is refused.
+          this.#maxBytes = Math.max(1, Math.floor(rows.reduce((n, r) => n + rowBytes(r), 0) / 2));
+          this.#log.warn("the broker refused an outbox request as too large; sending fewer records per request", { rows: rows.length, nextMaxBytes: this.#maxBytes, error: err });
+          continue;
+        }
+        if (tooLarge(err)) {
+          err = new Error(
+            `outbox record ${rows[0]!.seq} of handler ${rows[0]!.handler} (${rowBytes(rows[0]!)} bytes) is larger than ${rows[0]!.topic} takes ` +
+              `(${errorMessage(err)}); it and the records after it wait: raise the topic's max.message.bytes (and the broker's), or delete the row from kexo_outbox`,
+            { cause: err },
+          );
+        }
         failures++;
         const wait = backoff(failures, 200, 10_000);
         this.#log.error("outbox publish failed; retrying", { topics: [...new Set(rows.map((r) => r.topic))], rows: rows.length, tries: failures, nextTryInMs: wait, error: err });
