@@ -85,6 +85,16 @@ export function errorMessage(err: unknown): string {
   return described(() => String(err), `(a thrown ${typeof err} that has no text)`);
 }
 
+/** `s` in at most `max` UTF-8 bytes, cut before a character (never inside one), "..." marking a cut. */
+export function capBytes(s: string, max: number): string {
+  if (s.length * 3 <= max) return s;
+  const b = Buffer.from(s);
+  if (b.length <= max) return s;
+  let end = Math.max(0, max - 3);
+  while (end > 0 && (b[end]! & 0xc0) === 0x80) end--;
+  return `${b.subarray(0, end).toString()}...`;
+}
+
 export function errorType(err: unknown): string {
   if (err instanceof Error) return described(() => err.name || err.constructor?.name || "Error", "Error");
   return typeof err;

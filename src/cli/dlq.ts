@@ -11,6 +11,7 @@ import { createLogger } from "../log.ts";
 import type { Args } from "./args.ts";
 import { type JournalReader, openJournalFor } from "./journal-read.ts";
 import { plural, printJson, printLine, table } from "./output.ts";
+import { createPartitioner } from "../kafka/partitioner.ts";
 
 interface DeadLetterRow {
   seq: number;
@@ -101,7 +102,7 @@ function replayProducer(config: Config) {
   silenceTimeoutNegativeWarning();
   const settings = { brokers: config.brokers, clientId: config.clientId, tls: config.tls, tlsFiles: config.tlsFiles, sasl: config.sasl };
   const kafka = new Kafka({ ...kafkaConfig(settings, log), retry: { initialRetryTime: 100, maxRetryTime: 1000, retries: 5 } });
-  return kafka.producer({ allowAutoTopicCreation: true });
+  return kafka.producer({ allowAutoTopicCreation: true, createPartitioner });
 }
 
 /** The root cause: kafkajs wraps it (KafkaJSNonRetriableError around the connection error). */

@@ -2,6 +2,7 @@
 // poison messages) and prints progress on stdout until every message is accounted for.
 import type { Kafka } from "kafkajs";
 import type { EventBus, Outcome } from "../events.ts";
+import { createPartitioner } from "../kafka/partitioner.ts";
 
 export interface DemoOptions {
   count: number;
@@ -56,7 +57,7 @@ export async function runDemo(kafka: Kafka, bus: EventBus, opts: DemoOptions, si
       );
     }
   };
-  const producer = kafka.producer();
+  const producer = kafka.producer({ createPartitioner });
   await producer.connect();
   try {
     for (const [topic, msgs] of [["orders", orders], ["payments", payments]] as const) {

@@ -54,6 +54,7 @@ import { BEAT_MS, InstanceLease } from "./lease.ts";
 import { isRemoteUrl, parseRemoteUrl, RemoteConnection, type SqlConnection } from "./remote.ts";
 import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 import { WalSync } from "./wal-sync.ts";
+import { setOwn } from "../own.ts";
 
 type Conn = SqlConnection;
 
@@ -1237,13 +1238,13 @@ function trackStarted(conn: Conn): boolean {
 
 export function encodeHeaders(headers: Record<string, Buffer>): string {
   const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(headers)) out[k] = v.toString("base64");
+  for (const [k, v] of Object.entries(headers)) setOwn(out, k, v.toString("base64"));
   return JSON.stringify(out);
 }
 
 export function decodeHeaders(json: string): Record<string, Buffer> {
   const out: Record<string, Buffer> = {};
-  for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string>)) out[k] = Buffer.from(v, "base64");
+  for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string>)) setOwn(out, k, Buffer.from(v, "base64"));
   return out;
 }
 

@@ -10,6 +10,7 @@
 import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
+import { setOwn } from "../own.ts";
 import type { EventBus } from "../events.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
@@ -860,7 +861,8 @@ function toMessage(
       const v = raw[k];
       if (v === undefined) continue;
       const one = Array.isArray(v) ? v[v.length - 1] : v;
-      if (one !== undefined) headers[k] = Buffer.isBuffer(one) ? one : Buffer.from(one);
+      if (one === undefined) continue;
+      setOwn(headers, k, Buffer.isBuffer(one) ? one : Buffer.from(one));
     }
   }
   const message: KafkaMessage = {

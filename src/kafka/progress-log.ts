@@ -10,6 +10,7 @@
 import { randomUUID } from "node:crypto";
 import type { Consumer, Kafka, Producer } from "kafkajs";
 import type { Logger } from "../log.ts";
+import { createPartitioner } from "./partitioner.ts";
 
 export const PROGRESS_TOPIC = "__kexo_progress";
 
@@ -115,7 +116,7 @@ export class ProgressLog {
   /** Resolves once every record is acknowledged by all in-sync replicas. */
   async publish(records: ProgressRecord[]): Promise<void> {
     if (records.length === 0) return;
-    this.#producer ??= this.#kafka.producer({ allowAutoTopicCreation: true });
+    this.#producer ??= this.#kafka.producer({ allowAutoTopicCreation: true, createPartitioner });
     this.#producerReady ??= this.#producer.connect().catch((err: unknown) => {
       this.#producerReady = undefined;
       throw err;

@@ -2,6 +2,7 @@
 // replicas, so a resolved publish() means the record is safe in Kafka.
 import type { Kafka, Producer } from "kafkajs";
 import type { DeadLetterPublisher, ProducedRecord } from "../processing/executor.ts";
+import { createPartitioner } from "./partitioner.ts";
 
 export class Publisher implements DeadLetterPublisher {
   #producer: Producer;
@@ -10,6 +11,7 @@ export class Publisher implements DeadLetterPublisher {
   constructor(kafka: Kafka) {
     this.#producer = kafka.producer({
       allowAutoTopicCreation: true,
+      createPartitioner,
       retry: { retries: 3, initialRetryTime: 200, maxRetryTime: 2000 },
     });
   }

@@ -20,6 +20,7 @@ import { decodeHeaders, type Journal } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
+import { createPartitioner } from "../kafka/partitioner.ts";
 
 export interface OutboxRow {
   seq: number;
@@ -105,7 +106,7 @@ export class OutboxRelay {
   constructor(deps: RelayDeps) {
     this.#deps = deps;
     this.#log = deps.log.child({ component: "outbox" });
-    this.#producer = deps.kafka.producer({ allowAutoTopicCreation: true, retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 5000 } });
+    this.#producer = deps.kafka.producer({ allowAutoTopicCreation: true, createPartitioner, retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 5000 } });
     this.#except = (deps.exceptHandlers ?? []).map((h) => `'${h.replaceAll("'", "''")}'`).join(",");
   }
 

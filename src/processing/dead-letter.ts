@@ -1,5 +1,6 @@
 // The dead-letter record: original key, value and headers byte for byte, plus kexo's headers and
 // the names Spring (kafka_dlt-*) and Kafka Connect (__connect.errors.*) tools already read.
+import { capBytes } from "../errors.ts";
 
 export type DeadLetterReason = "poison" | "exhausted" | "permanent";
 
@@ -32,8 +33,7 @@ function int64(n: string): Buffer {
 /** Header values are capped so that a huge error message can't make the dead letter too big. */
 const MAX_ERROR_BYTES = 8 * 1024;
 function capped(s: string): Buffer {
-  const b = Buffer.from(s);
-  return b.length <= MAX_ERROR_BYTES ? b : Buffer.concat([b.subarray(0, MAX_ERROR_BYTES - 3), Buffer.from("...")]);
+  return Buffer.from(capBytes(s, MAX_ERROR_BYTES));
 }
 
 export function deadLetterHeaders(original: Record<string, Buffer>, info: DeadLetterInfo): Record<string, Buffer> {

@@ -1,7 +1,7 @@
 // Runs one message through its handler exactly once: decode, dedup, attempts with backoff, and
 // the journal record (completion or dead letter). Kafka offsets are not this file's business: it
 // answers "done" (progress may pass this offset once the journal is durable) or "aborted".
-import { errorMessage, errorStack, errorType, PermanentError, PoisonError } from "../errors.ts";
+import { capBytes, errorMessage, errorStack, errorType, PermanentError, PoisonError } from "../errors.ts";
 import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
@@ -609,10 +609,15 @@ function afterEnd(call: string, id: string): Error {
   );
 }
 
+/** An error's text as the journal and the logs keep it: a 1 MB message is not worth 1 MB per row. */
+const MAX_KEPT_ERROR_BYTES = 64 * 1024;
+const capOptional = (s: string | undefined) => (s === undefined ? undefined : capBytes(s, MAX_KEPT_ERROR_BYTES));
+
 function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: number): PendingDeadLetter {
   return {
-    id, reason, error: errorMessage(err), errorType: err instanceof PoisonError ? "PoisonError" : errorType(err),
-    stack: errorStack(err), attempts, failedAt: new Date(), tries: 0,
+    // Capped for the journal row and the log lines (the dead letter's headers cap tighter).
+    id, reason, error: capBytes(errorMessage(err), MAX_KEPT_ERROR_BYTES), errorType: err instanceof PoisonError ? "PoisonError" : errorType(err),
+    stack: capOptional(errorStack(err)), attempts, failedAt: new Date(), tries: 0,
   };
 }
 
