@@ -1,5 +1,6 @@
 // JSON-lines logger on stderr: one object per line, levels, secrets redacted by key name.
 import { errorMessage, errorType } from "./errors.ts";
+import { setOwn } from "./own.ts";
 
 export type Level = "debug" | "info" | "warn" | "error" | "silent";
 const rank: Record<Level, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
@@ -46,10 +47,10 @@ export function redact(value: unknown, depth = 0, seen: WeakSet<object> = new We
       try {
         v = (value as Record<string, unknown>)[k];
       } catch {
-        out[k] = "[unreadable]";
+        setOwn(out, k, "[unreadable]");
         continue;
       }
-      out[k] = SECRET_KEY.test(k) && (typeof v === "string" ? v !== "" : typeof v === "object" && v !== null) ? "[redacted]" : redact(v, depth + 1, seen);
+      setOwn(out, k, SECRET_KEY.test(k) && (typeof v === "string" ? v !== "" : typeof v === "object" && v !== null) ? "[redacted]" : redact(v, depth + 1, seen));
     }
     return out;
   } catch {

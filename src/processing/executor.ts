@@ -10,6 +10,7 @@ import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
+import { setOwn } from "../own.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
@@ -573,7 +574,7 @@ class Context implements HandlerContext {
       }
       const outbox = (this.#outbox ??= []);
       const headers: Record<string, Buffer> = {};
-      for (const [k, v] of Object.entries(msg.headers ?? {})) headers[k] = toBuffer(v);
+      for (const [k, v] of Object.entries(msg.headers ?? {})) setOwn(headers, k, toBuffer(v));
       headers["kexo-id"] = Buffer.from(`${this.id}:emit:${outbox.length + 1}`);
       if (msg.schema && !handler.registry) {
         throw new PermanentError(`ctx.emit to ${topic} with a schema needs a schema registry: pass --schema-registry URL or set KEXO_SCHEMA_REGISTRY`);

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
 import { defineHandler, type HandlerContext, type KafkaMessage } from "../../src/index.ts";
-import { Journal } from "../../src/journal/journal.ts";
+import { decodeHeaders, Journal } from "../../src/journal/journal.ts";
 import { createLogger } from "../../src/log.ts";
 import { execute } from "../../src/processing/executor.ts";
 import { RetryBook } from "../../src/processing/retry-book.ts";
@@ -80,6 +80,26 @@ test("ctx calls after handle() returned are refused, not recorded outside the me
     expect(() => kept!.emit("out", { value: "late" })).toThrow("ctx.emit to out after handle() returned (message kafka-unique-id-t-0-");
     await expect(kept!.tx(async () => 1)).rejects.toThrow("ctx.tx after handle() returned");
     await expect(kept!.step("s", () => 1)).rejects.toThrow('ctx.step("s") after handle() returned');
+  } finally {
+    await journal.close();
+  }
+});
+
+test("an emitted header named __proto__ is kept as a header in the outbox row, not taken as a prototype", async () => {
+  const { journal, deps } = setup();
+  const h = resolveHandler("h.ts", "h", defineHandler({
+    topics: ["t"],
+    async handle(_v, ctx: HandlerContext) {
+      ctx.emit("out", { value: "v", headers: JSON.parse('{"__proto__":"p","x":"y"}') as Record<string, string> });
+    },
+  }), [])!;
+  try {
+    expect(await execute(h, msg(0), deps, signal)).toBe("done");
+    await journal.flush();
+    const [row] = journal.query<{ headers: string }>("SELECT headers FROM kexo_outbox");
+    const headers = decodeHeaders(row!.headers);
+    expect(Object.keys(headers).sort()).toEqual(["__proto__", "kexo-id", "x"]);
+    expect(Object.getOwnPropertyDescriptor(headers, "__proto__")?.value.toString()).toBe("p");
   } finally {
     await journal.close();
   }

@@ -43,3 +43,10 @@ test("kafkajs's log entries come out as kexo JSON lines, component kafkajs, secr
   expect(mine.map((l) => [l.level, l.msg])).toEqual([["error", "broker refused"], ["debug", "joined"]]);
   expect(JSON.stringify(lines)).not.toContain("pw-secret");
 });
+
+test("a logged object's own __proto__ key stays a field (assigning it set the copy's prototype)", () => {
+  const lines: string[] = [];
+  createLogger({ write: (l) => lines.push(l) }).info("m", { payload: JSON.parse('{"__proto__":{"a":1},"b":2}') });
+  expect(JSON.parse(lines[0]!).payload).toEqual(JSON.parse('{"__proto__":{"a":1},"b":2}'));
+  expect(lines[0]).toContain('"__proto__":{"a":1}');
+});
