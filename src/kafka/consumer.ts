@@ -7,7 +7,7 @@
 // - Progress belongs to an assignment epoch: state objects are replaced on every group join, so
 //   a batch still running from before a rebalance can't move the new epoch's progress.
 // - Messages below the journaled progress are done: they are skipped, whatever Kafka redelivers.
-import type { Consumer, EachBatchPayload, Kafka } from "kafkajs";
+import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
 import { setOwn } from "../own.ts";
@@ -320,7 +320,7 @@ export class HandlerConsumer {
     // committed, and a later owner could redo it. Not with kafkaTransactions (no progress log):
     // there offsets go to Kafka only with the transaction's records.
     const ready = log
-      ? Promise.all([log.caughtUp(), this.#committedInKafka(groupId, assignment)]).then(([, inKafka]) => {
+      ? this.#readAtJoin(groupId, assignment, log).then((inKafka) => {
           for (const p of parts.values()) {
             const k = key(p.topic, p.partition);
             if (inKafka) p.committed = inKafka.get(k) ?? -1n;
@@ -352,18 +352,32 @@ export class HandlerConsumer {
   }
 
   /**
+   * What a join reads, through one admin client: the progress log to its end, and the group's
+   * committed offsets in Kafka for `assignment` (see #committedInKafka).
+   */
+  async #readAtJoin(groupId: string, assignment: Record<string, number[]>, log: ProgressLog): Promise<Map<string, bigint> | undefined> {
+    const admin = this.#kafka.admin();
+    const connected = admin.connect().then(() => admin);
+    connected.catch(() => {}); // each read below logs the failure as its own
+    try {
+      const [, inKafka] = await Promise.all([log.caughtUp(connected), this.#committedInKafka(groupId, assignment, connected)]);
+      return inKafka;
+    } finally {
+      void admin.disconnect().catch(() => {});
+    }
+  }
+
+  /**
    * The group's committed offsets in Kafka for `assignment` (a partition without one is absent),
    * or undefined (logged) when they cannot be read within 10 s: `committed` then stays the
    * journal's progress, as when #behind has not run yet.
    */
-  async #committedInKafka(groupId: string, assignment: Record<string, number[]>): Promise<Map<string, bigint> | undefined> {
-    const admin = this.#kafka.admin();
+  async #committedInKafka(groupId: string, assignment: Record<string, number[]>, admin: Promise<Admin>): Promise<Map<string, bigint> | undefined> {
     const read = (async () => {
-      await admin.connect();
       const out = new Map<string, bigint>();
       const topics = Object.keys(assignment);
       if (topics.length === 0) return out;
-      for (const { topic, partitions } of await admin.fetchOffsets({ groupId, topics })) {
+      for (const { topic, partitions } of await (await admin).fetchOffsets({ groupId, topics })) {
         for (const { partition, offset } of partitions) {
           if (assignment[topic]?.includes(partition) && BigInt(offset) >= 0n) out.set(key(topic, partition), BigInt(offset));
         }
@@ -378,8 +392,6 @@ export class HandlerConsumer {
     } catch (err) {
       this.#log.warn("cannot read the group's committed offsets; assuming Kafka has the journal's progress", { error: err });
       return undefined;
-    } finally {
-      void admin.disconnect().catch(() => {});
     }
   }
 

@@ -8,8 +8,9 @@
 // owner publishes before its batch returns, so before it rejoins, so before the new owner is
 // assigned the partition: the new owner's read to the end always sees it.
 import { randomUUID } from "node:crypto";
-import type { Consumer, Kafka, Producer } from "kafkajs";
+import type { Admin, Consumer, Kafka, Producer } from "kafkajs";
 import type { Logger } from "../log.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 import { createPartitioner } from "./partitioner.ts";
 
 export const PROGRESS_TOPIC = "__kexo_progress";
@@ -86,20 +87,14 @@ export class ProgressLog {
 
   /**
    * Resolves once everything published before this call has been read (or after `timeoutMs`,
-   * logged: processing goes on with the journal and Kafka's offsets alone).
+   * logged: processing goes on with the journal and Kafka's offsets alone). `admin`: a connected
+   * admin client the caller shares with its other reads at the same join.
    */
-  async caughtUp(timeoutMs = 15_000): Promise<void> {
+  async caughtUp(admin: Promise<Admin>, timeoutMs = 15_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     try {
-      await Promise.race([this.#joined, new Promise((_, no) => setTimeout(() => no(new Error("progress log not joined")), timeoutMs))]);
-      const admin = this.#kafka.admin();
-      await admin.connect();
-      let ends: { partition: number; high: string }[];
-      try {
-        ends = await admin.fetchTopicOffsets(PROGRESS_TOPIC);
-      } finally {
-        await admin.disconnect();
-      }
+      if ((await within(this.#joined, timeoutMs)) === TIMED_OUT) throw new Error("progress log not joined");
+      const ends = await (await admin).fetchTopicOffsets(PROGRESS_TOPIC);
       while (ends.some((e) => (this.#position.get(e.partition) ?? 0n) < BigInt(e.high))) {
         if (Date.now() > deadline) throw new Error("timed out reading the progress log to its end");
         await new Promise((r) => setTimeout(r, 20));
