@@ -40,7 +40,8 @@ export interface EmitMessage {
   key?: string | Buffer | null;
   /** With `schema`: the object to encode (Avro record, Protobuf message, JSON Schema document). */
   value: string | Buffer | unknown;
-  headers?: Record<string, string | Buffer>;
+  /** A name may repeat: give its values as an array (Kafka headers are a list). */
+  headers?: Record<string, string | Buffer | (string | Buffer)[]>;
   partition?: number;
   /**
    * Encode `value` in the Confluent wire format with a registered schema (needs --schema-registry):

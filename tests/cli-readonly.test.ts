@@ -11,13 +11,9 @@ import { join } from "node:path";
 import { Journal } from "../src/journal/journal.ts";
 import { sqldSupported, withSqld, type TestSqld } from "./support/sqld.ts";
 import { tempDir } from "./support/tmp.ts";
-import { BUN, ROOT } from "./support/worker.ts";
+import { kexoSync } from "./support/worker.ts";
 
-function kexo(args: string[], cwd: string = tempDir()) {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
-  const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), ...args], { cwd, env: clean, stdin: "ignore" });
-  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
-}
+const kexo = (args: string[], cwd: string = tempDir()) => kexoSync(args, { cwd });
 
 /** Every file and directory under `dir`, recursively. */
 function tree(dir: string): string[] {

@@ -5,13 +5,9 @@ import { describe, expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { tempDir } from "./support/tmp.ts";
-import { BUN, ROOT, runArgs } from "./support/worker.ts";
+import { kexoSync, ROOT, runArgs } from "./support/worker.ts";
 
-function kexo(args: string[], env: Record<string, string> = {}, cwd = ROOT) {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
-  const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), ...args], { cwd, env: { ...clean, ...env }, stdin: "ignore" });
-  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
-}
+const kexo = (args: string[], env: Record<string, string> = {}, cwd = ROOT) => kexoSync(args, { cwd, env });
 
 function handlerDir(files: Record<string, string>): string {
   const dir = tempDir();

@@ -7,7 +7,7 @@ import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
 import { waitUntil } from "./support/wait.ts";
-import { BUN, ROOT, WorkerProcess } from "./support/worker.ts";
+import { kexoAsync, WorkerProcess } from "./support/worker.ts";
 
 const TOPIC = "rp-in";
 const DLQ = "rp-in.dlq";
@@ -37,11 +37,7 @@ export default defineHandler({
 
 withBroker({ [TOPIC]: 1, [DLQ]: 1, "rp-other": 1 }, { "rp.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
-async function kexo(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const p = Bun.spawn([BUN, join(ROOT, "main.ts"), ...args], { cwd: dir, stdin: "ignore", stdout: "pipe", stderr: "pipe" });
-  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
-  return { code, stdout, stderr };
-}
+const kexo = (...args: string[]) => kexoAsync(args, { cwd: dir });
 
 test("a CLI replay round trip: dead letters handled again exactly once, marked replayed", async () => {
   const db = join(dir, "journal.db");

@@ -5,7 +5,7 @@ import { expect, test } from "bun:test";
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
-import { readJsonLines, tempDir } from "./support/tmp.ts";
+import { readJsonLines } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 

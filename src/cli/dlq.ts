@@ -51,6 +51,22 @@ function summary(r: DeadLetterRow) {
   };
 }
 
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** Bytes as text (invalid UTF-8 shown as U+FFFD; the base64 fields keep the bytes). */
+function text(b: Uint8Array): string {
+  return Buffer.from(b).toString("utf8");
+}
+
+/** Bytes for a person: the text when they are UTF-8, else `base64:…` with their length. */
+function readable(b: Uint8Array): string {
+  try {
+    return strictUtf8.decode(b);
+  } catch {
+    return `(${plural(b.byteLength, "byte")}, not UTF-8) base64:${Buffer.from(b).toString("base64")}`;
+  }
+}
+
 function parseSince(since: string): string {
   const rel = /^(\d+)([smhd])$/.exec(since);
   if (rel) {
@@ -195,14 +211,27 @@ export async function dlqCommand(args: Args, env: Record<string, string | undefi
     }
     if (sub === "show") {
       const r = byIds(journal, ids)[0]!;
-      const shown = {
-        ...summary(r),
-        key: r.key === null ? null : Buffer.from(r.key).toString("utf8"),
-        value: r.value === null ? null : Buffer.from(r.value).toString("utf8"),
-        headers: Object.fromEntries(Object.entries(decodeHeaders(r.headers)).map(([k, v]) => [k, v.toString("utf8")])),
-      };
-      if (args.flags.json) printJson(shown);
-      else printLine(JSON.stringify(shown, null, 2));
+      const headers = Object.entries(decodeHeaders(r.headers));
+      const each = (v: Buffer | Buffer[], as: (b: Buffer) => string) => (Array.isArray(v) ? v.map(as) : as(v));
+      if (args.flags.json) {
+        // Text for reading, base64 for the exact bytes (keys, values and headers may be binary).
+        printJson({
+          ...summary(r),
+          key: r.key === null ? null : text(r.key),
+          value: r.value === null ? null : text(r.value),
+          headers: Object.fromEntries(headers.map(([k, v]) => [k, each(v, text)])),
+          keyBase64: r.key === null ? null : Buffer.from(r.key).toString("base64"),
+          valueBase64: r.value === null ? null : Buffer.from(r.value).toString("base64"),
+          headersBase64: Object.fromEntries(headers.map(([k, v]) => [k, each(v, (b) => b.toString("base64"))])),
+        });
+      } else {
+        printLine(JSON.stringify({
+          ...summary(r),
+          key: r.key === null ? null : readable(r.key),
+          value: r.value === null ? null : readable(r.value),
+          headers: Object.fromEntries(headers.map(([k, v]) => [k, each(v, readable)])),
+        }, null, 2));
+      }
       return 0;
     }
     const rows = args.flags.all ? select(journal, args, since).filter((r) => r.replayed_at === null) : byIds(journal, ids);

@@ -55,6 +55,7 @@ import { isRemoteUrl, parseRemoteUrl, RemoteConnection, type SqlConnection } fro
 import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "./schema.ts";
 import { WalSync } from "./wal-sync.ts";
 import { setOwn } from "../own.ts";
+import type { WireHeaders } from "../kafka/headers.ts";
 
 type Conn = SqlConnection;
 
@@ -108,7 +109,8 @@ export interface DeadLetterRecord {
   offset: string;
   key: Buffer | null;
   value: Buffer | null;
-  headers: Record<string, Buffer>;
+  /** Every value of a repeated name. */
+  headers: WireHeaders;
   reason: string;
   error: string;
   errorType: string;
@@ -123,7 +125,7 @@ export interface OutboxRecord {
   topic: string;
   key: Buffer | null;
   value: Buffer | null;
-  headers: Record<string, Buffer>;
+  headers: WireHeaders;
   partition?: number;
 }
 
@@ -1236,15 +1238,18 @@ function trackStarted(conn: Conn): boolean {
   return tracked;
 }
 
-export function encodeHeaders(headers: Record<string, Buffer>): string {
-  const out: Record<string, string> = {};
-  for (const [k, v] of Object.entries(headers)) setOwn(out, k, v.toString("base64"));
+/** Headers as the journal stores them: JSON, each value base64, a repeated name's values as an array. */
+export function encodeHeaders(headers: WireHeaders): string {
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(headers)) setOwn(out, k, Array.isArray(v) ? v.map((b) => b.toString("base64")) : v.toString("base64"));
   return JSON.stringify(out);
 }
 
-export function decodeHeaders(json: string): Record<string, Buffer> {
-  const out: Record<string, Buffer> = {};
-  for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string>)) setOwn(out, k, Buffer.from(v, "base64"));
+export function decodeHeaders(json: string): WireHeaders {
+  const out: WireHeaders = {};
+  for (const [k, v] of Object.entries(JSON.parse(json) as Record<string, string | string[]>)) {
+    setOwn<Buffer | Buffer[]>(out, k, Array.isArray(v) ? v.map((b) => Buffer.from(b, "base64")) : Buffer.from(v, "base64"));
+  }
   return out;
 }
 

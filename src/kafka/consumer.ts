@@ -10,7 +10,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
-import { setOwn } from "../own.ts";
+import { fromKafkajs } from "./headers.ts";
 import type { EventBus } from "../events.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
@@ -865,18 +865,7 @@ function toMessage(
   partition: number,
   m: EachBatchPayload["batch"]["messages"][number],
 ): KafkaMessage {
-  // Per message: no entries arrays or spread objects (allocations on the hot path).
-  const headers: Record<string, Buffer> = {};
-  const raw = m.headers;
-  if (raw) {
-    for (const k in raw) {
-      const v = raw[k];
-      if (v === undefined) continue;
-      const one = Array.isArray(v) ? v[v.length - 1] : v;
-      if (one === undefined) continue;
-      setOwn(headers, k, Buffer.isBuffer(one) ? one : Buffer.from(one));
-    }
-  }
+  const headers = fromKafkajs(m.headers);
   const message: KafkaMessage = {
     topic,
     partition,

@@ -17,6 +17,7 @@ import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
 import type { EventBus } from "../events.ts";
 import { decodeHeaders, type Journal } from "../journal/journal.ts";
+import type { WireHeaders } from "../kafka/headers.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
@@ -75,7 +76,7 @@ function tooLarge(err: unknown, depth = 0): boolean {
 
 /** Rows as kafkajs topicMessages, in seq order per topic. */
 export function toTopicMessages(rows: OutboxRow[]) {
-  const byTopic = new Map<string, { key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; partition?: number }[]>();
+  const byTopic = new Map<string, { key: Buffer | null; value: Buffer | null; headers: WireHeaders; partition?: number }[]>();
   for (const r of rows) {
     let list = byTopic.get(r.topic);
     if (!list) byTopic.set(r.topic, (list = []));

@@ -1,6 +1,7 @@
 // The dead-letter record: original key, value and headers byte for byte, plus kexo's headers and
 // the names Spring (kafka_dlt-*) and Kafka Connect (__connect.errors.*) tools already read.
 import { capBytes } from "../errors.ts";
+import type { WireHeaders } from "../kafka/headers.ts";
 
 export type DeadLetterReason = "poison" | "exhausted" | "permanent";
 
@@ -36,7 +37,7 @@ function capped(s: string): Buffer {
   return Buffer.from(capBytes(s, MAX_ERROR_BYTES));
 }
 
-export function deadLetterHeaders(original: Record<string, Buffer>, info: DeadLetterInfo): Record<string, Buffer> {
+export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo): WireHeaders {
   const error = capped(info.error);
   const stack = capped(info.stack ?? info.error);
   return {

@@ -12,6 +12,7 @@ import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
 import { setOwn } from "../own.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
+import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
 import type { CrashGuard } from "./crash-guard.ts";
@@ -19,7 +20,7 @@ import type { CrashGuard } from "./crash-guard.ts";
 export interface ProducedRecord {
   key: Buffer | null;
   value: Buffer | null;
-  headers: Record<string, Buffer>;
+  headers: WireHeaders;
 }
 
 export interface DeadLetterPublisher {
@@ -573,8 +574,8 @@ class Context implements HandlerContext {
         throw new PermanentError(`ctx.emit to ${topic}: partition must be a whole number from 0 (got ${String(msg.partition)}); leave it out to let the key choose`);
       }
       const outbox = (this.#outbox ??= []);
-      const headers: Record<string, Buffer> = {};
-      for (const [k, v] of Object.entries(msg.headers ?? {})) setOwn(headers, k, toBuffer(v));
+      const headers: WireHeaders = {};
+      for (const [k, v] of Object.entries(msg.headers ?? {})) setOwn<Buffer | Buffer[]>(headers, k, Array.isArray(v) ? v.map(toBuffer) : toBuffer(v));
       headers["kexo-id"] = Buffer.from(`${this.id}:emit:${outbox.length + 1}`);
       if (msg.schema && !handler.registry) {
         throw new PermanentError(`ctx.emit to ${topic} with a schema needs a schema registry: pass --schema-registry URL or set KEXO_SCHEMA_REGISTRY`);
@@ -641,7 +642,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;
   }
-  const headers = deadLetterHeaders(message.headers as Record<string, Buffer>, {
+  const headers = deadLetterHeaders(allHeaders(message), {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
     groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
   });
@@ -665,7 +666,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
   deps.journal.deadLetter(
     {
       handler: handler.name, groupId: handler.groupId, messageId: id, topic: message.topic, partition: message.partition,
-      offset: message.offset, key: message.key, value: message.value, headers: message.headers as Record<string, Buffer>,
+      offset: message.offset, key: message.key, value: message.value, headers: allHeaders(message),
       reason, error, errorType: f.errorType, attempts, failedAt: f.failedAt.toISOString(), dlqTopic,
     },
     {

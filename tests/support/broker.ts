@@ -12,9 +12,12 @@ export interface TestBroker {
   cluster: MockCluster;
   brokers: string;
   kafka: Kafka;
-  produce(topic: string, messages: { key?: string | Buffer | null; value: string | Buffer | null; headers?: Record<string, string | Buffer>; partition?: number }[]): Promise<void>;
-  /** Reads a whole topic from the beginning (with a fresh group), until `count` records or the timeout. */
-  readAll(topic: string, count: number, timeoutMs?: number): Promise<{ key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; partition: number; offset: string }[]>;
+  produce(topic: string, messages: { key?: string | Buffer | null; value: string | Buffer | null; headers?: Record<string, string | Buffer | (string | Buffer)[]>; partition?: number }[]): Promise<void>;
+  /**
+   * Reads a whole topic from the beginning (with a fresh group), until `count` records or the
+   * timeout. `headers` holds the last value of a repeated name, `allHeaders` every value.
+   */
+  readAll(topic: string, count: number, timeoutMs?: number): Promise<{ key: Buffer | null; value: Buffer | null; headers: Record<string, Buffer>; allHeaders: Record<string, Buffer[]>; partition: number; offset: string }[]>;
   close(): Promise<void>;
 }
 
@@ -66,8 +69,13 @@ export async function readTopic(kafka: Kafka, topic: string, count: number, time
   await consumer.run({
     eachMessage: async ({ partition, message }) => {
       const headers: Record<string, Buffer> = {};
-      for (const [k, v] of Object.entries(message.headers ?? {})) if (v !== undefined) headers[k] = Buffer.isBuffer(v) ? v : Buffer.from(String(v));
-      out.push({ key: message.key, value: message.value, headers, partition, offset: message.offset });
+      const allHeaders: Record<string, Buffer[]> = {};
+      for (const [k, v] of Object.entries(message.headers ?? {})) {
+        if (v === undefined) continue;
+        allHeaders[k] = (Array.isArray(v) ? v : [v]).map((x) => (Buffer.isBuffer(x) ? x : Buffer.from(String(x))));
+        headers[k] = allHeaders[k].at(-1)!;
+      }
+      out.push({ key: message.key, value: message.value, headers, allHeaders, partition, offset: message.offset });
       if (out.length >= count) done();
     },
   });

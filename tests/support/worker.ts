@@ -14,6 +14,31 @@ export function runArgs(brokers: string, handlers: string, db: string, ...extra:
   return ["run", "--brokers", brokers, "--handlers", handlers, "--db", `file:${db}`, "--http", "127.0.0.1:0", ...extra];
 }
 
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** The environment a CLI run sees: this process's without KEXO_* settings, plus `env`. */
+function cliEnv(env: Record<string, string>): Record<string, string | undefined> {
+  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
+  return { ...clean, ...env };
+}
+
+/** One short kexo command (`bun main.ts ARGS`) run to its end, in `cwd`, without the caller's KEXO_* environment. */
+export function kexoSync(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): CliResult {
+  const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), ...args], { cwd: opts.cwd ?? ROOT, env: cliEnv(opts.env ?? {}), stdin: "ignore" });
+  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
+}
+
+/** kexoSync without blocking this process (a command that talks to the test's broker must not stop it). */
+export async function kexoAsync(args: string[], opts: { cwd?: string; env?: Record<string, string> } = {}): Promise<CliResult> {
+  const p = Bun.spawn([BUN, join(ROOT, "main.ts"), ...args], { cwd: opts.cwd ?? ROOT, env: cliEnv(opts.env ?? {}), stdin: "ignore", stdout: "pipe", stderr: "pipe" });
+  const [stdout, stderr, code] = await Promise.all([new Response(p.stdout).text(), new Response(p.stderr).text(), p.exited]);
+  return { code, stdout, stderr };
+}
+
 export interface LogLine {
   level: string;
   msg: string;

@@ -9,13 +9,9 @@ import { join } from "node:path";
 import { resolveConfig } from "../../src/config/config.ts";
 import { configProblems } from "../support/problems.ts";
 import { tempDir } from "../support/tmp.ts";
-import { BUN, ROOT, WorkerProcess } from "../support/worker.ts";
+import { kexoSync, WorkerProcess } from "../support/worker.ts";
 
-function kexo(args: string[], env: Record<string, string> = {}, cwd = tempDir()) {
-  const clean = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("KEXO_")));
-  const r = Bun.spawnSync([BUN, join(ROOT, "main.ts"), ...args], { cwd, env: { ...clean, ...env }, stdin: "ignore" });
-  return { code: r.exitCode, stdout: r.stdout.toString(), stderr: r.stderr.toString() };
-}
+const kexo = (args: string[], env: Record<string, string> = {}, cwd = tempDir()) => kexoSync(args, { cwd, env });
 
 /** The one JSON object on stdout (fails when there is more, or none). */
 function oneJson(stdout: string): Record<string, unknown> {

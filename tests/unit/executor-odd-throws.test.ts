@@ -1,6 +1,7 @@
 // Whatever a handler throws or logs, the worker describes it and carries on: the message is
 // dead-lettered with a readable error, never a failure of the worker (which exited 75 and met the
 // same message again on every start). Found by a probe of the handler API.
+import type { WireHeaders } from "../../src/kafka/headers.ts";
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
@@ -41,10 +42,10 @@ test("odd things thrown are dead-lettered with a readable error; odd things logg
   const lines: string[] = [];
   const log = createLogger({ level: "info", write: (l) => lines.push(l) });
   const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 1 });
-  const dlq: Record<string, Buffer>[] = [];
+  const dlq: WireHeaders[] = [];
   const deps = {
     journal, bus: new EventBus(), log, retries: new RetryBook(), defer: () => {},
-    dlq: { publish: async (_t: string, r: { headers: Record<string, Buffer> }) => void dlq.push(r.headers) },
+    dlq: { publish: async (_t: string, r: { headers: WireHeaders }) => void dlq.push(r.headers) },
   };
   const signal = new AbortController().signal;
   try {

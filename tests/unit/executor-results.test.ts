@@ -1,5 +1,6 @@
 // What ctx.step and ctx.tx give back is the same on the first run as on a replay from the journal
 // (what JSON kept), and ctx.emit refuses a partition the broker would drop without a word.
+import type { WireHeaders } from "../../src/kafka/headers.ts";
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
@@ -13,10 +14,10 @@ import { tempDir } from "../support/tmp.ts";
 
 function setup() {
   const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 1 });
-  const dlq: Record<string, Buffer>[] = [];
+  const dlq: WireHeaders[] = [];
   const deps = {
     journal, bus: new EventBus(), log: createLogger({ level: "silent" }), retries: new RetryBook(), defer: () => {},
-    dlq: { publish: async (_t: string, r: { headers: Record<string, Buffer> }) => void dlq.push(r.headers) },
+    dlq: { publish: async (_t: string, r: { headers: WireHeaders }) => void dlq.push(r.headers) },
   };
   return { journal, dlq, deps };
 }

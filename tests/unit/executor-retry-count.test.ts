@@ -3,6 +3,7 @@
 // replay or another copy of the id starts at 1, and the count is gone in every COMMIT that holds
 // the message's outcome. Found by a review, which wrote these three tests against the first
 // version (keyed by id, cleared after the outcome).
+import type { WireHeaders } from "../../src/kafka/headers.ts";
 import { expect, test } from "bun:test";
 import { copyFileSync, existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -30,10 +31,10 @@ const msg = (offset: string, value: string, headers: Record<string, Buffer> = {}
   topic: "t", partition, offset, key: null, value: Buffer.from(value), headers, timestamp: "0",
 } as KafkaMessage);
 
-function deps(journal: Journal, dlq: { topic: string; headers: Record<string, Buffer> }[], bus = new EventBus()) {
+function deps(journal: Journal, dlq: { topic: string; headers: WireHeaders }[], bus = new EventBus()) {
   return {
     journal, bus, log,
-    dlq: { publish: async (topic: string, r: { headers: Record<string, Buffer> }) => void dlq.push({ topic, headers: r.headers }) },
+    dlq: { publish: async (topic: string, r: { headers: WireHeaders }) => void dlq.push({ topic, headers: r.headers }) },
     retries: new RetryBook(),
     defer: () => {},
   };
@@ -54,7 +55,7 @@ test("a dlq replay of a message whose count was left by a poison dead letter sta
   // Run 1: handler v1 fails twice (transient), then the process stops (SIGTERM/redeploy).
   const v1 = mk({ topics: ["t"], schema: v.object({ id: v.string() }), retry, async handle() { throw new Error("down"); } });
   let j = Journal.open({ url, commitIntervalMs: 1 });
-  const dlq: { topic: string; headers: Record<string, Buffer> }[] = [];
+  const dlq: { topic: string; headers: WireHeaders }[] = [];
   let d = deps(j, dlq);
   expect(await execute(v1, msg("5", '{"id":"a"}'), d, signal)).toBe("deferred");
   await tick();
@@ -104,7 +105,7 @@ test("no COMMIT holds a dead letter without the delete of its count (a size-trig
     copyFileSync(path, snap);
     if (existsSync(`${path}-wal`)) copyFileSync(`${path}-wal`, `${snap}-wal`);
   });
-  const dlq: { topic: string; headers: Record<string, Buffer> }[] = [];
+  const dlq: { topic: string; headers: WireHeaders }[] = [];
   await runToDone(h, msg("3", "x"), deps(j, dlq, bus));
   await j.close();
   const c = new Database(snap);
@@ -126,7 +127,7 @@ test("a second copy of the same id on another partition has its own count", asyn
     },
   });
   const j = Journal.open({ url, commitIntervalMs: 1 });
-  const dlq: { topic: string; headers: Record<string, Buffer> }[] = [];
+  const dlq: { topic: string; headers: WireHeaders }[] = [];
   const d = deps(j, dlq);
   const m1 = msg("1", '{"id":"evt-1"}', {}, 0);
   for (let i = 0; i < 3; i++) {
@@ -150,7 +151,7 @@ test("deadLetter: false: a PermanentError's retries are counted across a restart
     },
   });
   let j = Journal.open({ url, commitIntervalMs: 1 });
-  const dlq: { topic: string; headers: Record<string, Buffer> }[] = [];
+  const dlq: { topic: string; headers: WireHeaders }[] = [];
   let d = deps(j, dlq);
   const m = msg("7", "x");
   expect(await execute(h, m, d, signal)).toBe("deferred");

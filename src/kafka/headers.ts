@@ -1,0 +1,56 @@
+// Kafka headers are a list, and one name may repeat (tracing baggage, for one). kafkajs folds
+// them into an object whose repeated names hold arrays. Handlers see one Buffer per name
+// (ctx.message.headers, the SPEC's "Record of Buffer": the last value, as Java's lastHeader());
+// dead letters, the journal and `dlq replay` carry every value, so the original headers are
+// preserved. (kafkajs itself keeps values in order per name, not the order across names.)
+import type { KafkaMessage } from "../index.ts";
+import { setOwn } from "../own.ts";
+
+/** Headers as they go over the wire: a repeated name holds its values in order. */
+export type WireHeaders = Record<string, Buffer | Buffer[]>;
+
+/**
+ * Set on a consumed message's `headers` object only when a name repeats: every value of every
+ * header. A symbol, so handlers' Object.keys, for…in and JSON never see it.
+ */
+const ALL = Symbol("kexo.allHeaders");
+type WithAll = Record<string, Buffer | undefined> & { [ALL]?: WireHeaders };
+
+/** The message's headers with every value of a repeated name (its `headers` when none repeats). */
+export function allHeaders(message: KafkaMessage): WireHeaders {
+  const headers = message.headers as WithAll;
+  return headers[ALL] ?? (headers as Record<string, Buffer>);
+}
+
+type HeaderValue = Buffer | string | (Buffer | string | undefined)[] | undefined;
+
+/** kafkajs's headers as a message's: the last value of each name (every value kept aside when a name repeats). */
+export function fromKafkajs(raw: Record<string, HeaderValue> | undefined): Record<string, Buffer> {
+  // Per message: no entries arrays or spread objects (allocations on the hot path).
+  const headers: Record<string, Buffer> = {};
+  let all: WireHeaders | undefined;
+  if (!raw) return headers;
+  for (const k in raw) {
+    const v = raw[k];
+    if (v === undefined) continue;
+    if (Array.isArray(v)) {
+      const values: Buffer[] = [];
+      for (const x of v) if (x !== undefined) values.push(Buffer.isBuffer(x) ? x : Buffer.from(x));
+      if (values.length === 0) continue;
+      setOwn(headers, k, values[values.length - 1]!);
+      if (values.length > 1) {
+        if (!all) {
+          all = {};
+          for (const seen in headers) if (seen !== k) setOwn<Buffer | Buffer[]>(all, seen, headers[seen]!);
+        }
+        setOwn<Buffer | Buffer[]>(all, k, values);
+        continue;
+      }
+    } else {
+      setOwn(headers, k, Buffer.isBuffer(v) ? v : Buffer.from(v));
+    }
+    if (all) setOwn<Buffer | Buffer[]>(all, k, headers[k]!);
+  }
+  if (all) (headers as WithAll)[ALL] = all;
+  return headers;
+}
