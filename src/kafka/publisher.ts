@@ -38,3 +38,10 @@ export class Publisher implements DeadLetterPublisher {
     if (this.#connected) await this.#producer.disconnect().catch(() => {});
   }
 }
+
+/** Kafka refused a produce request for its size (max.message.bytes), through kafkajs's error causes. */
+export function refusedAsTooLarge(err: unknown, depth = 0): boolean {
+  if (depth > 4 || typeof err !== "object" || err === null) return false;
+  const { type, cause } = err as { type?: unknown; cause?: unknown };
+  return type === "MESSAGE_TOO_LARGE" || type === "RECORD_LIST_TOO_LARGE" || refusedAsTooLarge(cause, depth + 1);
+}

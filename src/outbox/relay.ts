@@ -22,6 +22,7 @@ import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
 import { createPartitioner } from "../kafka/partitioner.ts";
+import { refusedAsTooLarge } from "../kafka/publisher.ts";
 
 export interface OutboxRow {
   seq: number;
@@ -65,13 +66,6 @@ export function takeWithin(rows: OutboxRow[], maxBytes: number): OutboxRow[] {
     if (total > maxBytes) return rows.slice(0, Math.max(1, i));
   }
   return rows;
-}
-
-/** Kafka refused the request's size: fewer rows may pass, one row alone never will. */
-function tooLarge(err: unknown, depth = 0): boolean {
-  if (depth > 4 || typeof err !== "object" || err === null) return false;
-  const { type, cause } = err as { type?: unknown; cause?: unknown };
-  return type === "MESSAGE_TOO_LARGE" || type === "RECORD_LIST_TOO_LARGE" || tooLarge(cause, depth + 1);
 }
 
 /** Rows as kafkajs topicMessages, in seq order per topic. */
@@ -175,13 +169,13 @@ export class OutboxRelay {
         failures = 0;
         this.#maxBytes = BATCH_BYTES;
       } catch (err) {
-        if (tooLarge(err) && rows.length > 1) {
+        if (refusedAsTooLarge(err) && rows.length > 1) {
           // The broker's limit is below ours: halve until the rows pass, or one row alone is refused.
           this.#maxBytes = Math.max(1, Math.floor(rows.reduce((n, r) => n + rowBytes(r), 0) / 2));
           this.#log.warn("the broker refused an outbox request as too large; sending fewer records per request", { rows: rows.length, nextMaxBytes: this.#maxBytes, error: err });
           continue;
         }
-        if (tooLarge(err)) {
+        if (refusedAsTooLarge(err)) {
           err = new Error(
             `outbox record ${rows[0]!.seq} of handler ${rows[0]!.handler} (${rowBytes(rows[0]!)} bytes) is larger than ${rows[0]!.topic} takes ` +
               `(${errorMessage(err)}); it and the records after it wait: raise the topic's max.message.bytes (and the broker's), or delete the row from kexo_outbox`,

@@ -2,6 +2,7 @@
 // the names Spring (kafka_dlt-*) and Kafka Connect (__connect.errors.*) tools already read.
 import { capBytes } from "../errors.ts";
 import type { WireHeaders } from "../kafka/headers.ts";
+import type { ProducedRecord } from "./executor.ts";
 
 export type DeadLetterReason = "poison" | "exhausted" | "permanent";
 
@@ -33,13 +34,10 @@ function int64(n: string): Buffer {
 
 /** Header values are capped so that a huge error message can't make the dead letter too big. */
 const MAX_ERROR_BYTES = 8 * 1024;
-function capped(s: string): Buffer {
-  return Buffer.from(capBytes(s, MAX_ERROR_BYTES));
-}
 
-export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo): WireHeaders {
-  const error = capped(info.error);
-  const stack = capped(info.stack ?? info.error);
+export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo, maxErrorBytes = MAX_ERROR_BYTES): WireHeaders {
+  const error = Buffer.from(capBytes(info.error, maxErrorBytes));
+  const stack = Buffer.from(capBytes(info.stack ?? info.error, maxErrorBytes));
   return {
     ...original,
     "kexo-dlq-topic": Buffer.from(info.topic),
@@ -68,4 +66,36 @@ export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo): 
     "__connect.errors.exception.message": error,
     "__connect.errors.exception.stacktrace": stack,
   };
+}
+
+/** What a dead letter may leave out, in order, when the broker refuses it as too large. */
+export const SMALLER_STEPS = 2;
+const KEEP_BYTES = 1024;
+
+function headerBytes(headers: WireHeaders): number {
+  let n = 0;
+  for (const [k, v] of Object.entries(headers)) for (const b of Array.isArray(v) ? v : [v]) n += k.length + b.byteLength;
+  return n;
+}
+
+/**
+ * The dead letter, smaller, after the broker refused it as too large (its max.message.bytes; a
+ * message near the source topic's limit grows past it with kexo's headers): step 1 cuts the error
+ * texts to 1 KB; step 2 also leaves out the value, and the key and original headers when over
+ * 1 KB, naming each in `kexo-dlq-omitted`. The journal keeps the whole message: `kexo dlq show`
+ * prints it and `kexo dlq replay` publishes it. A partition must not wait forever for a dead letter
+ * no broker will take.
+ */
+export function smallerDeadLetter(message: ProducedRecord, original: WireHeaders, info: DeadLetterInfo, step: number): ProducedRecord {
+  if (step < 2) return { key: message.key, value: message.value, headers: deadLetterHeaders(original, info, KEEP_BYTES) };
+  const omitted: string[] = [];
+  if (message.value !== null) omitted.push(`value (${message.value.byteLength} bytes)`);
+  const key = message.key !== null && message.key.byteLength > KEEP_BYTES ? null : message.key;
+  if (key !== message.key) omitted.push(`key (${message.key!.byteLength} bytes)`);
+  const originalBytes = headerBytes(original);
+  const kept = originalBytes > KEEP_BYTES ? {} : original;
+  if (kept !== original) omitted.push(`headers (${originalBytes} bytes)`);
+  const headers = deadLetterHeaders(kept, info, KEEP_BYTES);
+  headers["kexo-dlq-omitted"] = Buffer.from(`${omitted.join(", ")}: the broker refused the dead letter as too large; the journal keeps the whole message (kexo dlq show, kexo dlq replay)`);
+  return { key, value: null, headers };
 }

@@ -11,7 +11,8 @@ import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
 import { setOwn } from "../own.ts";
-import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
+import { type DeadLetterInfo, type DeadLetterReason, deadLetterHeaders, SMALLER_STEPS, smallerDeadLetter } from "./dead-letter.ts";
+import { refusedAsTooLarge } from "../kafka/publisher.ts";
 import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";
@@ -642,22 +643,34 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;
   }
-  const headers = deadLetterHeaders(allHeaders(message), {
+  const original = allHeaders(message);
+  const info: DeadLetterInfo = {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
     groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
-  });
+  };
+  const whole: ProducedRecord = { key: message.key, value: message.value, headers: deadLetterHeaders(original, info) };
+  let smaller = f.smaller ?? 0;
+  let record = smaller === 0 ? whole : smallerDeadLetter(whole, original, info, smaller);
   for (let tries = f.tries + 1; ; tries++) {
     try {
-      await deps.dlq.publish(dlqTopic, { key: message.key, value: message.value, headers });
+      await deps.dlq.publish(dlqTopic, record);
       break;
     } catch (publishErr) {
+      if (refusedAsTooLarge(publishErr) && smaller < SMALLER_STEPS) {
+        // At once, smaller: waiting would not make the broker take it.
+        record = smallerDeadLetter(whole, original, info, ++smaller);
+        deps.log.warn(`the broker refused the dead letter as too large; writing it again with ${smaller === 1 ? "short error texts" : "its value (and a large key or headers) left out, kept in the journal"}`, {
+          ...where, dlqTopic, reason, tries, error: publishErr,
+        });
+        continue;
+      }
       const wait = backoff(tries, 200, 10_000);
       deps.log.error("dead-letter write failed; the partition waits and retries", {
         ...where, dlqTopic, reason, tries, nextTryInMs: wait, error: publishErr,
       });
       block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: dead-letter write to ${dlqTopic} failed ` +
         `(${tries} tries): ${errorMessage(publishErr)}; the partition waits until ${dlqTopic} can be written`);
-      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries } });
+      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries, smaller } });
       if (w !== "continue") return w;
     }
   }
@@ -666,7 +679,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
   deps.journal.deadLetter(
     {
       handler: handler.name, groupId: handler.groupId, messageId: id, topic: message.topic, partition: message.partition,
-      offset: message.offset, key: message.key, value: message.value, headers: allHeaders(message),
+      offset: message.offset, key: message.key, value: message.value, headers: original,
       reason, error, errorType: f.errorType, attempts, failedAt: f.failedAt.toISOString(), dlqTopic,
     },
     {

@@ -11,6 +11,8 @@ export interface PendingDeadLetter extends Pick<DeadLetterInfo, "reason" | "erro
   id: string;
   /** Dead-letter writes tried so far. */
   tries: number;
+  /** How much the dead letter was cut after the broker refused it as too large (smallerDeadLetter's step). */
+  smaller?: number;
 }
 
 export interface Pending {
