@@ -1,7 +1,7 @@
 // kexo's entry point and its only exit: parses the command line, runs one command, maps errors to
 // exit codes. First SIGTERM/SIGINT asks for a drain; a second one exits at once (130/143).
 import { helpText, jsonRequested, parseCli } from "./src/cli/args.ts";
-import { printJson, printLine } from "./src/cli/output.ts";
+import { printJson, printJsonError, printLine } from "./src/cli/output.ts";
 import { ConfigError, errorMessage, errorStack, ExitCode, KexoError } from "./src/errors.ts";
 import { explainAddonLoadFailure } from "./src/journal/native-addon.ts";
 import { VERSION } from "./src/version.ts";
@@ -54,8 +54,7 @@ async function main(argv: string[]): Promise<number> {
 
 /**
  * The one place an error becomes an exit code. stderr gets the human text; with --json, stdout
- * also gets exactly one object, `{"error":{"exitCode","code","message","problems"?}}` (beside
- * the error's own fields, such as `"found":false`), so a script reading stdout learns why too.
+ * also gets exactly one object (printJsonError).
  */
 function report(err: unknown, json: boolean): number {
   const known = err instanceof KexoError;
@@ -68,15 +67,7 @@ function report(err: unknown, json: boolean): number {
   } else {
     process.stderr.write(`kexo: ${bug}: ${errorStack(err) ?? errorMessage(err)}\n`);
   }
-  if (json) {
-    const error = {
-      exitCode,
-      code: known ? err.code : "bug",
-      message: known ? err.message : `${bug}: ${errorMessage(err)}`,
-      problems: err instanceof ConfigError ? err.problems : undefined,
-    };
-    printJson({ ...(known ? err.json : undefined), error });
-  }
+  if (json) printJsonError(err, bug);
   return exitCode;
 }
 

@@ -1,4 +1,6 @@
 // Human and script output on stdout (logs go to stderr as JSON lines).
+import { ConfigError, errorMessage, ExitCode, KexoError } from "../errors.ts";
+
 export function printLine(line: string): void {
   process.stdout.write(line + "\n");
 }
@@ -16,4 +18,20 @@ export function table(rows: Record<string, unknown>[], columns: string[]): strin
 /** `1 dead letter`, `3 dead letters`. */
 export function plural(n: number, word: string): string {
   return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+/**
+ * The one object a `--json` command prints on stdout when it fails:
+ * `{"error":{"exitCode","code","message","problems"?}}`, beside the error's own fields (such as
+ * `"found":false`), so a script reading stdout learns why too.
+ */
+export function printJsonError(err: unknown, bug: string): void {
+  const known = err instanceof KexoError;
+  const error = {
+    exitCode: known ? err.exitCode : ExitCode.bug,
+    code: known ? err.code : "bug",
+    message: known ? err.message : `${bug}: ${errorMessage(err)}`,
+    problems: err instanceof ConfigError ? err.problems : undefined,
+  };
+  printJson({ ...(known ? err.json : undefined), error });
 }

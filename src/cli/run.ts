@@ -15,7 +15,7 @@ import { attachRegistry } from "../registry/attach.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
 import { Worker } from "../worker.ts";
 import type { Args } from "./args.ts";
-import { printLine } from "./output.ts";
+import { printJsonError, printLine } from "./output.ts";
 
 /** How long a stop may take past --shutdown-timeout (the journal's last COMMIT, leaving the groups). */
 const STOP_GRACE_MS = 10_000;
@@ -161,6 +161,8 @@ async function runWorker(
   if (outcome.error) {
     log.error("stopping after a fatal error", { error: outcome.error });
     if ((await stopped()) === TIMED_OUT) giveUp();
+    // `dev --json`'s stdout is for scripts: they learn why too (stderr has the JSON log line).
+    if (dev?.args.flags.json) printJsonError(outcome.error, "the worker failed");
     return outcome.error instanceof KexoError ? outcome.error.exitCode : ExitCode.transient;
   }
   log.info("signal received; draining", { signal: outcome.signal, timeoutMs: config.shutdownTimeoutMs });

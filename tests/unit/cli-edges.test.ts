@@ -9,7 +9,7 @@ import { join } from "node:path";
 import { resolveConfig } from "../../src/config/config.ts";
 import { configProblems } from "../support/problems.ts";
 import { tempDir } from "../support/tmp.ts";
-import { kexoSync, WorkerProcess } from "../support/worker.ts";
+import { kexoAsync, kexoSync, WorkerProcess } from "../support/worker.ts";
 
 const kexo = (args: string[], env: Record<string, string> = {}, cwd = tempDir()) => kexoSync(args, { cwd, env });
 
@@ -50,6 +50,19 @@ describe("--json: an error is one JSON object on stdout, with the same exit code
     ]);
     expect(r.stderr).toContain("kexo: invalid configuration:\n  log-level: must be one of");
   });
+
+  test("kexo dev --json that fails after it started: the error object is the last stdout line", async () => {
+    // A handler that drops a journal table: the next group commit fails, kexo stops (75).
+    const dir = tempDir();
+    writeFileSync(join(dir, "breaks.ts"), `import { defineHandler } from "kexo";
+export default defineHandler({ topics: ["orders"], handle: async (_m, ctx) => { await ctx.tx((db) => db.execute("DROP TABLE kexo_progress")); } });
+`);
+    const r = await kexoAsync(["dev", "--json", "--demo", "--demo-count", "5", "--handlers", dir, "--db", `file:${join(dir, "j.db")}`, "--http", "127.0.0.1:0"], { cwd: dir });
+    expect(r.code).toBe(75);
+    const last = JSON.parse(r.stdout.trimEnd().split("\n").at(-1)!) as { error: Record<string, unknown> };
+    expect(last.error).toMatchObject({ exitCode: 75, code: "journal_commit_failed" });
+    expect(String(last.error.message)).toContain("no such table: kexo_progress");
+  }, 60_000);
 
   test("without --json, stdout stays empty", () => {
     const r = kexo(["dlq", "show", "NOPE"]);
