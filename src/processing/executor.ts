@@ -10,6 +10,7 @@ import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
+import { crashPoint } from "../debug-point.ts";
 import { setOwn } from "../own.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
@@ -241,9 +242,12 @@ class Run {
     this.attemptsKept = pending !== undefined;
   }
 
-  /** `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting. */
-  recordFailedAttempts(id: string, attempts: number): void {
-    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts);
+  /**
+   * `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting.
+   * `deadLetter`: the handler gave up (see keptDeadLetter).
+   */
+  recordFailedAttempts(id: string, attempts: number, deadLetter?: string): void {
+    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts, 0, deadLetter);
     this.attemptsKept = true;
   }
 
@@ -349,8 +353,10 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       run.report(id, "deduplicated");
       return "done";
     }
+    const before = pending ? undefined : journal.failedAttempts(handler.name, message);
+    if (before?.deadLetter !== undefined) return deadLetter(run, fromKept(before.deadLetter, id));
     // Attempts that failed before a restart (a redeploy that changed the schema, say) count too.
-    const attempts = pending?.attempt ?? (journal.failedAttempts(handler.name, message)?.attempts ?? 0) + 1;
+    const attempts = pending?.attempt ?? (before?.attempts ?? 0) + 1;
     return deadLetter(run, failure(id, "poison", err, attempts));
   }
 
@@ -384,6 +390,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     const failedBefore = journal.failedAttempts(handler.name, message);
     if (failedBefore !== undefined) {
       run.attemptsKept = true;
+      // The handler gave up before the restart; only the dead letter's write was left.
+      if (failedBefore.deadLetter !== undefined) return deadLetter(run, fromKept(failedBefore.deadLetter, id));
       const { attempts, deaths } = failedBefore;
       const unlimited = handler.deadLetterTopic(message.topic) === false;
       if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
@@ -623,6 +631,17 @@ function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: n
   };
 }
 
+/** Why the handler gave up, as kexo_retries.dead_letter keeps it (the id is the row's). */
+function keptDeadLetter(f: PendingDeadLetter): string {
+  const { reason, error, errorType, stack, attempts, failedAt } = f;
+  return JSON.stringify({ reason, error, errorType, stack, attempts, failedAt: failedAt.toISOString() });
+}
+
+function fromKept(json: string, id: string): PendingDeadLetter {
+  const kept = JSON.parse(json) as Omit<PendingDeadLetter, "id" | "failedAt" | "tries"> & { failedAt: string };
+  return { ...kept, id, failedAt: new Date(kept.failedAt), tries: 0, journaled: true };
+}
+
 /**
  * Writes the dead letter, then journals it; "done" only once the broker acknowledged the write,
  * so the offset never passes a dead letter that is not safe in Kafka. While the write fails the
@@ -646,6 +665,14 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
     groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
   });
+  if (!f.journaled) {
+    // The handler has given up for good: journaled (and COMMITted) before the write, which may fail
+    // or hang for long, so that a process that dies meanwhile only writes the dead letter at its
+    // restart and never runs the handler again (a PermanentError's side effects, used-up attempts).
+    run.recordFailedAttempts(id, attempts, keptDeadLetter(f));
+    f = { ...f, journaled: true };
+    await deps.journal.commitNextTurn();
+  }
   for (let tries = f.tries + 1; ; tries++) {
     try {
       await deps.dlq.publish(dlqTopic, { key: message.key, value: message.value, headers });
@@ -661,6 +688,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
       if (w !== "continue") return w;
     }
   }
+  crashPoint("dlq.published");
   // Poison found before the count was looked up may leave one: dead letters are rare, so always.
   run.clearAttempts(true);
   deps.journal.deadLetter(

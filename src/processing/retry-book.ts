@@ -11,6 +11,8 @@ export interface PendingDeadLetter extends Pick<DeadLetterInfo, "reason" | "erro
   id: string;
   /** Dead-letter writes tried so far. */
   tries: number;
+  /** The journal holds it (kexo_retries.dead_letter): a restart writes it without running the handler. */
+  journaled?: boolean;
 }
 
 export interface Pending {
