@@ -12,6 +12,7 @@ import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
 import { crashPoint } from "../debug-point.ts";
 import { setOwn } from "../own.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 import { type DeadLetterReason, deadLetterHeaders } from "./dead-letter.ts";
 import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
 import { decodePayload, messageId } from "./decode.ts";
@@ -631,6 +632,11 @@ function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: n
   };
 }
 
+/** How long a dead-letter write may go unacknowledged before its partition lets go of the batch. */
+const DEAD_LETTER_ACK_WAIT_MS = 5000;
+/** How often a partition that let go checks its unacknowledged dead-letter write again. */
+const DEAD_LETTER_RECHECK_MS = 1000;
+
 /** Why the handler gave up, as kexo_retries.dead_letter keeps it (the id is the row's). */
 function keptDeadLetter(f: PendingDeadLetter): string {
   const { reason, error, errorType, stack, attempts, failedAt } = f;
@@ -673,18 +679,40 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     f = { ...f, journaled: true };
     await deps.journal.commitNextTurn();
   }
-  for (let tries = f.tries + 1; ; tries++) {
+  const at = `${handler.name} ${message.topic}/${message.partition}@${message.offset}`;
+  let { tries, writing } = f;
+  for (;;) {
+    const write = writing ?? deps.dlq.publish(dlqTopic, { key: message.key, value: message.value, headers });
+    const rechecking = writing !== undefined;
+    writing = undefined;
     try {
-      await deps.dlq.publish(dlqTopic, { key: message.key, value: message.value, headers });
+      // A broker that answers slowly (not at all, until kafkajs's request timeout) would hold up
+      // every partition of the handler: kafkajs fetches the next round only once each batch of the
+      // last one returned. So past DEAD_LETTER_ACK_WAIT_MS the partition lets go and checks the same
+      // write again later (never a second one while it may still land).
+      if ((await within(write, rechecking ? 0 : DEAD_LETTER_ACK_WAIT_MS)) === TIMED_OUT) {
+        if (!rechecking) {
+          deps.log.warn("dead-letter write not acknowledged yet; the partition waits for the broker's answer", {
+            ...where, dlqTopic, reason, waitedMs: DEAD_LETTER_ACK_WAIT_MS,
+          });
+          block(run, `${at}: dead-letter write to ${dlqTopic} not acknowledged after ${DEAD_LETTER_ACK_WAIT_MS} ms; ` +
+            `the partition waits for the broker's answer`);
+        }
+        const w = await waitForNextTry(run, DEAD_LETTER_RECHECK_MS, { attempt: attempts, deadLetter: { ...f, tries, writing: write } });
+        if (w !== "continue") return w;
+        writing = write;
+        continue;
+      }
       break;
     } catch (publishErr) {
+      tries++;
       const wait = backoff(tries, 200, 10_000);
       deps.log.error("dead-letter write failed; the partition waits and retries", {
         ...where, dlqTopic, reason, tries, nextTryInMs: wait, error: publishErr,
       });
-      block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: dead-letter write to ${dlqTopic} failed ` +
-        `(${tries} tries): ${errorMessage(publishErr)}; the partition waits until ${dlqTopic} can be written`);
-      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries } });
+      block(run, `${at}: dead-letter write to ${dlqTopic} failed (${tries} tries): ${errorMessage(publishErr)}; ` +
+        `the partition waits until ${dlqTopic} can be written`);
+      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries, writing: undefined } });
       if (w !== "continue") return w;
     }
   }
