@@ -38,6 +38,11 @@ export interface MockCluster {
   /** Drops the errors pushed for `apiKey` that no request consumed yet. */
   clearRequestErrors(apiKey: number): void;
   setPartitionLeader(topic: string, partition: number, brokerId: number): void;
+  /**
+   * Metadata answers `topic` with this error (0: none again), as a broker that does not host it
+   * and may not create it answers UNKNOWN_TOPIC_OR_PARTITION (3).
+   */
+  setTopicError(topic: string, errorCode: number): void;
   setGroupCoordinator(groupId: string, brokerId: number): void;
   close(): void;
 }
@@ -62,6 +67,7 @@ function load() {
       rd_kafka_mock_push_request_errors_array: { args: [P, i16, u64, P], returns: V },
       rd_kafka_mock_clear_request_errors: { args: [P, i16], returns: V },
       rd_kafka_mock_partition_set_leader: { args: [P, P, i32, i32], returns: i32 },
+      rd_kafka_mock_topic_set_error: { args: [P, P, i32], returns: V },
       rd_kafka_mock_coordinator_set: { args: [P, P, P, i32], returns: i32 },
     });
   } catch (err) {
@@ -122,6 +128,9 @@ export function createMockCluster(opts: { brokers?: number } = {}): MockCluster 
     },
     setPartitionLeader(topic, partition, id) {
       check(`leader of ${topic}/${partition}`, f.rd_kafka_mock_partition_set_leader(live(), ptr(cstr(topic)), partition, id));
+    },
+    setTopicError(topic, errorCode) {
+      f.rd_kafka_mock_topic_set_error(live(), ptr(cstr(topic)), errorCode);
     },
     setGroupCoordinator(groupId, id) {
       check(`coordinator of ${groupId}`, f.rd_kafka_mock_coordinator_set(live(), ptr(cstr("group")), ptr(cstr(groupId)), id));

@@ -164,6 +164,8 @@ export interface FailedAttempts {
   attempts: number;
   /** How many of them the process did not survive (see processing/crash-guard.ts). */
   deaths: number;
+  /** Set once the handler gave up: why, as the executor wrote it; only the dead letter's write is left. */
+  deadLetter?: string;
 }
 
 export interface ProgressEntry {
@@ -514,8 +516,10 @@ export class Journal {
    */
   failedAttempts(handler: string, at: Delivery): FailedAttempts | undefined {
     if (this.#attemptOffsets.get(handler, at.topic, at.partition)?.has(at.offset) !== true) return undefined;
-    const row = this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as FailedAttempts | undefined;
-    return row && { attempts: row.attempts, deaths: row.deaths };
+    const row = this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as
+      { attempts: number; deaths: number; dead_letter: string | null } | undefined;
+    if (!row) return undefined;
+    return row.dead_letter === null ? { attempts: row.attempts, deaths: row.deaths } : { attempts: row.attempts, deaths: row.deaths, deadLetter: row.dead_letter };
   }
 
   // ---- writes (group-committed) ----
@@ -523,11 +527,12 @@ export class Journal {
   /**
    * `attempts` attempts of this delivery failed and it will be tried again. `deaths` is added to
    * the attempts counted as ones the process did not survive: +1 right before an attempt run alone,
-   * -1 once it ended (see processing/crash-guard.ts).
+   * -1 once it ended (see processing/crash-guard.ts). `deadLetter`: the handler gave up (see
+   * FailedAttempts); once set, it stays until the row goes.
    */
-  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0): void {
+  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0, deadLetter?: string): void {
     offsetsIn(this.#attemptOffsets, handler, at.topic, at.partition).add(at.offset);
-    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deaths));
+    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deadLetter ?? null, deaths));
   }
 
   /**
@@ -1168,12 +1173,13 @@ function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
-    attemptsGet: conn.prepare('SELECT attempts, deaths FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
+    attemptsGet: conn.prepare('SELECT attempts, deaths, dead_letter FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
     // The second deaths argument is the delta applied to an existing row.
     attemptsSet: conn.prepare(
-      `INSERT INTO kexo_retries (handler, topic, partition, "offset", id, attempts, deaths, updated_at) VALUES (?, ?, ?, ?, ?, ?, max(?, 0), ?)
+      `INSERT INTO kexo_retries (handler, topic, partition, "offset", id, attempts, deaths, updated_at, dead_letter) VALUES (?, ?, ?, ?, ?, ?, max(?, 0), ?, ?)
        ON CONFLICT (handler, topic, partition, "offset") DO UPDATE SET id = excluded.id, attempts = excluded.attempts,
-         deaths = max(kexo_retries.deaths + ?, 0), updated_at = excluded.updated_at`,
+         deaths = max(kexo_retries.deaths + ?, 0), updated_at = excluded.updated_at,
+         dead_letter = coalesce(excluded.dead_letter, kexo_retries.dead_letter)`,
     ),
     attemptsIn: conn.prepare('SELECT CAST("offset" AS TEXT) AS o FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ?'),
     attemptsDelete: conn.prepare('DELETE FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),

@@ -97,8 +97,10 @@ CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handl
 -- once the message is done; rows left behind (the partition moved away) go after 7 days.
 -- After an unclean stop, an attempt is counted here before its handler starts and put right when it
 -- ends (see processing/crash-guard.ts). deaths: how many of the attempts were run alone and not
--- survived by the process. (Added to older journals by ADDED_COLUMNS, with no version bump: kexo
--- versions without it still work on the table, only ignoring the column.)
+-- survived by the process. dead_letter: set once the handler gave up (JSON: reason, error, …), so
+-- that a restart only writes the dead letter and never runs the handler again. (Both added to older
+-- journals by ADDED_COLUMNS, with no version bump: kexo versions without them still work on the
+-- table, only ignoring the columns.)
 CREATE TABLE IF NOT EXISTS kexo_retries (
   handler TEXT NOT NULL,
   topic TEXT NOT NULL,
@@ -108,6 +110,7 @@ CREATE TABLE IF NOT EXISTS kexo_retries (
   attempts INTEGER NOT NULL,
   updated_at INTEGER NOT NULL,
   deaths INTEGER NOT NULL DEFAULT 0,
+  dead_letter TEXT,
   PRIMARY KEY (handler, topic, partition, "offset")
 ) WITHOUT ROWID;
 `;
@@ -115,4 +118,5 @@ CREATE TABLE IF NOT EXISTS kexo_retries (
 /** Columns added after a table first shipped: [table, column, definition]. */
 export const ADDED_COLUMNS: readonly (readonly [string, string, string])[] = [
   ["kexo_retries", "deaths", "INTEGER NOT NULL DEFAULT 0"],
+  ["kexo_retries", "dead_letter", "TEXT"],
 ];

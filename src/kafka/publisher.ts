@@ -2,6 +2,7 @@
 // replicas, so a resolved publish() means the record is safe in Kafka.
 import type { Kafka, Producer } from "kafkajs";
 import type { DeadLetterPublisher, ProducedRecord } from "../processing/executor.ts";
+import { isMissingTopic, MissingTopicError } from "./missing-topic.ts";
 import { createPartitioner } from "./partitioner.ts";
 
 export class Publisher implements DeadLetterPublisher {
@@ -18,12 +19,16 @@ export class Publisher implements DeadLetterPublisher {
 
   async publish(topic: string, record: ProducedRecord, partition?: number): Promise<void> {
     await this.#connect();
-    await this.#producer.send({
-      topic,
-      acks: -1,
-      timeout: 10_000,
-      messages: [{ key: record.key, value: record.value, headers: record.headers, partition }],
-    });
+    try {
+      await this.#producer.send({
+        topic,
+        acks: -1,
+        timeout: 10_000,
+        messages: [{ key: record.key, value: record.value, headers: record.headers, partition }],
+      });
+    } catch (err) {
+      throw isMissingTopic(err) ? new MissingTopicError(topic, err) : err;
+    }
   }
 
   #connect(): Promise<void> {

@@ -21,6 +21,7 @@ import type { WireHeaders } from "../kafka/headers.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
+import { isMissingTopic } from "../kafka/missing-topic.ts";
 import { createPartitioner } from "../kafka/partitioner.ts";
 import { refusedAsTooLarge } from "../kafka/publisher.ts";
 
@@ -217,7 +218,7 @@ export class OutboxRelay {
         );
       }
     } catch (err) {
-      if (/does not host this topic-partition|UNKNOWN_TOPIC/i.test(errorMessage(err))) {
+      if (isMissingTopic(err)) {
         throw new Error(`outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")}): create it or let the broker auto-create topics; ${errorMessage(err)}`, { cause: err });
       }
       throw err;

@@ -10,7 +10,9 @@ import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
 import { fromJson, toJson } from "../journal/json.ts";
+import { crashPoint } from "../debug-point.ts";
 import { setOwn } from "../own.ts";
+import { TIMED_OUT, within } from "../timeout.ts";
 import { type DeadLetterInfo, type DeadLetterReason, deadLetterHeaders, SMALLER_STEPS, smallerDeadLetter } from "./dead-letter.ts";
 import { refusedAsTooLarge } from "../kafka/publisher.ts";
 import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
@@ -242,9 +244,12 @@ class Run {
     this.attemptsKept = pending !== undefined;
   }
 
-  /** `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting. */
-  recordFailedAttempts(id: string, attempts: number): void {
-    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts);
+  /**
+   * `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting.
+   * `deadLetter`: the handler gave up (see keptDeadLetter).
+   */
+  recordFailedAttempts(id: string, attempts: number, deadLetter?: string): void {
+    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts, 0, deadLetter);
     this.attemptsKept = true;
   }
 
@@ -350,8 +355,10 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       run.report(id, "deduplicated");
       return "done";
     }
+    const before = pending ? undefined : journal.failedAttempts(handler.name, message);
+    if (before?.deadLetter !== undefined) return deadLetter(run, fromKept(before.deadLetter, id));
     // Attempts that failed before a restart (a redeploy that changed the schema, say) count too.
-    const attempts = pending?.attempt ?? (journal.failedAttempts(handler.name, message)?.attempts ?? 0) + 1;
+    const attempts = pending?.attempt ?? (before?.attempts ?? 0) + 1;
     return deadLetter(run, failure(id, "poison", err, attempts));
   }
 
@@ -385,6 +392,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     const failedBefore = journal.failedAttempts(handler.name, message);
     if (failedBefore !== undefined) {
       run.attemptsKept = true;
+      // The handler gave up before the restart; only the dead letter's write was left.
+      if (failedBefore.deadLetter !== undefined) return deadLetter(run, fromKept(failedBefore.deadLetter, id));
       const { attempts, deaths } = failedBefore;
       const unlimited = handler.deadLetterTopic(message.topic) === false;
       if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
@@ -624,6 +633,22 @@ function failure(id: string, reason: DeadLetterReason, err: unknown, attempts: n
   };
 }
 
+/** How long a dead-letter write may go unacknowledged before its partition lets go of the batch. */
+const DEAD_LETTER_ACK_WAIT_MS = 5000;
+/** How often a partition that let go checks its unacknowledged dead-letter write again. */
+const DEAD_LETTER_RECHECK_MS = 1000;
+
+/** Why the handler gave up, as kexo_retries.dead_letter keeps it (the id is the row's). */
+function keptDeadLetter(f: PendingDeadLetter): string {
+  const { reason, error, errorType, stack, attempts, failedAt } = f;
+  return JSON.stringify({ reason, error, errorType, stack, attempts, failedAt: failedAt.toISOString() });
+}
+
+function fromKept(json: string, id: string): PendingDeadLetter {
+  const kept = JSON.parse(json) as Omit<PendingDeadLetter, "id" | "failedAt" | "tries"> & { failedAt: string };
+  return { ...kept, id, failedAt: new Date(kept.failedAt), tries: 0, journaled: true };
+}
+
 /**
  * Writes the dead letter, then journals it; "done" only once the broker acknowledged the write,
  * so the offset never passes a dead letter that is not safe in Kafka. While the write fails the
@@ -648,14 +673,43 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
     groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
   };
+  if (!f.journaled) {
+    // The handler has given up for good: journaled (and COMMITted) before the write, which may fail
+    // or hang for long, so that a process that dies meanwhile only writes the dead letter at its
+    // restart and never runs the handler again (a PermanentError's side effects, used-up attempts).
+    run.recordFailedAttempts(id, attempts, keptDeadLetter(f));
+    f = { ...f, journaled: true };
+    await deps.journal.commitNextTurn();
+  }
+  const at = `${handler.name} ${message.topic}/${message.partition}@${message.offset}`;
   const whole: ProducedRecord = { key: message.key, value: message.value, headers: deadLetterHeaders(original, info) };
-  let smaller = f.smaller ?? 0;
+  let { tries, writing, smaller = 0 } = f;
   let record = smaller === 0 ? whole : smallerDeadLetter(whole, original, info, smaller);
-  for (let tries = f.tries + 1; ; tries++) {
+  for (;;) {
+    const write = writing ?? deps.dlq.publish(dlqTopic, record);
+    const rechecking = writing !== undefined;
+    writing = undefined;
     try {
-      await deps.dlq.publish(dlqTopic, record);
+      // A broker that answers slowly (not at all, until kafkajs's request timeout) would hold up
+      // every partition of the handler: kafkajs fetches the next round only once each batch of the
+      // last one returned. So past DEAD_LETTER_ACK_WAIT_MS the partition lets go and checks the same
+      // write again later (never a second one while it may still land).
+      if ((await within(write, rechecking ? 0 : DEAD_LETTER_ACK_WAIT_MS)) === TIMED_OUT) {
+        if (!rechecking) {
+          deps.log.warn("dead-letter write not acknowledged yet; the partition waits for the broker's answer", {
+            ...where, dlqTopic, reason, waitedMs: DEAD_LETTER_ACK_WAIT_MS,
+          });
+          block(run, `${at}: dead-letter write to ${dlqTopic} not acknowledged after ${DEAD_LETTER_ACK_WAIT_MS} ms; ` +
+            `the partition waits for the broker's answer`);
+        }
+        const w = await waitForNextTry(run, DEAD_LETTER_RECHECK_MS, { attempt: attempts, deadLetter: { ...f, tries, smaller, writing: write } });
+        if (w !== "continue") return w;
+        writing = write;
+        continue;
+      }
       break;
     } catch (publishErr) {
+      tries++;
       if (refusedAsTooLarge(publishErr) && smaller < SMALLER_STEPS) {
         // At once, smaller: waiting would not make the broker take it.
         record = smallerDeadLetter(whole, original, info, ++smaller);
@@ -668,12 +722,13 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
       deps.log.error("dead-letter write failed; the partition waits and retries", {
         ...where, dlqTopic, reason, tries, nextTryInMs: wait, error: publishErr,
       });
-      block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: dead-letter write to ${dlqTopic} failed ` +
-        `(${tries} tries): ${errorMessage(publishErr)}; the partition waits until ${dlqTopic} can be written`);
-      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries, smaller } });
+      block(run, `${at}: dead-letter write to ${dlqTopic} failed (${tries} tries): ${errorMessage(publishErr)}; ` +
+        `the partition waits until ${dlqTopic} can be written`);
+      const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries, smaller, writing: undefined } });
       if (w !== "continue") return w;
     }
   }
+  crashPoint("dlq.published");
   // Poison found before the count was looked up may leave one: dead letters are rare, so always.
   run.clearAttempts(true);
   deps.journal.deadLetter(

@@ -13,6 +13,10 @@ export interface PendingDeadLetter extends Pick<DeadLetterInfo, "reason" | "erro
   tries: number;
   /** How much the dead letter was cut after the broker refused it as too large (smallerDeadLetter's step). */
   smaller?: number;
+  /** The journal holds it (kexo_retries.dead_letter): a restart writes it without running the handler. */
+  journaled?: boolean;
+  /** A write not acknowledged when the partition let go: the next run waits for it, not a new one. */
+  writing?: Promise<void>;
 }
 
 export interface Pending {

@@ -166,3 +166,35 @@ test("deadLetter: false: a PermanentError's retries are counted across a restart
   expect(seen).toEqual([1, 2, 3]);
   expect(dlq).toEqual([]);
 });
+
+test("a handler that gave up before a restart is not run again: the restart only writes its dead letter", async () => {
+  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-e-")), "j.db")}`;
+  const seen: string[] = [];
+  const h = mk({
+    topics: ["t"], retry: { attempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
+    async handle(p: Buffer, ctx: { attempt: number }) {
+      seen.push(`${p}:${ctx.attempt}`);
+      throw p.toString() === "permanent" ? new PermanentError("refused") : new Error("down");
+    },
+  });
+  // Run 1: the dead-letter topic can't be written; the process stops (a SIGKILL leaves the same COMMITs).
+  let j = Journal.open({ url, commitIntervalMs: 1 });
+  const failing = { ...deps(j, []), dlq: { publish: () => Promise.reject(new Error("dead-letter topic unavailable")) } };
+  for (const m of [msg("1", "permanent"), msg("2", "exhausted", {}, 1)]) {
+    for (let i = 0; i < 4; i++) {
+      expect(await execute(h, m, failing, signal)).toBe("deferred");
+      await tick();
+    }
+  }
+  await j.close();
+  expect(seen).toEqual(["permanent:1", "exhausted:1", "exhausted:2"]);
+  // Run 2: the topic is back. Before: permanent:1 and exhausted:2 ran again.
+  j = Journal.open({ url, commitIntervalMs: 1 });
+  const dlq: { topic: string; headers: WireHeaders }[] = [];
+  await runToDone(h, msg("1", "permanent"), deps(j, dlq));
+  await runToDone(h, msg("2", "exhausted", {}, 1), deps(j, dlq));
+  expect(seen).toEqual(["permanent:1", "exhausted:1", "exhausted:2"]);
+  expect(dlq.map((d) => `${d.headers["kexo-dlq-reason"]}:${d.headers["kexo-dlq-attempts"]}`)).toEqual(["permanent:1", "exhausted:2"]);
+  expect(j.query("SELECT * FROM kexo_retries")).toEqual([]);
+  await j.close();
+});
