@@ -594,7 +594,7 @@ export class HandlerConsumer {
       const lanes = (state.lanes ??= new PartitionLanes(slots, state.next, (next) => {
         if (next > state.next) state.next = next;
         this.#journal.requestCommit();
-      }));
+      }, this.#abort.signal));
       const current = () => !this.#stopping && isRunning() && !isStale() && lanes.accepting && state === this.#parts.get(pk);
       for (const m of batch.messages) {
         const offset = BigInt(m.offset);
@@ -631,10 +631,10 @@ export class HandlerConsumer {
    * paused, so kafkajs fetches on for the others. Without it (key order) the message waits in its
    * lane, which holds up only its key.
    */
-  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps): Promise<Verdict> {
+  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps, signal: AbortSignal): Promise<Verdict> {
     this.#inflight++;
     try {
-      return await execute(this.handler, message, deps, this.#abort.signal, below);
+      return await execute(this.handler, message, deps, signal, below);
     } finally {
       this.#inflight--;
     }
@@ -657,21 +657,27 @@ export class HandlerConsumer {
     };
   }
 
-  /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
+  /**
+   * One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. It
+   * waits for its next try in place, so its lanes' signal ends the wait when they close (the
+   * rebalance grace ran out): else it went on trying beside the next epoch's copy of itself, or on
+   * a partition another instance owns by then.
+   */
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
+    const lanes = state.lanes!;
     for (;;) {
       // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
-      if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
+      if (lanes.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
-        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)));
+        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)), lanes.signal);
       } catch (err) {
         this.#lastError = errorMessage(err);
         this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
         return false;
       }
       if (verdict === "done") return true;
-      if (this.#abort.signal.aborted) return false;
+      if (lanes.signal.aborted) return false;
     }
   }
 
@@ -685,8 +691,9 @@ export class HandlerConsumer {
    * grace), and their progress reaches Kafka or the progress log, where the partition's next
    * owner looks. Without this, a new owner with its own journal would run again what this
    * instance finished above the lowest unfinished offset, or was still running. Past the grace,
-   * queued messages are dropped and running ones finish in this journal; then the new owner may
-   * run again what finished above the shared offset (logged).
+   * queued messages are dropped, running ones see ctx.signal aborted (one that finishes anyway is
+   * recorded in this journal) and ones waiting for their next try stop; then the new owner may run
+   * again what finished above the shared offset (logged).
    */
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
