@@ -100,7 +100,8 @@ export interface RetryOptions {
  *   a null key form one key. A slow key holds up only its own key (until 64 × concurrency
  *   messages, at least 1000, wait behind slow keys). The committed offset is the lowest unfinished
  *   one; work finished above it is recorded and never runs again after a restart.
- * - "topic": one message at a time per topic, across all its partitions (topics by name only).
+ * - "topic": one message at a time per topic, across all its partitions (topics by name only). A
+ *   message waiting for its next try holds up the whole topic until it is done or dead-lettered.
  */
 export type Order = "partition" | "key" | "topic";
 

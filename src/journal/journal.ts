@@ -518,6 +518,12 @@ export class Journal {
     return row && { attempts: row.attempts, deaths: row.deaths };
   }
 
+  /** This partition's offsets whose delivery has failed attempts recorded (see failedAttempts). */
+  failedOffsets(handler: string, topic: string, partition: number): string[] {
+    const offsets = this.#attemptOffsets.get(handler, topic, partition);
+    return offsets ? [...offsets] : [];
+  }
+
   // ---- writes (group-committed) ----
 
   /**
