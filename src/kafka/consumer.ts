@@ -16,7 +16,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } from "../processing/executor.ts";
+import { type DeadLetterPublisher, execute, type ExecutorDeps, sleep, type Verdict } from "../processing/executor.ts";
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
@@ -664,6 +664,9 @@ export class HandlerConsumer {
     }
   }
 
+  /** order: "key": a message waits for its next try without its running slot (KeySlots.without). */
+  #waitOffSlot = (ms: number, signal: AbortSignal): Promise<void> => this.#keySlots!.without(sleep(ms, signal));
+
   /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
   #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
     return {
@@ -677,6 +680,7 @@ export class HandlerConsumer {
       },
       retries: defer ? this.#retries : undefined,
       defer,
+      wait: defer ? undefined : this.#keySlots && this.#waitOffSlot,
       guard: this.#guard,
     };
   }

@@ -4,6 +4,8 @@
 // Invariants:
 // - Within a partition and key (all null keys form one key), a message starts only after the
 //   previous one of that key finished; a message that did not finish stops its key's lane.
+// - A running message holds a slot of the shared limit, except while it waits for its next try
+//   (KeySlots.without): as many retrying keys as slots must not stop every other key.
 // - `PartitionLanes.next` is the lowest dispatched offset that is not finished (or one past the
 //   last dispatched when all finished): every offset below it is done. It only moves forward.
 // - Nothing is dispatched after drain() or close(). drain() lets queued messages run, so `next`
@@ -58,6 +60,19 @@ export class KeySlots {
     const next = this.#waiting.shift();
     if (next) return next();
     this.#running--;
+  }
+
+  /**
+   * A holder lets its slot go while `wait` lasts (a message waiting for its next try is not
+   * running), then takes one again, behind those already waiting, before it goes on or returns.
+   */
+  async without<T>(wait: Promise<T>): Promise<T> {
+    this.release();
+    try {
+      return await wait;
+    } finally {
+      await new Promise<void>((r) => this.acquire(r));
+    }
   }
 }
 

@@ -115,3 +115,24 @@ describe("PartitionLanes", () => {
     expect(lanes.next).toBe(-1n);
   });
 });
+
+describe("KeySlots", () => {
+  test("without() lends the holder's slot while it waits and takes one again, behind those waiting", async () => {
+    const slots = new KeySlots(1, 100);
+    const started: string[] = [];
+    slots.acquire(() => started.push("waiter"));
+    expect(started).toEqual(["waiter"]);
+    slots.acquire(() => started.push("second"));
+    let wake!: () => void;
+    let back = false;
+    void slots.without(new Promise<void>((r) => (wake = r))).then(() => (back = true));
+    // The holder ("waiter") waits: its slot goes to "second".
+    expect(started).toEqual(["waiter", "second"]);
+    wake();
+    await tick();
+    expect(back).toBe(false);
+    slots.release(); // "second" ends: the holder has its slot again
+    await tick();
+    expect(back).toBe(true);
+  });
+});
