@@ -98,9 +98,11 @@ export interface RetryOptions {
  * - "key": within a partition, one message at a time per Kafka message key, in offset order;
  *   different keys run concurrently, up to `concurrency` for the whole handler. All messages with
  *   a null key form one key. A slow key holds up only its own key (until 64 × concurrency
- *   messages, at least 1000, wait behind slow keys). The committed offset is the lowest unfinished
+ *   messages, at least 1000, wait behind slow keys); so does a retrying one, whose waits for its
+ *   next try take no slot of `concurrency`. The committed offset is the lowest unfinished
  *   one; work finished above it is recorded and never runs again after a restart.
- * - "topic": one message at a time per topic, across all its partitions (topics by name only).
+ * - "topic": one message at a time per topic, across all its partitions (topics by name only). A
+ *   message waiting for its next try holds up the whole topic until it is done or dead-lettered.
  */
 export type Order = "partition" | "key" | "topic";
 

@@ -522,6 +522,12 @@ export class Journal {
     return row.dead_letter === null ? { attempts: row.attempts, deaths: row.deaths } : { attempts: row.attempts, deaths: row.deaths, deadLetter: row.dead_letter };
   }
 
+  /** This partition's offsets whose delivery has failed attempts recorded (see failedAttempts). */
+  failedOffsets(handler: string, topic: string, partition: number): string[] {
+    const offsets = this.#attemptOffsets.get(handler, topic, partition);
+    return offsets ? [...offsets] : [];
+  }
+
   // ---- writes (group-committed) ----
 
   /**

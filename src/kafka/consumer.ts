@@ -16,7 +16,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute, type ExecutorDeps, type Verdict } from "../processing/executor.ts";
+import { type DeadLetterPublisher, execute, type ExecutorDeps, sleep, type Verdict } from "../processing/executor.ts";
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
@@ -110,6 +110,14 @@ export interface ConsumerStatus {
 
 const key = (topic: string, partition: number) => `${topic}:${partition}`;
 
+/** order: "topic": a message waiting for its next try holds its topic (see #holdTopic). */
+interface TopicHold {
+  partition: number;
+  offset: bigint;
+  /** Resume the topic's other partitions, paused when they found the hold. */
+  resumes: (() => void)[];
+}
+
 export class HandlerConsumer {
   readonly handler: ResolvedHandler;
   #kafka: Kafka;
@@ -150,6 +158,8 @@ export class HandlerConsumer {
   /** order: "key": running limit shared by the partitions; order: "topic": one lock per topic. */
   #keySlots: KeySlots | undefined;
   #topicLocks = new Map<string, Promise<void>>();
+  /** order: "topic": per topic, the message waiting for its next try that holds it (#holdTopic). */
+  #topicHolds = new Map<string, TopicHold>();
   /** kafkaTransactions: offsets are committed only inside Kafka transactions with the emits. */
   #txOut: TransactionalOutput | undefined;
   /** Only after an unclean stop (see crash-guard.ts). */
@@ -343,6 +353,8 @@ export class HandlerConsumer {
     }
     this.#forgetRevoked(parts);
     this.#parts = parts;
+    // Once `next` covers Kafka's offsets and the previous owner's: before any batch of this epoch.
+    if (this.handler.order === "topic") void ready.then(() => this.#holdFromJournal(parts));
     this.#assignment = assignment;
     // Before the first transaction of this assignment: drop rows a committed one already carried.
     if (this.#txOut) void this.#txOut.reconcile(assignment);
@@ -406,11 +418,15 @@ export class HandlerConsumer {
     this.#scheduleCommit();
   }
 
-  /** A partition gone to another member: its waiting retries and its /readyz reason go with it. */
+  /**
+   * A partition gone to another member: its waiting retries, its /readyz reason and its hold on
+   * its topic go with it.
+   */
   #forgetRevoked(kept: Map<string, PartitionState>): void {
     for (const p of this.#parts.values()) {
       if (!kept.has(key(p.topic, p.partition))) this.#retries.forgetPartition(p.topic, p.partition);
     }
+    for (const [topic, h] of this.#topicHolds) if (!kept.has(key(topic, h.partition))) this.#releaseTopic(topic, h.partition, h.offset);
     for (const k of this.#blocked.keys()) if (!kept.has(k)) this.#blocked.delete(k);
   }
 
@@ -488,8 +504,12 @@ export class HandlerConsumer {
     // kafkajs marks a batch stale only after consumer.seek(), which kexo never calls: asked once
     // per batch, not per message (it builds a JSON key each call).
     const stale = isStale();
+    // order: "topic": a message of another partition waits for its next try, so this partition
+    // waits too (paused until that message is done; nothing resolved, so it is fetched again).
+    const heldBy = unlock && this.#topicHolds.get(batch.topic);
     try {
-      for (const m of batch.messages) {
+      if (heldBy && heldBy.partition !== batch.partition) heldBy.resumes.push(pause());
+      else for (const m of batch.messages) {
         if (stale || this.#stopping || rebalancing || this.#rejoining || !isRunning() || state !== this.#parts.get(pk)) break;
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
@@ -512,7 +532,11 @@ export class HandlerConsumer {
         } finally {
           this.#inflight--;
         }
-        if (verdict !== "done") break;
+        if (verdict !== "done") {
+          if (verdict === "deferred" && unlock) this.#holdTopic(batch.topic, batch.partition, BigInt(m.offset));
+          break;
+        }
+        if (unlock && this.#topicHolds.size > 0) this.#releaseTopic(batch.topic, batch.partition, BigInt(m.offset));
         if (!below) state.done(m.offset);
         lastDone = m.offset;
         this.#journal.requestCommit();
@@ -594,7 +618,7 @@ export class HandlerConsumer {
       const lanes = (state.lanes ??= new PartitionLanes(slots, state.next, (next) => {
         if (next > state.next) state.next = next;
         this.#journal.requestCommit();
-      }));
+      }, this.#abort.signal));
       const current = () => !this.#stopping && isRunning() && !isStale() && lanes.accepting && state === this.#parts.get(pk);
       for (const m of batch.messages) {
         const offset = BigInt(m.offset);
@@ -631,14 +655,17 @@ export class HandlerConsumer {
    * paused, so kafkajs fetches on for the others. Without it (key order) the message waits in its
    * lane, which holds up only its key.
    */
-  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps): Promise<Verdict> {
+  async #execute(message: KafkaMessage, below: boolean, deps: ExecutorDeps, signal: AbortSignal): Promise<Verdict> {
     this.#inflight++;
     try {
-      return await execute(this.handler, message, deps, this.#abort.signal, below);
+      return await execute(this.handler, message, deps, signal, below);
     } finally {
       this.#inflight--;
     }
   }
+
+  /** order: "key": a message waits for its next try without its running slot (KeySlots.without). */
+  #waitOffSlot = (ms: number, signal: AbortSignal): Promise<void> => this.#keySlots!.without(sleep(ms, signal));
 
   /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
   #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
@@ -653,25 +680,32 @@ export class HandlerConsumer {
       },
       retries: defer ? this.#retries : undefined,
       defer,
+      wait: defer ? undefined : this.#keySlots && this.#waitOffSlot,
       guard: this.#guard,
     };
   }
 
-  /** One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. */
+  /**
+   * One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. It
+   * waits for its next try in place, so its lanes' signal ends the wait when they close (the
+   * rebalance grace ran out): else it went on trying beside the next epoch's copy of itself, or on
+   * a partition another instance owns by then.
+   */
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
+    const lanes = state.lanes!;
     for (;;) {
       // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
-      if (state.lanes?.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
+      if (lanes.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
-        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)));
+        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)), lanes.signal);
       } catch (err) {
         this.#lastError = errorMessage(err);
         this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
         return false;
       }
       if (verdict === "done") return true;
-      if (this.#abort.signal.aborted) return false;
+      if (lanes.signal.aborted) return false;
     }
   }
 
@@ -685,8 +719,9 @@ export class HandlerConsumer {
    * grace), and their progress reaches Kafka or the progress log, where the partition's next
    * owner looks. Without this, a new owner with its own journal would run again what this
    * instance finished above the lowest unfinished offset, or was still running. Past the grace,
-   * queued messages are dropped and running ones finish in this journal; then the new owner may
-   * run again what finished above the shared offset (logged).
+   * queued messages are dropped, running ones see ctx.signal aborted (one that finishes anyway is
+   * recorded in this journal) and ones waiting for their next try stop; then the new owner may run
+   * again what finished above the shared offset (logged).
    */
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
@@ -765,6 +800,43 @@ export class HandlerConsumer {
       if (this.#topicLocks.get(topic) === chained) this.#topicLocks.delete(topic);
       unlock();
     };
+  }
+
+  /**
+   * order: "topic": one message at a time per topic means one message in progress, retries
+   * included. A message waiting for its next try lets go of the lock (its partition is paused, as
+   * in partition order), but holds its topic: the other partitions' batches pause until it is done
+   * (dead-lettered included), however long the wait.
+   */
+  #holdTopic(topic: string, partition: number, offset: bigint): void {
+    const h = this.#topicHolds.get(topic);
+    if (h?.partition === partition && h.offset <= offset) return;
+    this.#topicHolds.set(topic, { partition, offset, resumes: h?.resumes ?? [] });
+  }
+
+  /**
+   * A message that had failed attempts when the last run stopped (or this one rejoined), at or past
+   * its partition's progress, holds its topic again until it is done.
+   */
+  #holdFromJournal(parts: Map<string, PartitionState>): void {
+    if (parts !== this.#parts) return;
+    for (const p of parts.values()) {
+      if (this.#topicHolds.has(p.topic)) continue;
+      let lowest: bigint | undefined;
+      for (const o of this.#journal.failedOffsets(this.handler.name, p.topic, p.partition)) {
+        const offset = BigInt(o);
+        if (offset >= p.next && (lowest === undefined || offset < lowest)) lowest = offset;
+      }
+      if (lowest !== undefined) this.#holdTopic(p.topic, p.partition, lowest);
+    }
+  }
+
+  /** A message of `partition` at or past the hold's offset is done (or the partition is gone). */
+  #releaseTopic(topic: string, partition: number, offset: bigint): void {
+    const h = this.#topicHolds.get(topic);
+    if (!h || h.partition !== partition || offset < h.offset) return;
+    this.#topicHolds.delete(topic);
+    for (const resume of h.resumes) resume();
   }
 
   // ---- progress and commits ----

@@ -4,12 +4,15 @@
 // Invariants:
 // - Within a partition and key (all null keys form one key), a message starts only after the
 //   previous one of that key finished; a message that did not finish stops its key's lane.
+// - A running message holds a slot of the shared limit, except while it waits for its next try
+//   (KeySlots.without): as many retrying keys as slots must not stop every other key.
 // - `PartitionLanes.next` is the lowest dispatched offset that is not finished (or one past the
 //   last dispatched when all finished): every offset below it is done. It only moves forward.
 // - Nothing is dispatched after drain() or close(). drain() lets queued messages run, so `next`
 //   reaches every dispatched offset (what a new owner with its own journal needs: it knows nothing
 //   of work finished above `next`). close() drops queued messages (they sit at or above `next`, so
-//   Kafka delivers them again from the committed offset).
+//   Kafka delivers them again from the committed offset) and aborts `signal`: a message waiting
+//   for its next try stops there, since the partition's next epoch or owner runs it again.
 
 /** Runs one message; resolves true when it is done, false when it was given up (lane stops). */
 export type RunMessage = () => Promise<boolean>;
@@ -58,6 +61,19 @@ export class KeySlots {
     if (next) return next();
     this.#running--;
   }
+
+  /**
+   * A holder lets its slot go while `wait` lasts (a message waiting for its next try is not
+   * running), then takes one again, behind those already waiting, before it goes on or returns.
+   */
+  async without<T>(wait: Promise<T>): Promise<T> {
+    this.release();
+    try {
+      return await wait;
+    } finally {
+      await new Promise<void>((r) => this.acquire(r));
+    }
+  }
 }
 
 interface Item {
@@ -78,14 +94,18 @@ export class PartitionLanes {
   #onAdvance: (next: bigint) => void;
   #closed = false;
   #accepting = true;
+  #closing = new AbortController();
   /** Offsets below this were dispatched in this epoch: a re-fetched copy is skipped. */
   dispatchedTo = -1n;
   next: bigint;
+  /** The messages' signal (ctx.signal): `parent`'s, and aborted by close(). */
+  readonly signal: AbortSignal;
 
-  constructor(slots: KeySlots, next: bigint, onAdvance: (next: bigint) => void) {
+  constructor(slots: KeySlots, next: bigint, onAdvance: (next: bigint) => void, parent?: AbortSignal) {
     this.#slots = slots;
     this.next = next;
     this.#onAdvance = onAdvance;
+    this.signal = parent ? AbortSignal.any([parent, this.#closing.signal]) : this.#closing.signal;
   }
 
   get closed(): boolean {
@@ -120,11 +140,15 @@ export class PartitionLanes {
     return new Promise((r) => this.#empty.push(r));
   }
 
-  /** Stops starting messages; resolves once the running ones of this partition finished. */
+  /**
+   * Stops starting messages and aborts `signal`; resolves once the running ones of this partition
+   * finished (a handler that ignores the signal may still finish its message).
+   */
   close(): Promise<void> {
     this.#accepting = false;
     if (!this.#closed) {
       this.#closed = true;
+      this.#closing.abort();
       for (const lane of this.#lanes.values()) {
         // The head of a lane is running or waiting for a slot; the rest never start.
         for (let i = 1; i < lane.length; i++) this.#slots.dequeued();

@@ -48,6 +48,11 @@ export interface ExecutorDeps {
    * batch, so the other partitions keep flowing. Used only together with `retries`.
    */
   defer?(ms: number): void;
+  /**
+   * Without `defer`: waits `ms` for the next try in place (as sleep(), rejecting with AbortedError
+   * when `signal` aborts), letting others use what the message holds meanwhile (key order's slot).
+   */
+  wait?(ms: number, signal: AbortSignal): Promise<void>;
   /** Only after an unclean stop (see crash-guard.ts): shared by every handler of the process. */
   guard?: CrashGuard;
 }
@@ -303,7 +308,7 @@ async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefo
     return "deferred";
   }
   try {
-    await sleep(ms, run.signal);
+    await (deps.wait ?? sleep)(ms, run.signal);
     return "continue";
   } catch {
     return "aborted";

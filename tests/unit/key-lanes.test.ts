@@ -1,5 +1,6 @@
 // Key lanes (order: "key"): per-key order, the shared running limit, progress at the lowest
-// unfinished offset, drain() running what is queued, and nothing starting after close().
+// unfinished offset, drain() running what is queued, and nothing starting after close(), which
+// aborts the messages' signal.
 import { describe, expect, test } from "bun:test";
 import { KeySlots, PartitionLanes } from "../../src/kafka/key-lanes.ts";
 
@@ -72,6 +73,19 @@ describe("PartitionLanes", () => {
     expect(slots.space()).toBeUndefined();
   });
 
+  test("close() aborts the messages' signal (a wait for the next try ends); drain() does not; the parent's abort passes through", async () => {
+    const parent = new AbortController();
+    const closing = new PartitionLanes(new KeySlots(8, 100), -1n, () => {}, parent.signal);
+    const draining = new PartitionLanes(new KeySlots(8, 100), -1n, () => {}, new AbortController().signal);
+    void draining.drain();
+    expect([closing.signal.aborted, draining.signal.aborted]).toEqual([false, false]);
+    void closing.close();
+    expect([closing.signal.aborted, draining.signal.aborted]).toEqual([true, false]);
+    const other = new PartitionLanes(new KeySlots(8, 100), -1n, () => {}, parent.signal);
+    parent.abort();
+    expect(other.signal.aborted).toBe(true);
+  });
+
   test("drain() takes no more but runs what is queued, so progress reaches every dispatched offset", async () => {
     const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
     const a0 = gate(), a1 = gate(), late = gate();
@@ -99,5 +113,26 @@ describe("PartitionLanes", () => {
     await tick();
     expect(a1.started.value).toBe(false);
     expect(lanes.next).toBe(-1n);
+  });
+});
+
+describe("KeySlots", () => {
+  test("without() lends the holder's slot while it waits and takes one again, behind those waiting", async () => {
+    const slots = new KeySlots(1, 100);
+    const started: string[] = [];
+    slots.acquire(() => started.push("waiter"));
+    expect(started).toEqual(["waiter"]);
+    slots.acquire(() => started.push("second"));
+    let wake!: () => void;
+    let back = false;
+    void slots.without(new Promise<void>((r) => (wake = r))).then(() => (back = true));
+    // The holder ("waiter") waits: its slot goes to "second".
+    expect(started).toEqual(["waiter", "second"]);
+    wake();
+    await tick();
+    expect(back).toBe(false);
+    slots.release(); // "second" ends: the holder has its slot again
+    await tick();
+    expect(back).toBe(true);
   });
 });
