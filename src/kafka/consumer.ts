@@ -10,7 +10,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
-import { fromKafkajs } from "./headers.ts";
+import { allHeaders, fromKafkajs } from "./headers.ts";
 import type { EventBus } from "../events.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
@@ -33,6 +33,11 @@ export interface ConsumerOptions {
   /** Fetching pauses while more journal writes than this wait for their commit. */
   maxPendingWrites: number;
   /**
+   * order: "key": fetching pauses while the messages dispatched to key lanes and not finished hold
+   * this many bytes (keys, values, headers), as it does past their count bound.
+   */
+  maxQueuedBytes: number;
+  /**
    * Longest a Fetch waits for data. The development broker holds every Fetch that finds no data
    * for this long, even when data arrives meanwhile, so it bounds end-to-end latency there (250 ms
    * gave a p50 of 130 ms at 10k msg/s); real Kafka answers as soon as data arrives, and this only
@@ -46,6 +51,7 @@ export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
   heartbeatIntervalMs: 500,
   commitIntervalMs: 200,
   maxPendingWrites: 10_000,
+  maxQueuedBytes: 32 * 1024 * 1024,
   maxWaitTimeInMs: 20,
 };
 
@@ -104,6 +110,8 @@ export interface ConsumerStatus {
   assignment: Record<string, number[]>;
   partitions: { topic: string; partition: number; next: string; durable: string; committed: string; highWatermark?: string; lag?: string }[];
   inflight: number;
+  /** order: "key": messages dispatched to key lanes and not finished (running or waiting), and their bytes. */
+  queued?: { messages: number; bytes: number };
   blocked?: string;
   lastError?: string;
 }
@@ -194,8 +202,8 @@ export class HandlerConsumer {
       this.#progressLog = undefined;
     }
     if (handler.order === "key") {
-      // Queue bound: enough to keep every slot busy behind a few slow keys, small enough for memory.
-      this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64));
+      // Queue bounds: enough to keep every slot busy behind a few slow keys, small enough for memory.
+      this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64), this.#opts.maxQueuedBytes);
       this.#removeGates.push(beforeJoin(handler.groupId, () => this.#quiesceLanes()));
     } else {
       this.#removeGates.push(beforeJoin(handler.groupId, () => this.#beforeRejoin()));
@@ -224,6 +232,7 @@ export class HandlerConsumer {
         highWatermark: this.#highWatermarks.get(key(p.topic, p.partition)),
       })),
       inflight: this.#inflight,
+      queued: this.#keySlots?.queued,
       blocked: this.#blocked.size > 0 ? [...this.#blocked.values()].join("; ") : undefined,
       lastError: this.#lastError,
     };
@@ -600,7 +609,9 @@ export class HandlerConsumer {
   /**
    * order: "key": dispatches the batch into the partition's key lanes and returns once every
    * message is running or queued behind its key, so kafkajs fetches on and a slow key holds up
-   * neither other keys nor other partitions. The queue bound is the only brake. Offsets are
+   * neither other keys nor other partitions. The queue bounds (count and bytes) are the only brake:
+   * a message may wait long after its batch returned, so it holds copies of its bytes, not views
+   * of the fetch response (one 2 KB message waiting would keep a whole response alive). Offsets are
    * resolved on dispatch (kafkajs's fetch position only); what Kafka and the journal learn is the
    * lowest unfinished offset (`lanes.next`). Before any rejoin, #quiesceLanes drains the lanes.
    */
@@ -615,20 +626,17 @@ export class HandlerConsumer {
     const beat = setInterval(() => heartbeat().catch(() => {}), this.#opts.heartbeatIntervalMs);
     try {
       await state.ready;
-      const lanes = (state.lanes ??= new PartitionLanes(slots, state.next, (next) => {
-        if (next > state.next) state.next = next;
-        this.#journal.requestCommit();
-      }, this.#abort.signal));
+      const lanes = (state.lanes ??= this.#lanesFor(state, slots));
       const current = () => !this.#stopping && isRunning() && !isStale() && lanes.accepting && state === this.#parts.get(pk);
       for (const m of batch.messages) {
         const offset = BigInt(m.offset);
         if (offset < lanes.dispatchedTo) continue;
         await slots.space();
         if (!current()) break;
-        const message = toMessage(batch.topic, batch.partition, m);
+        const message = toMessage(batch.topic, batch.partition, m, true);
         const below = offset < state.next;
         if (below) this.#behind(state, offset);
-        lanes.dispatch(offset, m.key ? m.key.toString("latin1") : null, () => this.#runKeyed(state, message, below));
+        lanes.dispatch(offset, m.key ? m.key.toString("latin1") : null, messageBytes(message), this.#keyedRun(state, message, below));
         resolveOffset(m.offset);
       }
     } finally {
@@ -683,6 +691,21 @@ export class HandlerConsumer {
       wait: defer ? undefined : this.#keySlots && this.#waitOffSlot,
       guard: this.#guard,
     };
+  }
+
+  // Closures that outlive the batch are made here, not in #eachBatchByKey: JavaScriptCore keeps
+  // one scope object per function for every closure made in it, and that scope holds kafkajs's
+  // isRunning/isStale, whose own scope holds the batch (every message, the whole fetch response).
+
+  #lanesFor(state: PartitionState, slots: KeySlots): PartitionLanes {
+    return new PartitionLanes(slots, state.next, (next) => {
+      if (next > state.next) state.next = next;
+      this.#journal.requestCommit();
+    }, this.#abort.signal);
+  }
+
+  #keyedRun(state: PartitionState, message: KafkaMessage, below: boolean): () => Promise<boolean> {
+    return () => this.#runKeyed(state, message, below);
   }
 
   /**
@@ -932,24 +955,40 @@ export class HandlerConsumer {
   }
 }
 
+/**
+ * `copy`: key, value and header values copied out of the fetch response, whose views kafkajs
+ * hands out (Buffer.slice): for a message kept after its batch returned (key lanes).
+ */
 function toMessage(
   topic: string,
   partition: number,
   m: EachBatchPayload["batch"]["messages"][number],
+  copy = false,
 ): KafkaMessage {
-  const headers = fromKafkajs(m.headers);
+  const headers = fromKafkajs(m.headers, copy);
   const message: KafkaMessage = {
     topic,
     partition,
     offset: m.offset,
-    key: m.key ?? null,
-    value: m.value ?? null,
+    key: m.key ? (copy ? Buffer.from(m.key) : m.key) : null,
+    value: m.value ? (copy ? Buffer.from(m.value) : m.value) : null,
     headers,
     timestamp: m.timestamp,
   };
   const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
   if (leaderEpoch !== undefined) message.leaderEpoch = leaderEpoch;
   return message;
+}
+
+/** What a message waiting in a key lane holds in memory, near enough (every header value counted). */
+function messageBytes(message: KafkaMessage): number {
+  let n = 100 + (message.key?.length ?? 0) + (message.value?.length ?? 0);
+  const headers = allHeaders(message);
+  for (const k in headers) {
+    const v = headers[k]!;
+    n += k.length + (Array.isArray(v) ? v.reduce((s, b) => s + b.length, 0) : v.length);
+  }
+  return n;
 }
 
 /**

@@ -24,8 +24,11 @@ export function allHeaders(message: KafkaMessage): WireHeaders {
 
 type HeaderValue = Buffer | string | (Buffer | string | undefined)[] | undefined;
 
-/** kafkajs's headers as a message's: the last value of each name (every value kept aside when a name repeats). */
-export function fromKafkajs(raw: Record<string, HeaderValue> | undefined): Record<string, Buffer> {
+/**
+ * kafkajs's headers as a message's: the last value of each name (every value kept aside when a
+ * name repeats). `copy`: Buffer values copied, not views of the fetch response.
+ */
+export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy = false): Record<string, Buffer> {
   // Per message: no entries arrays or spread objects (allocations on the hot path).
   const headers: Record<string, Buffer> = {};
   let all: WireHeaders | undefined;
@@ -35,7 +38,7 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined): Recor
     if (v === undefined) continue;
     if (Array.isArray(v)) {
       const values: Buffer[] = [];
-      for (const x of v) if (x !== undefined) values.push(Buffer.isBuffer(x) ? x : Buffer.from(x));
+      for (const x of v) if (x !== undefined) values.push(Buffer.isBuffer(x) && !copy ? x : Buffer.from(x));
       if (values.length === 0) continue;
       setOwn(headers, k, values[values.length - 1]!);
       if (values.length > 1) {
@@ -47,7 +50,7 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined): Recor
         continue;
       }
     } else {
-      setOwn(headers, k, Buffer.isBuffer(v) ? v : Buffer.from(v));
+      setOwn(headers, k, Buffer.isBuffer(v) && !copy ? v : Buffer.from(v));
     }
     if (all) setOwn<Buffer | Buffer[]>(all, k, headers[k]!);
   }

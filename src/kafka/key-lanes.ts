@@ -13,37 +13,59 @@
 //   of work finished above `next`). close() drops queued messages (they sit at or above `next`, so
 //   Kafka delivers them again from the committed offset) and aborts `signal`: a message waiting
 //   for its next try stops there, since the partition's next epoch or owner runs it again.
+// - Dispatched and unfinished messages stay within KeySlots' bounds, in count and in bytes (plus
+//   the one message that crossed a bound): the batch loop waits for space() before each dispatch.
 
 /** Runs one message; resolves true when it is done, false when it was given up (lane stops). */
 export type RunMessage = () => Promise<boolean>;
 
-/** The running limit and the queue bound shared by one handler's partitions. */
+/**
+ * The running limit and the queue bounds shared by one handler's partitions. The queue is bounded
+ * in bytes too: a count alone let 1000 messages of 1 MB wait in memory behind a slow key.
+ */
 export class KeySlots {
   readonly limit: number;
   readonly maxQueued: number;
+  readonly maxQueuedBytes: number;
   #running = 0;
   #queued = 0;
+  #queuedBytes = 0;
   #waiting: (() => void)[] = [];
   #space: (() => void)[] = [];
 
-  constructor(limit: number, maxQueued: number) {
+  constructor(limit: number, maxQueued: number, maxQueuedBytes = Number.POSITIVE_INFINITY) {
     this.limit = limit;
     this.maxQueued = maxQueued;
+    this.maxQueuedBytes = maxQueuedBytes;
   }
 
-  /** Resolves when fewer than `maxQueued` messages are dispatched and unfinished. */
+  /** Messages dispatched and unfinished (running or waiting), and their bytes. */
+  get queued(): { messages: number; bytes: number } {
+    return { messages: this.#queued, bytes: this.#queuedBytes };
+  }
+
+  #full(): boolean {
+    return this.#queued >= this.maxQueued || this.#queuedBytes >= this.maxQueuedBytes;
+  }
+
+  /**
+   * Resolves when fewer than `maxQueued` messages of fewer than `maxQueuedBytes` are dispatched
+   * and unfinished. A message larger than the byte bound still goes in once the queue is below it.
+   */
   space(): Promise<void> | undefined {
-    if (this.#queued < this.maxQueued) return undefined;
+    if (!this.#full()) return undefined;
     return new Promise((r) => this.#space.push(r));
   }
 
-  enqueued(): void {
+  enqueued(bytes: number): void {
     this.#queued++;
+    this.#queuedBytes += bytes;
   }
 
-  dequeued(): void {
+  dequeued(bytes: number): void {
     this.#queued--;
-    if (this.#queued < this.maxQueued) for (const r of this.#space.splice(0)) r();
+    this.#queuedBytes -= bytes;
+    if (!this.#full()) for (const r of this.#space.splice(0)) r();
   }
 
   /** Calls `start` once a slot is free (FIFO), holding the slot until `release()`. */
@@ -78,6 +100,7 @@ export class KeySlots {
 
 interface Item {
   offset: bigint;
+  bytes: number;
   run: RunMessage;
 }
 
@@ -122,14 +145,15 @@ export class PartitionLanes {
     return this.#order.length - this.#head;
   }
 
-  dispatch(offset: bigint, key: string | null, run: RunMessage): void {
+  /** `bytes`: what the message holds in memory until it finished (counted against the byte bound). */
+  dispatch(offset: bigint, key: string | null, bytes: number, run: RunMessage): void {
     if (!this.#accepting) return;
     this.dispatchedTo = offset + 1n;
     this.#order.push(offset);
-    this.#slots.enqueued();
+    this.#slots.enqueued(bytes);
     let lane = this.#lanes.get(key);
     if (!lane) this.#lanes.set(key, (lane = []));
-    lane.push({ offset, run });
+    lane.push({ offset, bytes, run });
     if (lane.length === 1) this.#schedule(key, lane);
   }
 
@@ -151,7 +175,7 @@ export class PartitionLanes {
       this.#closing.abort();
       for (const lane of this.#lanes.values()) {
         // The head of a lane is running or waiting for a slot; the rest never start.
-        for (let i = 1; i < lane.length; i++) this.#slots.dequeued();
+        for (let i = 1; i < lane.length; i++) this.#slots.dequeued(lane[i]!.bytes);
         lane.length = Math.min(lane.length, 1);
       }
     }
@@ -178,7 +202,7 @@ export class PartitionLanes {
           this.#slots.release();
           if (ok) this.#finish(item.offset);
           lane.shift();
-          this.#slots.dequeued();
+          this.#slots.dequeued(item.bytes);
           if (!ok || this.#closed) {
             this.#drop(key, lane);
           } else if (lane.length > 0) {
@@ -194,7 +218,7 @@ export class PartitionLanes {
 
   /** Drops what is left of a lane that stopped (its messages stay above `next`). */
   #drop(key: string | null, lane: Item[]): void {
-    for (let i = 0; i < lane.length; i++) this.#slots.dequeued();
+    for (let i = 0; i < lane.length; i++) this.#slots.dequeued(lane[i]!.bytes);
     lane.length = 0;
     if (this.#lanes.get(key) === lane) this.#lanes.delete(key);
   }

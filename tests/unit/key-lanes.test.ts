@@ -22,10 +22,10 @@ describe("PartitionLanes", () => {
     const advanced: bigint[] = [];
     const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, (n) => advanced.push(n));
     const a0 = gate(), a1 = gate(), b2 = gate(), n3 = gate();
-    lanes.dispatch(0n, "a", a0.run);
-    lanes.dispatch(1n, "a", a1.run);
-    lanes.dispatch(2n, "b", b2.run);
-    lanes.dispatch(3n, null, n3.run);
+    lanes.dispatch(0n, "a", 0, a0.run);
+    lanes.dispatch(1n, "a", 0, a1.run);
+    lanes.dispatch(2n, "b", 0, b2.run);
+    lanes.dispatch(3n, null, 0, n3.run);
     expect([a0.started.value, a1.started.value, b2.started.value, n3.started.value]).toEqual([true, false, true, true]);
     b2.finish();
     n3.finish();
@@ -46,9 +46,9 @@ describe("PartitionLanes", () => {
     const p0 = new PartitionLanes(slots, -1n, () => {});
     const p1 = new PartitionLanes(slots, -1n, () => {});
     const g = [gate(), gate(), gate()];
-    p0.dispatch(0n, "x", g[0]!.run);
-    p1.dispatch(0n, "y", g[1]!.run);
-    p1.dispatch(1n, "z", g[2]!.run);
+    p0.dispatch(0n, "x", 0, g[0]!.run);
+    p1.dispatch(0n, "y", 0, g[1]!.run);
+    p1.dispatch(1n, "z", 0, g[2]!.run);
     expect(g.map((x) => x.started.value)).toEqual([true, true, false]);
     g[0]!.finish();
     await tick();
@@ -59,8 +59,8 @@ describe("PartitionLanes", () => {
     const slots = new KeySlots(8, 100);
     const lanes = new PartitionLanes(slots, -1n, () => {});
     const a0 = gate(), a1 = gate();
-    lanes.dispatch(5n, "a", a0.run);
-    lanes.dispatch(6n, "a", a1.run);
+    lanes.dispatch(5n, "a", 0, a0.run);
+    lanes.dispatch(6n, "a", 0, a1.run);
     let closed = false;
     void lanes.close().then(() => (closed = true));
     await tick();
@@ -89,11 +89,11 @@ describe("PartitionLanes", () => {
   test("drain() takes no more but runs what is queued, so progress reaches every dispatched offset", async () => {
     const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
     const a0 = gate(), a1 = gate(), late = gate();
-    lanes.dispatch(0n, "a", a0.run);
-    lanes.dispatch(1n, "a", a1.run);
+    lanes.dispatch(0n, "a", 0, a0.run);
+    lanes.dispatch(1n, "a", 0, a1.run);
     let drained = false;
     void lanes.drain().then(() => (drained = true));
-    lanes.dispatch(2n, "b", late.run);
+    lanes.dispatch(2n, "b", 0, late.run);
     expect(late.started.value).toBe(false);
     a0.finish();
     await tick();
@@ -104,11 +104,36 @@ describe("PartitionLanes", () => {
     expect(lanes.next).toBe(2n);
   });
 
+  test("the queue is bounded in bytes as in count: space() waits until finished messages free their bytes", async () => {
+    const slots = new KeySlots(1, 1000, 1000);
+    const lanes = new PartitionLanes(slots, -1n, () => {});
+    const a0 = gate(), a1 = gate(), a2 = gate();
+    expect(slots.space()).toBeUndefined();
+    lanes.dispatch(0n, "a", 600, a0.run);
+    expect(slots.space()).toBeUndefined();
+    // Crosses the bound: it goes in (a message larger than the bound must pass), then the queue is full.
+    lanes.dispatch(1n, "a", 600, a1.run);
+    expect(slots.queued).toEqual({ messages: 2, bytes: 1200 });
+    let space = false;
+    void slots.space()!.then(() => (space = true));
+    a0.finish();
+    await tick();
+    expect([space, slots.queued.bytes]).toEqual([true, 600]);
+    lanes.dispatch(2n, "a", 500, a2.run);
+    expect(slots.space()).toBeInstanceOf(Promise);
+    // close() drops what waits: its bytes leave the queue too.
+    void lanes.close();
+    expect(slots.queued).toEqual({ messages: 1, bytes: 600 });
+    a1.finish();
+    await tick();
+    expect(slots.queued).toEqual({ messages: 0, bytes: 0 });
+  });
+
   test("a message given up stops its key's lane", async () => {
     const lanes = new PartitionLanes(new KeySlots(8, 100), -1n, () => {});
     const a0 = gate(), a1 = gate();
-    lanes.dispatch(0n, "a", a0.run);
-    lanes.dispatch(1n, "a", a1.run);
+    lanes.dispatch(0n, "a", 0, a0.run);
+    lanes.dispatch(1n, "a", 0, a1.run);
     a0.finish(false);
     await tick();
     expect(a1.started.value).toBe(false);
