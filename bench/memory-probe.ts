@@ -1,7 +1,7 @@
 // Memory probe: a kexo worker (child process, `bun main.ts run`) works through a backlog on the
 // development broker while this script samples its RSS (VmRSS every 250 ms, VmHWM at the end).
 // Runs until the backlog drained or --seconds passed, whichever comes first.
-//   node_modules/.bin/bun probe/mem.ts --messages 100000 --partitions 4 --order key --keys 10000 --delay 10 --concurrency 16
+//   node_modules/.bin/bun bench/memory-probe.ts --messages 100000 --partitions 4 --order key --keys 10000 --delay 10 --concurrency 16
 // Options:
 //   --messages N --partitions P --batch B (messages per produce request per partition, default 1000)
 //   --order partition|key --concurrency C --delay MS (async sleep in the handler) --tx (one ctx.tx insert)
