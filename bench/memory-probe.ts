@@ -150,6 +150,17 @@ while ((performance.now() - start) / 1000 < SECONDS) {
   }
 }
 const elapsed = (performance.now() - start) / 1000;
+// With a working outbox: how long the relay takes to publish what is left once the input drained.
+let outboxDrainS: number | undefined;
+if (drained && EMIT > 0 && EMIT_FAIL === "none") {
+  const t0 = performance.now();
+  for (;;) {
+    const text = await scrape();
+    if (sum(text, "kexo_outbox_pending") === 0 || (performance.now() - start) / 1000 > SECONDS * 3) break;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  outboxDrainS = (performance.now() - t0) / 1000;
+}
 clearInterval(sampler);
 const last = status(worker.proc.pid);
 if (last) hwm = Math.max(hwm, last.hwm);
@@ -163,5 +174,5 @@ console.log(`
 args: ${process.argv.slice(2).join(" ")}
 topic held ${held} of ${MESSAGES} produced; kexo handled ${done} in ${elapsed.toFixed(1)} s (${drained ? "drained" : "NOT drained"}), ${Math.round(done / elapsed)} msg/s
 RSS: peak (VmHWM) ${hwm.toFixed(1)} MiB, median ${median.toFixed(1)} MiB; max heap used ${maxHeap.toFixed(0)} MiB, max external ${maxExternal.toFixed(0)} MiB; max outbox pending ${maxOutbox}
-error lines: ${errors.length}${errors.length ? ` (first: ${JSON.stringify(errors[0]).slice(0, 300)})` : ""}; exit code after SIGTERM: ${code}`);
+${outboxDrainS === undefined ? "" : `outbox drained ${outboxDrainS.toFixed(1)} s after the input\n`}error lines: ${errors.length}${errors.length ? ` (first: ${JSON.stringify(errors[0]).slice(0, 300)})` : ""}; exit code after SIGTERM: ${code}`);
 process.exit(0);

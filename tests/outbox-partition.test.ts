@@ -1,7 +1,8 @@
 // An outbox record naming a partition the topic does not have: kafkajs drops such records without
 // a word, and the relay deleted the row as sent. Now it stays, with an error naming it and what to
 // do (add partitions, or delete the row), never lost. The development broker cannot add
-// partitions to a topic, so the test takes the other way out.
+// partitions to a topic, so the test takes the other way out. kexo_outbox_pending shows the
+// waiting rows meanwhile (it stayed at its last value, 0 here, while publishing failed).
 import { expect, test } from "bun:test";
 import Database from "libsql";
 import { join } from "node:path";
@@ -28,6 +29,11 @@ test("a record for a partition the topic lacks stays in the outbox, named in the
   const db = join(dir, "j.db");
   const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
   try {
+    const base = `http://${await w.httpAddress()}`;
+    const pending = async () => {
+      const line = (await (await fetch(`${base}/metrics`)).text()).split("\n").find((l) => l.startsWith("kexo_outbox_pending"));
+      return Number(line?.split(" ").pop());
+    };
     await w.waitJoined();
     await broker.produce("emits", [{ value: "first" }, { value: "p3" }, { value: "last" }]);
     await w.waitForLog("the relay names the record", (l) => String((l.error as { message?: string } | undefined)?.message ?? "").includes("names partition 3 of emitted"));
@@ -42,6 +48,8 @@ test("a record for a partition the topic lacks stays in the outbox, named in the
     // Not lost: it and the records after it wait (the relay keeps emit order).
     expect(rows()).toContain("p3");
     expect((await broker.readAll("emitted", 1)).map((r) => r.value?.toString())).toEqual(["first"]);
+    // "p3" and "last" (and "first" if it was in the refused request: the relay resends it).
+    await waitUntil("the gauge to show the waiting rows", async () => (await pending()) >= 2 || undefined, { timeoutMs: 15_000 });
     // The operator deletes the row, as the error says: the records after it go out.
     const c = new Database(db);
     c.exec("PRAGMA busy_timeout = 10000");
@@ -49,6 +57,7 @@ test("a record for a partition the topic lacks stays in the outbox, named in the
     c.close();
     await waitUntil("the outbox drained", () => rows().length === 0 || undefined, { timeoutMs: 30_000 });
     expect((await broker.readAll("emitted", 2)).map((r) => r.value?.toString())).toEqual(["first", "last"]);
+    await waitUntil("the gauge back at 0", async () => (await pending()) === 0 || undefined, { timeoutMs: 15_000 });
   } finally {
     w.kill();
   }

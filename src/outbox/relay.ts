@@ -91,6 +91,13 @@ export class OutboxRelay {
   #watermark = 0;
   /** Every row up to here (not excepted) is published. */
   #published = 0;
+  /**
+   * Rows (not excepted) in (#published, #watermark]: counted whole once at start, then by the range
+   * each commit adds and the rows each publish deletes. A count(*) per report scanned every pending
+   * row (≈ 110 ms per million) after each request of 500: draining 1M rows took 156 s, 250k 14 s.
+   * Rows an operator deletes stay counted until the outbox is empty (it is 0 then by definition).
+   */
+  #count = 0;
   #ensured = new Set<string>();
   /** Bytes per request now: BATCH_BYTES, or less while the broker refuses requests as too large. */
   #maxBytes = BATCH_BYTES;
@@ -109,8 +116,10 @@ export class OutboxRelay {
   /** Starts publishing what a previous run left, then every commit's rows. */
   start(): void {
     this.#watermark = this.#maxSeq();
+    this.#count = this.#countRange(0, this.#watermark);
     this.#off = this.#deps.bus.on("journal.committed", (e) => {
       if (e.outboxSeq === undefined || e.outboxSeq <= this.#watermark) return;
+      this.#count += this.#countRange(this.#watermark, e.outboxSeq);
       this.#watermark = e.outboxSeq;
       this.#wake?.();
     });
@@ -125,8 +134,8 @@ export class OutboxRelay {
     this.#wake?.();
     this.#off();
     if (this.#loop) await within(this.#loop, timeoutMs);
-    if (this.#published < this.#watermark && this.#pending() > 0) {
-      this.#log.warn("outbox not empty at shutdown; the next start publishes the rest", { pending: this.#pending() });
+    if (this.#published < this.#watermark && this.#count > 0) {
+      this.#log.warn("outbox not empty at shutdown; the next start publishes the rest", { pending: this.#count });
     }
     if (this.#connected) await this.#producer.disconnect().catch(() => {});
   }
@@ -139,12 +148,13 @@ export class OutboxRelay {
     return this.#except ? ` AND handler NOT IN (${this.#except})` : "";
   }
 
-  #pending(): number {
-    return this.#deps.journal.query<{ n: number }>(`SELECT count(*) AS n FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()}`, this.#published, this.#watermark)[0]!.n;
+  #countRange(after: number, upto: number): number {
+    return this.#deps.journal.query<{ n: number }>(`SELECT count(*) AS n FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()}`, after, upto)[0]!.n;
   }
 
   #report(): void {
-    if (this.#deps.bus.has("outbox.pending")) this.#deps.bus.emit("outbox.pending", { count: this.#pending() });
+    if (this.#published >= this.#watermark) this.#count = 0;
+    if (this.#deps.bus.has("outbox.pending")) this.#deps.bus.emit("outbox.pending", { count: this.#count });
   }
 
   async #run(): Promise<void> {
@@ -184,6 +194,8 @@ export class OutboxRelay {
           );
         }
         failures++;
+        // Rows wait while publishing fails: the gauge shows them (it stayed at its last value).
+        this.#report();
         const wait = backoff(failures, 200, 10_000);
         this.#log.error("outbox publish failed; retrying", { topics: [...new Set(rows.map((r) => r.topic))], rows: rows.length, tries: failures, nextTryInMs: wait, error: err });
         if (this.#stopping && failures > 3) return;
@@ -194,6 +206,8 @@ export class OutboxRelay {
       // Acknowledged: the rows may go (group-committed; a crash before that commit republishes them).
       this.#deps.journal.write(`DELETE FROM kexo_outbox WHERE seq > ? AND seq <= ?${this.#where()}`, this.#published, last);
       this.#published = last;
+      // `rows` are every row of (published, last] the relay sends (ORDER BY seq, a prefix of them).
+      this.#count -= rows.length;
       this.#report();
     }
   }
