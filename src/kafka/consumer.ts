@@ -10,7 +10,7 @@
 import type { Admin, Consumer, EachBatchPayload, Kafka } from "kafkajs";
 import { crashPoint } from "../debug-point.ts";
 import { errorMessage } from "../errors.ts";
-import { allHeaders, fromKafkajs } from "./headers.ts";
+import { allHeaders, fromKafkajs, headerBytes } from "./headers.ts";
 import type { EventBus } from "../events.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
@@ -982,13 +982,7 @@ function toMessage(
 
 /** What a message waiting in a key lane holds in memory, near enough (every header value counted). */
 function messageBytes(message: KafkaMessage): number {
-  let n = 100 + (message.key?.length ?? 0) + (message.value?.length ?? 0);
-  const headers = allHeaders(message);
-  for (const k in headers) {
-    const v = headers[k]!;
-    n += k.length + (Array.isArray(v) ? v.reduce((s, b) => s + b.length, 0) : v.length);
-  }
-  return n;
+  return 100 + (message.key?.length ?? 0) + (message.value?.length ?? 0) + headerBytes(allHeaders(message));
 }
 
 /**

@@ -22,6 +22,17 @@ export function allHeaders(message: KafkaMessage): WireHeaders {
   return headers[ALL] ?? (headers as Record<string, Buffer>);
 }
 
+/** Bytes of the headers on the wire, near enough: each value with its name (a repeated name counts per value). */
+export function headerBytes(headers: WireHeaders): number {
+  let n = 0;
+  for (const k in headers) {
+    const v = headers[k]!;
+    if (Array.isArray(v)) for (const b of v) n += k.length + b.byteLength;
+    else n += k.length + v.byteLength;
+  }
+  return n;
+}
+
 type HeaderValue = Buffer | string | (Buffer | string | undefined)[] | undefined;
 
 /**

@@ -1,7 +1,7 @@
 // The dead-letter record: original key, value and headers byte for byte, plus kexo's headers and
 // the names Spring (kafka_dlt-*) and Kafka Connect (__connect.errors.*) tools already read.
 import { capBytes } from "../errors.ts";
-import type { WireHeaders } from "../kafka/headers.ts";
+import { headerBytes, type WireHeaders } from "../kafka/headers.ts";
 import type { ProducedRecord } from "./executor.ts";
 
 export type DeadLetterReason = "poison" | "exhausted" | "permanent";
@@ -71,12 +71,6 @@ export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo, m
 /** What a dead letter may leave out, in order, when the broker refuses it as too large. */
 export const SMALLER_STEPS = 2;
 const KEEP_BYTES = 1024;
-
-function headerBytes(headers: WireHeaders): number {
-  let n = 0;
-  for (const [k, v] of Object.entries(headers)) for (const b of Array.isArray(v) ? v : [v]) n += k.length + b.byteLength;
-  return n;
-}
 
 /**
  * The dead letter, smaller, after the broker refused it as too large (its max.message.bytes; a
