@@ -2,7 +2,7 @@
 // replicas, so a resolved publish() means the record is safe in Kafka.
 import type { Kafka, Producer } from "kafkajs";
 import type { DeadLetterPublisher, ProducedRecord } from "../processing/executor.ts";
-import { isMissingTopic, MissingTopicError } from "./missing-topic.ts";
+import { isMissingTopic, MissingTopicError } from "./produce-errors.ts";
 import { createPartitioner } from "./partitioner.ts";
 
 export class Publisher implements DeadLetterPublisher {
@@ -42,11 +42,4 @@ export class Publisher implements DeadLetterPublisher {
   async close(): Promise<void> {
     if (this.#connected) await this.#producer.disconnect().catch(() => {});
   }
-}
-
-/** Kafka refused a produce request for its size (max.message.bytes), through kafkajs's error causes. */
-export function refusedAsTooLarge(err: unknown, depth = 0): boolean {
-  if (depth > 4 || typeof err !== "object" || err === null) return false;
-  const { type, cause } = err as { type?: unknown; cause?: unknown };
-  return type === "MESSAGE_TOO_LARGE" || type === "RECORD_LIST_TOO_LARGE" || refusedAsTooLarge(cause, depth + 1);
 }

@@ -21,9 +21,8 @@ import type { WireHeaders } from "../kafka/headers.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
-import { isMissingTopic } from "../kafka/missing-topic.ts";
 import { createPartitioner } from "../kafka/partitioner.ts";
-import { refusedAsTooLarge } from "../kafka/publisher.ts";
+import { isMissingTopic, refusedAsTooLarge } from "../kafka/produce-errors.ts";
 
 export interface OutboxRow {
   seq: number;

@@ -14,7 +14,7 @@ import { crashPoint } from "../debug-point.ts";
 import { setOwn } from "../own.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
 import { type DeadLetterInfo, type DeadLetterReason, deadLetterHeaders, SMALLER_STEPS, smallerDeadLetter } from "./dead-letter.ts";
-import { refusedAsTooLarge } from "../kafka/publisher.ts";
+import { refusedAsTooLarge } from "../kafka/produce-errors.ts";
 import { allHeaders, type WireHeaders } from "../kafka/headers.ts";
 import { decodePayload, messageId } from "./decode.ts";
 import type { Pending, PendingDeadLetter, RetryBook } from "./retry-book.ts";

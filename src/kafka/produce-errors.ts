@@ -1,0 +1,27 @@
+// What a broker's refusal of a produce request means, as kafkajs reports it, for kexo's producers
+// (dead letters, outbox): a topic that does not exist and was not created for the request (Kafka
+// with auto.create.topics.enable=false), named with what to do; a request too large for it.
+import { errorMessage } from "../errors.ts";
+
+/** UNKNOWN_TOPIC_OR_PARTITION, also wrapped (kafkajs's retries-exceeded error keeps the text). */
+export function isMissingTopic(err: unknown): boolean {
+  return /does not host this topic-partition|UNKNOWN_TOPIC/i.test(errorMessage(err));
+}
+
+export class MissingTopicError extends Error {
+  constructor(readonly topic: string, cause: unknown) {
+    super(
+      `topic ${topic} does not exist and the broker did not create it: create it, or let the broker create topics ` +
+        `(auto.create.topics.enable=true); ${errorMessage(cause)}`,
+      { cause },
+    );
+    this.name = "MissingTopicError";
+  }
+}
+
+/** Kafka refused a produce request for its size (max.message.bytes), through kafkajs's error causes. */
+export function refusedAsTooLarge(err: unknown, depth = 0): boolean {
+  if (depth > 4 || typeof err !== "object" || err === null) return false;
+  const { type, cause } = err as { type?: unknown; cause?: unknown };
+  return type === "MESSAGE_TOO_LARGE" || type === "RECORD_LIST_TOO_LARGE" || refusedAsTooLarge(cause, depth + 1);
+}
