@@ -289,9 +289,11 @@ class Run {
   }
 }
 
-function block(run: Run, reason: string): void {
+/** The partition waits on this message: /readyz says why, after the handler and the message's place. */
+function block(run: Run, why: string): void {
+  const { handler, message } = run;
   run.blocked = true;
-  run.deps.blocked?.(reason);
+  run.deps.blocked?.(`${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${why}`);
 }
 
 /**
@@ -492,7 +494,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       return deadLetter(run, failure(id, "exhausted", failed, attempt));
     }
     if (unlimited && attempt >= handler.retry.attempts) {
-      block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: retrying forever (deadLetter: false), ` +
+      block(run, `retrying forever (deadLetter: false), ` +
         `${attempt} attempts so far: ${errorMessage(failed)}`);
     }
     const delay = backoff(attempt, handler.retry.initialDelayMs, handler.retry.maxDelayMs);
@@ -667,7 +669,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
   if (dlqTopic === false) {
     // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
     deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
-    block(run, `${handler.name} ${message.topic}/${message.partition}@${message.offset}: ${reason} (deadLetter: false, retrying): ${error}`);
+    block(run, `${reason} (deadLetter: false, retrying): ${error}`);
     run.recordFailedAttempts(id, attempts);
     run.report(id, "retried");
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
@@ -686,7 +688,6 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     f = { ...f, journaled: true };
     await deps.journal.commitNextTurn();
   }
-  const at = `${handler.name} ${message.topic}/${message.partition}@${message.offset}`;
   const whole: ProducedRecord = { key: message.key, value: message.value, headers: deadLetterHeaders(original, info) };
   let { tries, writing, smaller = 0 } = f;
   let record = smaller === 0 ? whole : smallerDeadLetter(whole, original, info, smaller);
@@ -704,7 +705,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
           deps.log.warn("dead-letter write not acknowledged yet; the partition waits for the broker's answer", {
             ...where, dlqTopic, reason, waitedMs: DEAD_LETTER_ACK_WAIT_MS,
           });
-          block(run, `${at}: dead-letter write to ${dlqTopic} not acknowledged after ${DEAD_LETTER_ACK_WAIT_MS} ms; ` +
+          block(run, `dead-letter write to ${dlqTopic} not acknowledged after ${DEAD_LETTER_ACK_WAIT_MS} ms; ` +
             `the partition waits for the broker's answer`);
         }
         const w = await waitForNextTry(run, DEAD_LETTER_RECHECK_MS, { attempt: attempts, deadLetter: { ...f, tries, smaller, writing: write } });
@@ -727,7 +728,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
       deps.log.error("dead-letter write failed; the partition waits and retries", {
         ...where, dlqTopic, reason, tries, nextTryInMs: wait, error: publishErr,
       });
-      block(run, `${at}: dead-letter write to ${dlqTopic} failed (${tries} tries): ${errorMessage(publishErr)}; ` +
+      block(run, `dead-letter write to ${dlqTopic} failed (${tries} tries): ${errorMessage(publishErr)}; ` +
         `the partition waits until ${dlqTopic} can be written`);
       const w = await waitForNextTry(run, wait, { attempt: attempts, deadLetter: { ...f, tries, smaller, writing: undefined } });
       if (w !== "continue") return w;
