@@ -21,7 +21,8 @@ import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
 import { beforeJoin, beforeLeave, type CommitVia, commitThrough, rejoinAs } from "./membership.ts";
-import type { ProgressLog } from "./progress-log.ts";
+import { OffsetRanges } from "./offset-ranges.ts";
+import type { ProgressLog, ProgressRecord } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
 
@@ -76,6 +77,11 @@ class PartitionState {
   ready: Promise<void>;
   /** order: "key" only: the partition's key lanes in this epoch. */
   lanes?: PartitionLanes;
+  /**
+   * order: "key" only: offsets at or above `next` that a previous owner finished (the progress
+   * log's `done`, read once `ready`): done, so not run again (guarantee 7 with separate journals).
+   */
+  inherited = OffsetRanges.EMPTY;
 
   constructor(readonly topic: string, readonly partition: number, readonly epoch: number, next: bigint, ready: Promise<void>) {
     this.#next = this.durable = this.journaled = this.committed = next;
@@ -350,6 +356,14 @@ export class HandlerConsumer {
             }
             // Committed by an owner whose progress this journal never saw: below is done.
             if (p.committed > p.next) p.next = p.committed;
+            if (this.handler.order === "key") {
+              p.inherited = log.done(groupId, p.topic, p.partition).from(p.next);
+              if (!p.inherited.empty) {
+                this.#log.info("skipping what the previous owner finished above its progress", {
+                  topic: p.topic, partition: p.partition, next: p.next.toString(), ranges: p.inherited.ranges.length,
+                });
+              }
+            }
           }
         })
       : Promise.resolve();
@@ -616,7 +630,7 @@ export class HandlerConsumer {
    * lowest unfinished offset (`lanes.next`). Before any rejoin, #quiesceLanes drains the lanes.
    */
   async #eachBatchByKey(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale } = payload;
+    const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
     const pk = key(batch.topic, batch.partition);
     const state = this.#parts.get(pk);
     this.#fetched(batch);
@@ -633,9 +647,17 @@ export class HandlerConsumer {
         if (offset < lanes.dispatchedTo) continue;
         await slots.space();
         if (!current()) break;
+        if (lanes.crowded) {
+          // A key stuck in its retries while the others finish: fetch this partition again once
+          // `next` moves (the rest of the batch is not resolved, so it comes again).
+          lanes.onRoom(pause());
+          break;
+        }
         const message = toMessage(batch.topic, batch.partition, m, true);
-        const below = offset < state.next;
+        let below = offset < state.next;
         if (below) this.#behind(state, offset);
+        // Finished by the previous owner above the progress it shared: done, like below it.
+        else if (state.inherited.has(offset)) below = true;
         lanes.dispatch(offset, m.key ? m.key.toString("latin1") : null, messageBytes(message), this.#keyedRun(state, message, below));
         resolveOffset(m.offset);
       }
@@ -871,20 +893,45 @@ export class HandlerConsumer {
   async #settle(via?: CommitVia): Promise<void> {
     // What this epoch knows of Kafka's offsets and the previous owner's (bounded, never rejects).
     await Promise.all([...this.#parts.values()].map((p) => p.ready));
+    // order "key": what finished above `next` so far, made durable by the flush below.
+    const done = this.#doneAbove();
     await this.#journal.flush();
+    const log = this.#progressLog;
+    let refused = false;
     try {
       await this.#commitOffsets(via);
     } catch (err) {
-      const log = this.#progressLog;
       if (!log) throw err;
-      const records = [...this.#parts.values()]
-        .filter((p) => p.durable >= 0n && p.durable > p.committed)
-        .map((p) => ({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, next: p.durable }));
-      await log.publish(records);
-      this.#log.info("offset commit refused; progress published for the next owner", {
-        partitions: records.map((r) => `${r.topic}/${r.partition}@${r.next}`),
-      });
+      refused = true;
     }
+    if (!log) return;
+    const records: ProgressRecord[] = [];
+    for (const p of this.#parts.values()) {
+      const above = done.get(p)?.from(p.durable);
+      if ((refused && p.durable >= 0n && p.durable > p.committed) || (above && !above.empty)) {
+        records.push({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, next: p.durable, done: above });
+      }
+    }
+    if (records.length === 0) return;
+    await log.publish(records);
+    this.#log.info(refused ? "offset commit refused; progress published for the next owner" : "progress above the committed offset published for the next owner", {
+      partitions: records.map((r) => `${r.topic}/${r.partition}@${r.next}${r.done && !r.done.empty ? ` +${r.done.ranges.length} done ranges` : ""}`),
+    });
+  }
+
+  /**
+   * order "key": per partition, the offsets finished above `next` (by this instance, or by the
+   * previous owner and not yet passed): a new owner with its own journal must not run them again.
+   */
+  #doneAbove(): Map<PartitionState, OffsetRanges> {
+    const out = new Map<PartitionState, OffsetRanges>();
+    if (!this.#keySlots) return out;
+    for (const p of this.#parts.values()) {
+      const finished = p.lanes?.finishedAbove() ?? [];
+      if (finished.length === 0 && p.inherited.empty) continue;
+      out.set(p, OffsetRanges.of(finished).with(p.inherited));
+    }
+    return out;
   }
 
   #progressToJournal(): ProgressEntry[] {

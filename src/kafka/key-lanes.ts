@@ -13,6 +13,9 @@
 //   of work finished above `next`). close() drops queued messages (they sit at or above `next`, so
 //   Kafka delivers them again from the committed offset) and aborts `signal`: a message waiting
 //   for its next try stops there, since the partition's next epoch or owner runs it again.
+// - Offsets finished above `next` (kept until `next` passes them) are bounded too: past
+//   MAX_FINISHED_ABOVE the partition takes no more (`crowded`) until `next` moves, since a key
+//   stuck in its retries would otherwise let them grow with everything the other keys finish.
 // - Dispatched and unfinished messages stay within KeySlots' bounds, in count and in bytes (plus
 //   the one message that crossed a bound): the batch loop waits for space() before each dispatch.
 
@@ -104,8 +107,13 @@ interface Item {
   run: RunMessage;
 }
 
+/** Offsets finished above `next` that one partition keeps before it takes no more (≈ 100 B each). */
+export const MAX_FINISHED_ABOVE = 100_000;
+
 export class PartitionLanes {
   #slots: KeySlots;
+  #maxFinished: number;
+  #room: (() => void)[] = [];
   #lanes = new Map<string | null, Item[]>();
   /** Dispatched offsets in order; those before #head are retired. */
   #order: bigint[] = [];
@@ -124,8 +132,9 @@ export class PartitionLanes {
   /** The messages' signal (ctx.signal): `parent`'s, and aborted by close(). */
   readonly signal: AbortSignal;
 
-  constructor(slots: KeySlots, next: bigint, onAdvance: (next: bigint) => void, parent?: AbortSignal) {
+  constructor(slots: KeySlots, next: bigint, onAdvance: (next: bigint) => void, parent?: AbortSignal, maxFinished = MAX_FINISHED_ABOVE) {
     this.#slots = slots;
+    this.#maxFinished = maxFinished;
     this.next = next;
     this.#onAdvance = onAdvance;
     this.signal = parent ? AbortSignal.any([parent, this.#closing.signal]) : this.#closing.signal;
@@ -143,6 +152,22 @@ export class PartitionLanes {
   /** Messages dispatched and not finished (running or queued behind their key). */
   get pending(): number {
     return this.#order.length - this.#head;
+  }
+
+  /** Too many offsets finished above `next`: take no more until it moves (see onRoom). */
+  get crowded(): boolean {
+    return this.#finished.size >= this.#maxFinished;
+  }
+
+  /** Calls `resume` once no longer crowded (or closed). */
+  onRoom(resume: () => void): void {
+    if (!this.crowded || this.#closed) resume();
+    else this.#room.push(resume);
+  }
+
+  /** Offsets finished above `next`, in no order: done, though `next` cannot pass them yet. */
+  finishedAbove(): bigint[] {
+    return [...this.#finished];
   }
 
   /** `bytes`: what the message holds in memory until it finished (counted against the byte bound). */
@@ -173,6 +198,7 @@ export class PartitionLanes {
     if (!this.#closed) {
       this.#closed = true;
       this.#closing.abort();
+      for (const r of this.#room.splice(0)) r();
       for (const lane of this.#lanes.values()) {
         // The head of a lane is running or waiting for a slot; the rest never start.
         for (let i = 1; i < lane.length; i++) this.#slots.dequeued(lane[i]!.bytes);
@@ -236,6 +262,9 @@ export class PartitionLanes {
       this.#order = this.#order.slice(this.#head);
       this.#head = 0;
     }
-    if (moved) this.#onAdvance(this.next);
+    if (moved) {
+      this.#onAdvance(this.next);
+      if (this.#room.length > 0 && !this.crowded) for (const r of this.#room.splice(0)) r();
+    }
   }
 }

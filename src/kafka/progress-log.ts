@@ -11,6 +11,7 @@ import { randomUUID } from "node:crypto";
 import type { Admin, Consumer, Kafka, Producer } from "kafkajs";
 import type { Logger } from "../log.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
+import { OffsetRanges } from "./offset-ranges.ts";
 import { createPartitioner } from "./partitioner.ts";
 
 export const PROGRESS_TOPIC = "__kexo_progress";
@@ -20,6 +21,12 @@ export interface ProgressRecord {
   topic: string;
   partition: number;
   next: bigint;
+  /**
+   * order: "key": offsets at or above `next` that are done too (their messages finished while a
+   * lower one of another key had not, when the partition had to move on). The latest record of a
+   * partition carries every such offset its writer knew of, inherited ones included.
+   */
+  done?: OffsetRanges;
 }
 
 const keyOf = (groupId: string, topic: string, partition: number) => `${groupId}\u0000${topic}\u0000${partition}`;
@@ -32,6 +39,8 @@ export class ProgressLog {
   #producer: Producer | undefined;
   #producerReady: Promise<void> | undefined;
   #latest = new Map<string, bigint>();
+  /** Each partition's `done` of its latest record (absent: none). */
+  #done = new Map<string, OffsetRanges>();
   /** Next offset to read, per partition of the progress topic. */
   #position = new Map<number, bigint>();
   #joined: Promise<void>;
@@ -70,11 +79,7 @@ export class ProgressLog {
       autoCommit: false,
       eachBatch: async ({ batch }) => {
         for (const m of batch.messages) {
-          if (m.key && m.value) {
-            const key = m.key.toString();
-            const next = BigInt(JSON.parse(m.value.toString()).next as string);
-            if (next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, next);
-          }
+          if (m.key && m.value) this.#read(m.key.toString(), m.value.toString(), batch.partition, m.offset);
           this.#position.set(batch.partition, BigInt(m.offset) + 1n);
         }
         if (batch.messages.length === 0) {
@@ -104,8 +109,43 @@ export class ProgressLog {
     }
   }
 
+  /** One record of the log; one that is not ours (or garbled) is logged and skipped. */
+  #read(key: string, value: string, partition: number, offset: string): void {
+    let next: bigint;
+    let done: OffsetRanges | undefined;
+    try {
+      const parsed = JSON.parse(value) as { next?: unknown; done?: unknown };
+      next = BigInt(String(parsed.next));
+      if (parsed.done !== undefined) {
+        done = OffsetRanges.decode(parsed.done);
+        if (!done) throw new Error("`done` is not a list of [first, last] offset pairs");
+      }
+    } catch (err) {
+      this.#log.warn("skipping an unreadable progress record", { topic: PROGRESS_TOPIC, partition, offset, error: err });
+      return;
+    }
+    this.#remember(key, next, done);
+  }
+
+  #remember(key: string, next: bigint, done: OffsetRanges | undefined): void {
+    if (next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, next);
+    // Done offsets stay done: a later record without them (or with fewer) takes none away.
+    // Below the partition's progress they say nothing more.
+    const known = this.#done.get(key);
+    if ((done && !done.empty) || known) {
+      const all = (known ?? OffsetRanges.EMPTY).with(done ?? OffsetRanges.EMPTY).from(this.#latest.get(key)!);
+      if (all.empty) this.#done.delete(key);
+      else this.#done.set(key, all);
+    }
+  }
+
   get(groupId: string, topic: string, partition: number): bigint | undefined {
     return this.#latest.get(keyOf(groupId, topic, partition));
+  }
+
+  /** order: "key": offsets a previous owner finished above the partition's progress. */
+  done(groupId: string, topic: string, partition: number): OffsetRanges {
+    return this.#done.get(keyOf(groupId, topic, partition)) ?? OffsetRanges.EMPTY;
   }
 
   /** Resolves once every record is acknowledged by all in-sync replicas. */
@@ -122,13 +162,10 @@ export class ProgressLog {
       acks: -1,
       messages: records.map((r) => ({
         key: keyOf(r.groupId, r.topic, r.partition),
-        value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString() }),
+        value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString(), ...(r.done && !r.done.empty ? { done: r.done.encode() } : {}) }),
       })),
     });
-    for (const r of records) {
-      const key = keyOf(r.groupId, r.topic, r.partition);
-      if (r.next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, r.next);
-    }
+    for (const r of records) this.#remember(keyOf(r.groupId, r.topic, r.partition), r.next, r.done);
   }
 
   async #restart(): Promise<void> {

@@ -141,6 +141,48 @@ describe("PartitionLanes", () => {
   });
 });
 
+describe("PartitionLanes, what finished above progress", () => {
+  test("finishedAbove() lists what finished above `next`; past the bound the lanes are crowded until `next` moves", async () => {
+    const lanes = new PartitionLanes(new KeySlots(8, 100), 0n, () => {}, undefined, 3);
+    const stuck = gate();
+    lanes.dispatch(0n, "stuck", 0, stuck.run);
+    const others = [1n, 2n, 3n].map((o) => {
+      const g = gate();
+      lanes.dispatch(o, `k${o}`, 0, g.run);
+      return g;
+    });
+    for (const g of others.slice(0, 2)) g.finish();
+    await tick();
+    expect(lanes.finishedAbove().sort()).toEqual([1n, 2n]);
+    expect(lanes.crowded).toBe(false);
+    others[2]!.finish();
+    await tick();
+    expect(lanes.crowded).toBe(true);
+    let resumed = 0;
+    lanes.onRoom(() => resumed++);
+    expect(resumed).toBe(0);
+    stuck.finish();
+    await tick();
+    expect(lanes.next).toBe(4n);
+    expect(lanes.finishedAbove()).toEqual([]);
+    expect([lanes.crowded, resumed]).toEqual([false, 1]);
+  });
+
+  test("close() lets a crowded partition's waiter go", async () => {
+    const lanes = new PartitionLanes(new KeySlots(8, 100), 0n, () => {}, undefined, 1);
+    const stuck = gate();
+    const other = gate();
+    lanes.dispatch(0n, "stuck", 0, stuck.run);
+    lanes.dispatch(1n, "other", 0, other.run);
+    other.finish();
+    await tick();
+    let resumed = 0;
+    lanes.onRoom(() => resumed++);
+    void lanes.close();
+    expect(resumed).toBe(1);
+  });
+});
+
 describe("KeySlots", () => {
   test("without() lends the holder's slot while it waits and takes one again, behind those waiting", async () => {
     const slots = new KeySlots(1, 100);
