@@ -78,6 +78,8 @@ function prepare(conn: Conn, cache: Map<string, Stmt>, sql: string): Stmt {
   if (!prepared) {
     const rest = afterFirstStatement(sql);
     if (rest !== undefined) throw moreThanOne(sql, rest);
+    const journalTable = journalTableWritten(sql);
+    if (journalTable !== undefined) throw writesJournal(sql, journalTable);
     if (cache.size >= MAX_CACHED) cache.clear();
     prepared = conn.prepare(sql) as unknown as Stmt;
     prepared.isReader = prepared.reader;
@@ -179,10 +181,90 @@ export function hasNamelessParameter(sql: string): boolean {
 
 const IDENT = /[A-Za-z0-9_$]/;
 
+/**
+ * The first tokens of a statement, lower case: words, quoted identifiers (unquoted), single
+ * punctuation; string literals as `'`. Comments and blanks are skipped.
+ */
+function headTokens(sql: string, max: number): string[] {
+  const out: string[] = [];
+  let i = 0;
+  while (out.length < max) {
+    i = pastBlank(sql, i);
+    if (i >= sql.length) break;
+    const c = sql[i]!;
+    if (c === '"' || c === "`" || c === "[" || c === "'") {
+      const end = pastQuoted(sql, i);
+      out.push(c === "'" ? "'" : sql.slice(i + 1, end - 1).toLowerCase());
+      i = end;
+    } else if (IDENT.test(c)) {
+      const word = /^[A-Za-z0-9_$]+/.exec(sql.slice(i, i + 256))![0];
+      out.push(word.toLowerCase());
+      i += word.length;
+    } else {
+      out.push(c);
+      i++;
+    }
+  }
+  return out;
+}
+
+/** `schema.name` or `name` at `i`: the name. */
+function tableAt(t: string[], i: number): string | undefined {
+  return t[i + 1] === "." ? t[i + 2] : t[i];
+}
+
+/**
+ * The kexo_* table (or index, trigger, view) a statement would change, create a trigger or index
+ * on, or drop: kexo's journal lives in the same database, and a handler writing it would break
+ * exactly-once for every message (a dropped completion table, say). Reads are allowed. A guard
+ * against mistakes in the common forms (INSERT/REPLACE, UPDATE, DELETE, DROP, ALTER, CREATE INDEX
+ * or TRIGGER … ON), not a sandbox: a trigger's body and a WITH prefix are not looked into.
+ */
+export function journalTableWritten(sql: string): string | undefined {
+  const t = headTokens(sql, 24);
+  let i = 0;
+  const skip = (...words: string[]) => {
+    while (i < t.length && words.includes(t[i]!)) i++;
+  };
+  let target: string | undefined;
+  const first = t[i++];
+  if (first === "insert" || first === "replace") {
+    if (t[i] === "or") i += 2;
+    if (t[i] === "into") target = tableAt(t, i + 1);
+  } else if (first === "update") {
+    if (t[i] === "or") i += 2;
+    target = tableAt(t, i);
+  } else if (first === "delete") {
+    if (t[i] === "from") target = tableAt(t, i + 1);
+  } else if (first === "drop") {
+    i++; // table | index | trigger | view
+    if (t[i] === "if") i += 2;
+    target = tableAt(t, i);
+  } else if (first === "alter") {
+    if (t[i] === "table") target = tableAt(t, i + 1);
+  } else if (first === "create") {
+    skip("unique", "temp", "temporary");
+    const kind = t[i];
+    if (kind === "index" || kind === "trigger") {
+      const on = t.indexOf("on", i + 1);
+      const own = tableAt(t, t[i + 1] === "if" ? i + 4 : i + 1);
+      target = own?.startsWith("kexo_") ? own : on > 0 ? tableAt(t, on + 1) : undefined;
+    }
+  }
+  return target?.startsWith("kexo_") ? target : undefined;
+}
+
 function moreThanOne(sql: string, rest: string): Error {
   return new Error(
     `execute() runs one statement, and this text holds more after its first ";" ("${shown(sql)}" then "${shown(rest)}"): ` +
       "the rest would be dropped. Give each statement its own execute(), or pass them to batch() to run all or none",
+  );
+}
+
+function writesJournal(sql: string, table: string): Error {
+  return new Error(
+    `this statement would change ${table}, which belongs to kexo's journal: "${shown(sql)}". ` +
+      "Handlers may read kexo_* tables but not write, alter or drop them; name your own tables without the kexo_ prefix",
   );
 }
 

@@ -4,7 +4,7 @@
 // binds NULL for a key written with its prefix, `{ ":id": 1 }`).
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { afterFirstStatement, firstKeyword, hasNamelessParameter } from "../../src/journal/handler-db.ts";
+import { afterFirstStatement, firstKeyword, hasNamelessParameter, journalTableWritten } from "../../src/journal/handler-db.ts";
 import { Journal } from "../../src/journal/journal.ts";
 import { tempDir } from "../support/tmp.ts";
 
@@ -33,6 +33,47 @@ test("the statements of a text are told apart past literals, comments and trigge
   expect(afterFirstStatement("SELECT 'open")).toBeUndefined();
   expect(firstKeyword(" -- c\n /* d */ ;; Commit")).toBe("commit");
   expect(firstKeyword("-- only a comment")).toBe("");
+});
+
+test("statements that would change kexo's journal tables are told from reads and from the handler's own tables", () => {
+  const writes: [string, string][] = [
+    ["DROP TABLE kexo_completions", "kexo_completions"],
+    ["drop table if exists main.kexo_progress", "kexo_progress"],
+    ['DELETE FROM "kexo_outbox" WHERE 1', "kexo_outbox"],
+    ["/* c */ update or ignore kexo_meta set value = 1", "kexo_meta"],
+    ["INSERT OR REPLACE INTO [kexo_retries] VALUES (1)", "kexo_retries"],
+    ["REPLACE INTO `KEXO_Steps` VALUES (1)", "kexo_steps"],
+    ["ALTER TABLE kexo_dead_letters ADD COLUMN x", "kexo_dead_letters"],
+    ["CREATE TRIGGER t AFTER UPDATE OF a ON main.kexo_completions BEGIN SELECT 1; END", "kexo_completions"],
+    ["CREATE UNIQUE INDEX IF NOT EXISTS i ON kexo_outbox (seq)", "kexo_outbox"],
+    ["CREATE INDEX kexo_progress_x ON mine (a)", "kexo_progress_x"],
+  ];
+  for (const [sql, table] of writes) expect({ sql, table: journalTableWritten(sql) }).toEqual({ sql, table });
+  for (const sql of [
+    "SELECT * FROM kexo_completions",
+    "INSERT INTO mine SELECT id FROM kexo_completions",
+    "INSERT INTO mine VALUES ('kexo_completions')",
+    "CREATE TABLE IF NOT EXISTS orders (id TEXT PRIMARY KEY)",
+    "DELETE FROM orders WHERE id IN (SELECT id FROM kexo_steps)",
+    "CREATE TRIGGER t AFTER INSERT ON orders BEGIN SELECT 1; END",
+    "UPDATE orders SET note = 'kexo_meta'",
+  ]) {
+    expect({ sql, table: journalTableWritten(sql) }).toEqual({ sql, table: undefined });
+  }
+});
+
+test("a handler's db refuses to write kexo's journal tables, with what to do; reads go through", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 5 });
+  try {
+    const db = journal.handlerDb;
+    await expect(db.execute("DROP TABLE kexo_meta")).rejects.toThrow(
+      /would change kexo_meta, which belongs to kexo's journal: "DROP TABLE kexo_meta".*without the kexo_ prefix/,
+    );
+    await expect(db.batch(["CREATE TABLE mine (a)", "DELETE FROM kexo_meta"])).rejects.toThrow(/would change kexo_meta/);
+    expect((await db.execute("SELECT count(*) AS n FROM kexo_meta WHERE key = 'schema_version'")).rows[0]).toEqual({ n: 1 });
+  } finally {
+    await journal.close();
+  }
 });
 
 test("execute() with two statements in its text fails with what to do, rather than running the first alone", async () => {
