@@ -16,7 +16,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { type DeadLetterPublisher, execute, type ExecutorDeps, sleep, type Verdict } from "../processing/executor.ts";
+import { AbortedError, type DeadLetterPublisher, execute, type ExecutorDeps, sleep, type Verdict } from "../processing/executor.ts";
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
@@ -149,6 +149,11 @@ export class HandlerConsumer {
   #highWatermarks = new Map<string, string>();
   #stopping = false;
   #abort = new AbortController();
+  /**
+   * order: "key": aborted when stop() begins: a message waiting for its next try is not in flight,
+   * so it stops waiting (see #waitOffSlot), as its partition's pause ends it in partition order.
+   */
+  #stopWaits = new AbortController();
   #activeBatches = 0;
   #idle: (() => void)[] = [];
   #inflight = 0;
@@ -303,7 +308,11 @@ export class HandlerConsumer {
     this.#pauseAll();
     let clean = true;
     // Queued keyed messages run too: with its own journal, the next owner knows nothing of work
-    // finished above the committed offset. On timeout the abort below stops them.
+    // finished above the committed offset. On timeout the abort below stops them. A message
+    // waiting for its next try stops waiting, and its key's lane with it: its failed attempts are
+    // journaled (the next start counts on), and it and its key's later messages stay at or above
+    // the lowest unfinished offset, unfinished, so Kafka delivers them again.
+    this.#stopWaits.abort();
     const lanesDrained = this.#keySlots ? this.#drainLanes() : undefined;
     if (this.#activeBatches > 0 || lanesDrained) {
       const batchesDone = this.#activeBatches > 0 ? new Promise<void>((r) => this.#idle.push(r)) : undefined;
@@ -694,8 +703,15 @@ export class HandlerConsumer {
     }
   }
 
-  /** order: "key": a message waits for its next try without its running slot (KeySlots.without). */
-  #waitOffSlot = (ms: number, signal: AbortSignal): Promise<void> => this.#keySlots!.without(sleep(ms, signal));
+  /**
+   * order: "key": a message waits for its next try without its running slot (KeySlots.without).
+   * stop() ends the wait (AbortedError), also one that ended while it waited for a slot again.
+   */
+  #waitOffSlot = async (ms: number, signal: AbortSignal): Promise<void> => {
+    const stopping = this.#stopWaits.signal;
+    await this.#keySlots!.without(sleep(ms, AbortSignal.any([signal, stopping])));
+    if (stopping.aborted) throw new AbortedError();
+  };
 
   /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
   #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
@@ -734,12 +750,14 @@ export class HandlerConsumer {
    * One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. It
    * waits for its next try in place, so its lanes' signal ends the wait when they close (the
    * rebalance grace ran out): else it went on trying beside the next epoch's copy of itself, or on
-   * a partition another instance owns by then.
+   * a partition another instance owns by then. stop() ends the wait too (#stopWaits), so a
+   * drain does not wait out the retries of a message that is not running.
    */
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
     const lanes = state.lanes!;
     for (;;) {
       // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
+      // A drain ends only a wait for the next try (#stopWaits): then the lane stops.
       if (lanes.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
       let verdict;
       try {
@@ -750,7 +768,7 @@ export class HandlerConsumer {
         return false;
       }
       if (verdict === "done") return true;
-      if (lanes.signal.aborted) return false;
+      if (lanes.signal.aborted || this.#stopWaits.signal.aborted) return false;
     }
   }
 
