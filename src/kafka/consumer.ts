@@ -788,18 +788,21 @@ export class HandlerConsumer {
    */
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
-    if (![...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) return;
-    const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const finished = await Promise.race([
-      this.#drainLanes().then(() => true),
-      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
-    ]);
-    clearTimeout(timer);
-    if (!finished) {
-      for (const p of this.#parts.values()) void p.lanes?.close();
-      this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs, inflight: this.#inflight });
+    if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
+      const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const finished = await Promise.race([
+        this.#drainLanes().then(() => true),
+        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
+      ]);
+      clearTimeout(timer);
+      if (!finished) {
+        for (const p of this.#parts.values()) void p.lanes?.close();
+        this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs, inflight: this.#inflight });
+      }
     }
+    // Idle lanes too: what finished since the last accepted offset commit (Kafka refuses commits
+    // once a rebalance began) reaches Kafka or the progress log before the partitions move.
     await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
   }
 
