@@ -2,8 +2,13 @@
 // as sorted, disjoint, inclusive ranges: what one owner hands the next through the progress log,
 // so that a new owner with its own journal does not run them again (guarantee 7).
 
-/** Most ranges one progress record carries: the lowest are kept (a subset of the truth is still true). */
-export const MAX_RANGES = 10_000;
+/**
+ * Most ranges one progress record carries (≈ 25 B each, so under Kafka's default 1 MB record): the
+ * lowest are kept, and a new owner runs the offsets past them again. A partition's ranges number
+ * at most its unfinished messages + 1, which the key lanes bound at 64 × concurrency (at least
+ * 1000): only a concurrency above 390 can reach this.
+ */
+export const MAX_RANGES = 25_000;
 
 export class OffsetRanges {
   /** [first, last] pairs, sorted, disjoint and not adjacent. */

@@ -1,4 +1,5 @@
-// The progress log: a compacted Kafka topic where an instance records a partition's journaled
+// The progress log: a Kafka topic (kexo reads only each partition's latest record, so it may be
+// compacted; created by the broker's auto-creation with its defaults otherwise) where an instance records a partition's journaled
 // progress when Kafka refused its offset commit (a rebalance had begun). The next owner reads the
 // log to its end on assignment and skips what the previous owner already did, so a graceful
 // rebalance handles no message twice even when every instance has its own journal.
@@ -157,14 +158,17 @@ export class ProgressLog {
       throw err;
     });
     await this.#producerReady;
-    await this.#producer.send({
-      topic: PROGRESS_TOPIC,
-      acks: -1,
-      messages: records.map((r) => ({
-        key: keyOf(r.groupId, r.topic, r.partition),
-        value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString(), ...(r.done && !r.done.empty ? { done: r.done.encode() } : {}) }),
-      })),
+    const encode = (r: ProgressRecord) => ({
+      key: keyOf(r.groupId, r.topic, r.partition),
+      value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString(), ...(r.done && !r.done.empty ? { done: r.done.encode() } : {}) }),
     });
+    // A record with done ranges may be large: each goes in a request of its own, so that one never
+    // takes the others past the topic's max.message.bytes.
+    const small = records.filter((r) => !r.done || r.done.ranges.length < 100);
+    const large = records.filter((r) => !small.includes(r));
+    for (const part of [small, ...large.map((r) => [r])]) {
+      if (part.length > 0) await this.#producer.send({ topic: PROGRESS_TOPIC, acks: -1, messages: part.map(encode) });
+    }
     for (const r of records) this.#remember(keyOf(r.groupId, r.topic, r.partition), r.next, r.done);
   }
 
