@@ -106,7 +106,8 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
       dlq: { publish: () => Promise.reject(new Error("no dead letters in this benchmark")) },
       guard: guarded ? new CrashGuard() : undefined,
     };
-    const signal = new AbortController().signal;
+    // As the consumer's batches get it: shutdown's signal and the epoch's revoke, combined.
+    const signal = AbortSignal.any([new AbortController().signal, new AbortController().signal]);
     const t0 = performance.now();
     // One loop per partition, interleaved as kafkajs's concurrent eachBatch calls are.
     await Promise.all(Array.from({ length: P }, async (_, p) => {

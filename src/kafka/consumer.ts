@@ -124,6 +124,13 @@ export interface ConsumerStatus {
 
 const key = (topic: string, partition: number) => `${topic}:${partition}`;
 
+/**
+ * Heartbeat errors after which this member's partitions go (kafkajs rejoins on them once its
+ * batches returned, or the group already moved on without it). NOT_COORDINATOR_FOR_GROUP is not
+ * one: the group may be as it was at the new coordinator.
+ */
+const REVOKING: ReadonlySet<string> = new Set(["REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID"]);
+
 /** order: "topic": a message waiting for its next try holds its topic (see #holdTopic). */
 interface TopicHold {
   partition: number;
@@ -148,12 +155,29 @@ export class HandlerConsumer {
   #assignment: Record<string, number[]> = {};
   #highWatermarks = new Map<string, string>();
   #stopping = false;
+  /** Shutdown: aborted when --shutdown-timeout runs out; every ctx.signal follows it. */
   #abort = new AbortController();
   /**
    * order: "key": aborted when stop() begins: a message waiting for its next try is not in flight,
    * so it stops waiting (see #waitOffSlot), as its partition's pause ends it in partition order.
    */
   #stopWaits = new AbortController();
+  /**
+   * order "partition"/"topic": the ctx.signal of the messages that batches start from now on. It
+   * aborts with #abort, and when the rebalance grace runs out with messages still running
+   * (#graceRanOut, which puts a fresh one here for the batches after: a later epoch's runs, the
+   * same partitions again included, get a signal that is not aborted).
+   */
+  #revoke = new AbortController();
+  #signal = AbortSignal.any([this.#abort.signal, this.#revoke.signal]);
+  /**
+   * order "partition"/"topic": this epoch's rebalance grace, from the first sign of a rebalance
+   * (a batch's heartbeat refused, or #beforeRejoin); `ends` resolves when it ran out, or at the
+   * next join. Undefined while no rebalance is known.
+   */
+  #grace: { ends: Promise<void>; end: () => void; timer: ReturnType<typeof setTimeout> } | undefined;
+  /** How long a rebalance waits for this member's running messages: within kafkajs's rebalanceTimeout, with time to share progress. */
+  readonly #graceMs: number;
   #activeBatches = 0;
   #idle: (() => void)[] = [];
   #inflight = 0;
@@ -200,6 +224,7 @@ export class HandlerConsumer {
     this.#dlq = deps.dlq;
     this.#progressLog = deps.progressLog;
     this.#opts = { ...DEFAULT_CONSUMER_OPTIONS, ...opts };
+    this.#graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
     const hook: CommitHook = {
       progress: () => this.#progressToJournal(),
       hasProgress: () => this.#hasProgress(),
@@ -325,6 +350,7 @@ export class HandlerConsumer {
       }
     }
     await this.#settle().catch((err: unknown) => this.#log.warn("final progress not shared; the journal still has it", { error: err }));
+    this.#endGrace();
     clearTimeout(this.#commitTimer);
     for (const t of this.#resumeTimers) clearTimeout(t);
     this.#removeHook();
@@ -345,6 +371,7 @@ export class HandlerConsumer {
 
   #onJoin(assignment: Record<string, number[]>, groupId: string): void {
     const epoch = ++this.#epoch;
+    this.#endGrace();
     const progress = this.#journal.progress(groupId);
     const parts = new Map<string, PartitionState>();
     const log = this.#progressLog;
@@ -517,13 +544,19 @@ export class HandlerConsumer {
     this.#fetched(batch);
     if (!state || this.#stopping) return;
     this.#activeBatches++;
+    // ctx.signal of this batch's messages: aborted on shutdown, or when the partition is revoked
+    // with them running (#graceRanOut). Read once per batch, before any wait.
+    const signal = this.#signal;
     const unlock = this.handler.order === "topic" ? await this.#lockTopic(batch.topic) : undefined;
     await state.ready;
     let rebalancing = false;
-    // kafkajs heartbeats only between batches; a long batch must heartbeat itself.
+    // kafkajs heartbeats only between batches; a long batch must heartbeat itself. kafkajs rejoins
+    // only once every batch of the fetch returned, so a refused heartbeat starts the grace the
+    // running message gets before its signal aborts (#rebalanceGrace).
     const beat = setInterval(() => {
       heartbeat().catch((err: unknown) => {
         rebalancing = true;
+        if (REVOKING.has((err as { type?: unknown }).type as string)) void this.#rebalanceGrace();
         this.#log.debug("heartbeat failed during batch; finishing the current message", { error: err });
       });
     }, this.#opts.heartbeatIntervalMs);
@@ -542,7 +575,7 @@ export class HandlerConsumer {
     try {
       if (heldBy && heldBy.partition !== batch.partition) heldBy.resumes.push(pause());
       else for (const m of batch.messages) {
-        if (stale || this.#stopping || rebalancing || this.#rejoining || !isRunning() || state !== this.#parts.get(pk)) break;
+        if (stale || this.#stopping || rebalancing || this.#rejoining || signal.aborted || !isRunning() || state !== this.#parts.get(pk)) break;
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
         let below = false;
@@ -560,7 +593,7 @@ export class HandlerConsumer {
         this.#inflight++;
         let verdict: Verdict;
         try {
-          verdict = await execute(this.handler, message, deps, this.#abort.signal, below);
+          verdict = await execute(this.handler, message, deps, signal, below);
         } finally {
           this.#inflight--;
         }
@@ -789,7 +822,7 @@ export class HandlerConsumer {
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
-      const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+      const graceMs = this.#graceMs;
       let timer: ReturnType<typeof setTimeout> | undefined;
       const finished = await Promise.race([
         this.#drainLanes().then(() => true),
@@ -834,24 +867,64 @@ export class HandlerConsumer {
    *   new owner sees Kafka's offsets as of the last timer commit (≈ commitIntervalMs behind) and
    *   with a separate journal may redo that work. The per-batch settle this replaces had the same
    *   hole for the batch in flight; a shared journal (libsql://) has none.
+   *
+   * The wait for running batches is the epoch's rebalance grace (#rebalanceGrace): it began here,
+   * or earlier when a long batch's heartbeat was refused. That is the usual way a long message
+   * meets a rebalance: kafkajs does not rejoin (nor call this) until its batch returned, and the
+   * coordinator drops this member from the group once its rebalance timeout passed without it.
    */
   async #beforeRejoin(): Promise<void> {
     this.#joined = false;
     this.#rejoining = true;
     try {
-      if (this.#activeBatches > 0) {
-        const graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
-        let timer: ReturnType<typeof setTimeout> | undefined;
-        await Promise.race([
-          new Promise<void>((r) => this.#idle.push(r)),
-          new Promise<void>((r) => (timer = setTimeout(r, graceMs))),
-        ]);
-        clearTimeout(timer);
-      }
+      if (this.#activeBatches > 0) await Promise.race([new Promise<void>((r) => this.#idle.push(r)), this.#rebalanceGrace()]);
       await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
     } finally {
       this.#rejoining = false;
     }
+  }
+
+  /**
+   * order "partition"/"topic": starts this epoch's rebalance grace (once; the next join ends it)
+   * and resolves when it ran out. Every partition is revoked at a rejoin (eager rebalancing), and
+   * past the grace the rejoin, or the coordinator's rebalance timeout, takes them from messages
+   * still running; another member may start them again. #graceRanOut aborts their signal then.
+   */
+  #rebalanceGrace(): Promise<void> {
+    if (this.#grace) return this.#grace.ends;
+    let end!: () => void;
+    const ends = new Promise<void>((r) => (end = r));
+    const timer = setTimeout(() => {
+      this.#graceRanOut();
+      end();
+    }, this.#graceMs);
+    this.#grace = { ends, end, timer };
+    return ends;
+  }
+
+  /**
+   * The grace ran out with batches still running: their messages' ctx.signal aborts (a handler
+   * that then throws records nothing; its message is redone by the partition's next owner, this
+   * instance's next epoch included). Batches started after get a fresh signal: a later epoch's,
+   * or this one's if kafkajs fetches on without a join (a JoinGroup that failed).
+   */
+  #graceRanOut(): void {
+    if (this.#activeBatches === 0) return;
+    this.#log.warn("rebalance grace ran out with messages running; their ctx.signal is aborted, their partitions are revoked", {
+      graceMs: this.#graceMs, inflight: this.#inflight,
+    });
+    this.#revoke.abort();
+    this.#revoke = new AbortController();
+    this.#signal = AbortSignal.any([this.#abort.signal, this.#revoke.signal]);
+  }
+
+  /** A join (or stop) ends the epoch's grace: a later rebalance gets its own. */
+  #endGrace(): void {
+    const g = this.#grace;
+    if (!g) return;
+    this.#grace = undefined;
+    clearTimeout(g.timer);
+    g.end();
   }
 
   /** order: "topic": one batch at a time per topic, whichever partition it comes from. */

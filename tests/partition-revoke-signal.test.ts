@@ -1,0 +1,136 @@
+// SPEC: ctx.signal is "aborted on shutdown or partition revoke", in partition order (the default)
+// too. A handler still running when another instance joins holds up its instance's rejoin (kafkajs
+// rejoins only once the batch returned); once the rebalance grace (7 s) runs out the partition is
+// revoked (eager rebalancing: every partition is, at a rejoin) and may go to the other instance,
+// which runs the message again. The old run must see ctx.signal aborted then, and a run that throws
+// on it records nothing: the message takes effect once overall, by its next owner (the other
+// instance, or this one's next epoch, whose runs get a signal that is not aborted).
+import { expect, test } from "bun:test";
+import { join } from "node:path";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { queryRows } from "./support/db.ts";
+import { callsLog } from "./support/tmp.ts";
+import { sleep, waitUntil } from "./support/wait.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
+
+const TOPIC = "revoke-signal-in";
+const TOPIC_BACK = "revoke-signal-back";
+let broker: TestBroker;
+let dir: string;
+
+/**
+ * The first run of `slow` anywhere (the file HELD marks it) waits for ctx.signal, 30 s at most,
+ * and says whether it saw the abort; every other run, and every other message, takes effect at
+ * once. `elsewhere`: the handler of an instance that only holds partitions for a while (every run
+ * fails and waits a minute for its next try, so nothing of it takes effect).
+ */
+function handler(topic: string, elsewhere = false): string {
+  return `
+import { defineHandler, v } from "kexo";
+import { appendFileSync, writeFileSync } from "node:fs";
+
+const log = (line) => appendFileSync(process.env.CALLS_LOG, JSON.stringify({ ...line, pid: process.pid }) + "\\n");
+
+export default defineHandler({
+  topics: ["${topic}"],
+  groupId: "${topic}-group",
+  schema: v.object({ k: v.string(), n: v.number() }),
+  retry: { attempts: 100, initialDelayMs: 60_000, maxDelayMs: 60_000 },
+  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (k TEXT, n INTEGER)"); },
+  async handle(p, ctx) {
+    if (${elsewhere}) {
+      log({ id: p.k, event: "start", aborted: ctx.signal.aborted });
+      throw new Error("not handled on this instance");
+    }
+    if (p.k === "slow") {
+      let first = true;
+      try { writeFileSync(process.env.HELD, "", { flag: "wx" }); } catch { first = false; }
+      log({ id: "slow", event: "start", first, aborted: ctx.signal.aborted });
+      if (first) {
+        await new Promise((r) => {
+          const t = setTimeout(r, 30_000);
+          ctx.signal.addEventListener("abort", () => { clearTimeout(t); r(undefined); }, { once: true });
+        });
+        log({ id: "slow", event: "end", aborted: ctx.signal.aborted });
+        if (ctx.signal.aborted) throw new Error("partition revoked");
+      }
+    }
+    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (k, n) VALUES (?, ?)", args: [p.k, p.n] }));
+  },
+});
+`;
+}
+
+withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [TOPIC_BACK]: 2, [`${TOPIC_BACK}.dlq`]: 1 }, {}, (f) => ({ broker, dir } = f));
+
+type Call = { id: string; event: "start" | "end"; first?: boolean; aborted: boolean; pid: number };
+
+const effects = (db: string) => queryRows<{ k: string; n: number }>(db, "SELECT k, n FROM effects").map((e) => `${e.k}:${e.n}`);
+const EVERY_EFFECT = ["slow:0", ...[1, 2, 3, 4, 5, 6].map((n) => `x:${n}`)];
+
+/**
+ * In `DIR/name`: handler files, a calls log and the HELD marker; `start` runs an instance with its
+ * own journal. Instance A (a.db) is started and `topic` filled: partition 0 opens with `slow`, both
+ * partitions carry messages that take effect at once. Returns once A runs `slow`.
+ */
+async function aRunningSlow(name: string, topic: string) {
+  const here = join(dir, name);
+  await Bun.write(join(here, "handlers", "slow.ts"), handler(topic));
+  await Bun.write(join(here, "elsewhere", "slow.ts"), handler(topic, true));
+  const { env, calls } = callsLog<Call>(here);
+  const start = (db: string, handlers = "handlers") =>
+    new WorkerProcess(runArgs(broker.brokers, join(here, handlers), join(here, db)), { env: { ...env, HELD: join(here, "HELD") } });
+  const a = start("a.db");
+  await a.waitJoined();
+  const msgs = [{ key: "slow", value: JSON.stringify({ k: "slow", n: 0 }), partition: 0 }];
+  for (let n = 1; n <= 6; n++) msgs.push({ key: `x${n}`, value: JSON.stringify({ k: "x", n }), partition: n % 2 });
+  await broker.produce(topic, msgs);
+  await waitUntil("A runs slow", () => calls("slow").find((c) => c.event === "start" && c.first) || undefined);
+  return { here, calls, start, a };
+}
+
+/** A's run of `slow` ends through its signal, well before its own 30 s bound. */
+async function expectAbortedOn(a: WorkerProcess, calls: (id: string) => Call[]): Promise<void> {
+  const ended = await waitUntil("A's run of slow ended", () => calls("slow").find((c) => c.event === "end") || undefined, { timeoutMs: 40_000 });
+  expect({ pid: ended.pid, aborted: ended.aborted }).toEqual({ pid: a.proc.pid, aborted: true });
+}
+
+test("a handler still running past the rebalance grace sees ctx.signal aborted; its message takes effect once", async () => {
+  const { here, calls, start, a } = await aRunningSlow("moved", TOPIC);
+  const b = start("b.db");
+  await b.waitJoined();
+  await expectAbortedOn(a, calls);
+
+  const dbs = [join(here, "a.db"), join(here, "b.db")];
+  await waitUntil("every message's effect", () => new Set(dbs.flatMap(effects)).size >= EVERY_EFFECT.length || undefined, { timeoutMs: 30_000 });
+  await sleep(1000);
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
+  expect([await a.exited(), await b.exited()]).toEqual([0, 0]);
+  // Every message took effect once overall; `slow` by a run after the aborted one, with a live signal.
+  expect(dbs.flatMap(effects).sort()).toEqual(EVERY_EFFECT);
+  expect(calls("slow").filter((c) => c.event === "start").map((c) => c.aborted)).toEqual([false, false]);
+}, 120_000);
+
+test("the partition back on the same instance: the old run's signal aborted, the new epoch's run's not", async () => {
+  const { here, calls, start, a } = await aRunningSlow("back", TOPIC_BACK);
+  // B takes a share of the partitions for one epoch, handles nothing, and leaves: then every
+  // partition, `slow`'s included, is A's again, in a later epoch.
+  const b = start("b.db", "elsewhere");
+  await b.waitJoined();
+  await expectAbortedOn(a, calls);
+  b.kill("SIGTERM");
+  expect(await b.exited()).toBe(0);
+
+  const db = join(here, "a.db");
+  await waitUntil("every message's effect on A", () => effects(db).length >= EVERY_EFFECT.length || undefined, { timeoutMs: 40_000 });
+  await sleep(1000);
+  a.kill("SIGTERM");
+  expect(await a.exited()).toBe(0);
+  expect(effects(db).sort()).toEqual(EVERY_EFFECT);
+  expect(effects(join(here, "b.db"))).toEqual([]);
+  // A ran `slow` again after its aborted run, in a later epoch, with a signal not aborted.
+  const mine = calls("slow").filter((c) => c.pid === a.proc.pid && c.event === "start");
+  expect(mine.map((c) => ({ first: c.first, aborted: c.aborted }))).toEqual([{ first: true, aborted: false }, { first: false, aborted: false }]);
+  expect(a.lines.filter((l) => l.msg === "joined group").length).toBeGreaterThanOrEqual(2);
+}, 120_000);
