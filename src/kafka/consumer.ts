@@ -822,16 +822,9 @@ export class HandlerConsumer {
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
-      const graceMs = this.#graceMs;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const finished = await Promise.race([
-        this.#drainLanes().then(() => true),
-        new Promise<boolean>((r) => (timer = setTimeout(() => r(false), graceMs))),
-      ]);
-      clearTimeout(timer);
-      if (!finished) {
+      if ((await within(this.#drainLanes(), this.#graceMs)) === TIMED_OUT) {
         for (const p of this.#parts.values()) void p.lanes?.close();
-        this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs, inflight: this.#inflight });
+        this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs: this.#graceMs, inflight: this.#inflight });
       }
     }
     // Idle lanes too: what finished since the last accepted offset commit (Kafka refuses commits

@@ -22,15 +22,7 @@ export class OffsetRanges {
 
   /** From offsets in any order, duplicates allowed. */
   static of(offsets: Iterable<bigint>): OffsetRanges {
-    const sorted = [...offsets].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    const out: [bigint, bigint][] = [];
-    for (const o of sorted) {
-      const last = out[out.length - 1];
-      if (last && o <= last[1] + 1n) {
-        if (o > last[1]) last[1] = o;
-      } else out.push([o, o]);
-    }
-    return new OffsetRanges(out);
+    return OffsetRanges.union(Array.from(offsets, (o) => [o, o] as const));
   }
 
   /** From a progress record's `done` ([first, last] as decimal strings); undefined when malformed. */

@@ -1,6 +1,7 @@
-// The progress log: a Kafka topic (kexo reads only each partition's latest record, so it may be
-// compacted; created by the broker's auto-creation with its defaults otherwise) where an instance records a partition's journaled
-// progress when Kafka refused its offset commit (a rebalance had begun). The next owner reads the
+// The progress log: a Kafka topic where an instance records a partition's journaled progress when
+// Kafka refused its offset commit (a rebalance had begun), and, for order "key", the offsets it
+// finished above that progress. kexo needs only each partition's latest record, so the topic may be
+// compacted (the broker's auto-creation makes it with its defaults). The next owner reads the
 // log to its end on assignment and skips what the previous owner already did, so a graceful
 // rebalance handles no message twice even when every instance has its own journal.
 //
@@ -40,7 +41,7 @@ export class ProgressLog {
   #producer: Producer | undefined;
   #producerReady: Promise<void> | undefined;
   #latest = new Map<string, bigint>();
-  /** Each partition's `done` of its latest record (absent: none). */
+  /** Per partition, every `done` offset read or published, at or above its latest `next` (absent: none). */
   #done = new Map<string, OffsetRanges>();
   /** Next offset to read, per partition of the progress topic. */
   #position = new Map<number, bigint>();
@@ -164,9 +165,8 @@ export class ProgressLog {
     });
     // A record with done ranges may be large: each goes in a request of its own, so that one never
     // takes the others past the topic's max.message.bytes.
-    const small = records.filter((r) => !r.done || r.done.ranges.length < 100);
-    const large = records.filter((r) => !small.includes(r));
-    for (const part of [small, ...large.map((r) => [r])]) {
+    const large = (r: ProgressRecord) => (r.done?.ranges.length ?? 0) >= 100;
+    for (const part of [records.filter((r) => !large(r)), ...records.filter(large).map((r) => [r])]) {
       if (part.length > 0) await this.#producer.send({ topic: PROGRESS_TOPIC, acks: -1, messages: part.map(encode) });
     }
     for (const r of records) this.#remember(keyOf(r.groupId, r.topic, r.partition), r.next, r.done);
