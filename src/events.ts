@@ -23,7 +23,11 @@ export interface Events {
    */
   "journal.committed": { seconds: number; writes: number; outboxSeq?: number };
   "consumer.joining": { handler: string; group: string };
-  "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number };
+  /**
+   * `outOfOrder`: the handler finishes a partition's messages out of offset order (order "key"), so
+   * a handled offset says nothing of those below it: its position is the committed offset.
+   */
+  "consumer.joined": { handler: string; group: string; assignment: Record<string, number[]>; generation: number; outOfOrder?: boolean };
   /** `position`: the fetch reached this offset (every offset below was delivered or skipped). */
   "consumer.fetched": { handler: string; group: string; topic: string; partition: number; highWatermark: string; position?: string };
   "consumer.rebalancing": { handler: string; group: string };

@@ -1,6 +1,6 @@
 // Every endpoint answers and every metric name is exposed (through app.request()); the counts in
 // kexo_messages_total equal what was handled, outcome by outcome, and kexo_consumer_lag falls to 0
-// once the backlog is drained.
+// once the backlog is drained. In key order, lag counts what is queued behind a slow key.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import Database from "libsql";
 import { join } from "node:path";
@@ -14,6 +14,7 @@ import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
 
 const TOPIC = "metrics-in";
+const KEYED = "metrics-keyed-in";
 const NAMES = [
   "kexo_messages_total",
   "kexo_handler_duration_seconds",
@@ -29,7 +30,7 @@ const NAMES = [
 let broker: TestBroker;
 
 beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 3 });
+  broker = await startBroker({ [TOPIC]: 3, [KEYED]: 1 });
 });
 
 afterAll(async () => {
@@ -147,3 +148,43 @@ test("metrics count what was handled, lag drains to 0, every endpoint answers", 
     expect(await stopping).toBe(true);
   }
 }, 90_000);
+
+test("key order: lag counts the messages queued behind a slow key, not only the unhandled ones", async () => {
+  const dir = tempDir();
+  let release!: () => void;
+  const slow = new Promise<void>((r) => (release = r));
+  const handler = resolveHandler("keyed.ts", "keyed", defineHandler({
+    topics: [KEYED],
+    schema: v.object({ n: v.number() }),
+    order: "key",
+    concurrency: 4,
+    async handle(p) {
+      if (p.n === 0) await slow;
+    },
+  }), [])!;
+  // Offset 0 (key "a") holds on; offsets 1–9 (keys "b"…) finish out of order above it.
+  await broker.produce(KEYED, Array.from({ length: 10 }, (_, n) => ({ key: n === 0 ? "a" : `k${n}`, value: JSON.stringify({ n }), partition: 0 })));
+  const worker = await Worker.start({
+    handlers: [handler],
+    kafka: { brokers: broker.brokers.split(","), clientId: "kexo-metrics-keyed" },
+    db: `file:${join(dir, "journal.db")}`,
+    shutdownTimeoutMs: 5000,
+    log: createLogger({ level: "silent" }),
+    ensureTopics: async (topics) => topics.forEach((t) => broker.cluster.createTopic(t, 1)),
+  });
+  let processed = 0;
+  worker.bus.on("message.handled", (e) => e.outcome === "processed" && processed++);
+  const lag = async () => samples(await (await worker.app.request("/metrics")).text(), "kexo_consumer_lag").get(`{group="${handler.groupId}",topic="${KEYED}",partition="0"}`);
+  try {
+    await waitUntil("the nine fast keys processed", () => processed === 9 || undefined, { timeoutMs: 30_000 });
+    // A commit interval later, the lag still counts all ten: nothing below offset 10 is consumed
+    // until offset 0 is (Kafka would deliver them all again).
+    await Bun.sleep(600);
+    expect(await lag()).toBe(10);
+    release();
+    await waitUntil("lag 0 once the slow key finished", async () => (await lag()) === 0 || undefined, { timeoutMs: 15_000, intervalMs: 100 });
+  } finally {
+    release();
+    expect(await worker.stop()).toBe(true);
+  }
+}, 60_000);

@@ -419,7 +419,9 @@ export class HandlerConsumer {
     if (this.#txOut) void this.#txOut.reconcile(assignment);
     this.#joined = true;
     this.#log.info("joined group", { epoch, assignment });
-    this.#bus.emit("consumer.joined", { handler: this.handler.name, group: groupId, assignment, generation: epoch });
+    this.#bus.emit("consumer.joined", {
+      handler: this.handler.name, group: groupId, assignment, generation: epoch, outOfOrder: this.handler.order === "key",
+    });
   }
 
   /**

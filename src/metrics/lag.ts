@@ -1,8 +1,8 @@
 // Per-partition consumer lag from what the consumers report on the event bus: the high watermark
 // of the latest fetch minus the partition's position, the furthest of the committed offset, the
-// last handled offset + 1 and the fetch position. No admin API involved (the development broker
-// has none), and on Kafka the fetch response's high watermark is the same log end an admin
-// client would read, so the figure means the same on both.
+// last handled offset + 1 (not in key order) and the fetch position. No admin API involved (the
+// development broker has none), and on Kafka the fetch response's high watermark is the same log
+// end an admin client would read, so the figure means the same on both.
 import type { EventBus } from "../events.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 
@@ -31,7 +31,8 @@ const key = (topic: string, partition: number) => `${topic}\0${partition}`;
 export class LagTracker {
   /** group → "topic\0partition" → entry; only the partitions the group's last join assigned. */
   #groups = new Map<string, Map<string, Entry>>();
-  #groupOf = new Map<string, string>();
+  /** handler → its group; null for a handler that finishes out of offset order (key order). */
+  #groupOf = new Map<string, string | null>();
   #off: (() => void)[];
   /** Each handled message's entry (null: not assigned), found without a key per message. */
   #handled = new PerPartition<Entry | null>();
@@ -40,7 +41,10 @@ export class LagTracker {
     this.#off = [
       bus.on("consumer.joined", (e) => {
         this.#handled.clear();
-        this.#groupOf.set(e.handler, e.group);
+        // Key order finishes a later key's message while an earlier one is queued or retried: the
+        // last handled offset would count those as consumed. Its position is what was committed
+        // (the lowest unfinished offset), at most one commit interval behind.
+        this.#groupOf.set(e.handler, e.outOfOrder ? null : e.group);
         // A partition kept across the rebalance keeps its figures; a revoked one disappears.
         const before = this.#groups.get(e.group);
         const now = new Map<string, Entry>();
@@ -69,7 +73,7 @@ export class LagTracker {
         let x = this.#handled.get(e.handler, e.topic, e.partition);
         if (x === undefined) {
           const group = this.#groupOf.get(e.handler);
-          x = (group === undefined ? undefined : this.#groups.get(group)?.get(key(e.topic, e.partition))) ?? null;
+          x = (group == null ? undefined : this.#groups.get(group)?.get(key(e.topic, e.partition))) ?? null;
           this.#handled.add(e.handler, e.topic, e.partition, x);
         }
         if (!x) return;
