@@ -825,7 +825,10 @@ export class HandlerConsumer {
     this.#joined = false;
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
       if ((await within(this.#drainLanes(), this.#graceMs)) === TIMED_OUT) {
-        for (const p of this.#parts.values()) void p.lanes?.close();
+        // Aborted, their handlers mostly end at once; one that finishes meanwhile is captured as
+        // done below and not run again by the new owner. As stop() does after its timeout.
+        const closed = Promise.all([...this.#parts.values()].map((p) => p.lanes?.close()));
+        await within(closed, 2000);
         this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs: this.#graceMs, inflight: this.#inflight });
       }
     }
