@@ -824,11 +824,12 @@ export class HandlerConsumer {
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
-      if ((await within(this.#drainLanes(), this.#graceMs)) === TIMED_OUT) {
-        // Aborted, their handlers mostly end at once; one that finishes meanwhile is captured as
-        // done below and not run again by the new owner. As stop() does after its timeout.
-        const closed = Promise.all([...this.#parts.values()].map((p) => p.lanes?.close()));
-        await within(closed, 2000);
+      // The grace's last second goes to the aborted: their handlers mostly end at once, and one
+      // that finishes meanwhile is captured as done below, not run again by the new owner. The
+      // whole wait stays within the grace, so sharing progress keeps its time.
+      const abortedMs = Math.min(1000, this.#graceMs / 4);
+      if ((await within(this.#drainLanes(), this.#graceMs - abortedMs)) === TIMED_OUT) {
+        await within(Promise.all([...this.#parts.values()].map((p) => p.lanes?.close())), abortedMs);
         this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs: this.#graceMs, inflight: this.#inflight });
       }
     }
