@@ -1,7 +1,8 @@
 // Broker faults are survived by the same process with nothing lost or duplicated: a broker down
 // for 10 s mid-stream, 500 ms round trips, injected errors on Fetch, OffsetCommit, JoinGroup and
 // Heartbeat, and a kafkajs crash it won't restart from (kexo rebuilds the consumer). At the end
-// every message's effect is in the database exactly once.
+// every message's effect is in the database exactly once, for a handler in partition order and
+// one in key order (which finishes out of offset order) running side by side.
 import { expect, test } from "bun:test";
 import Database from "libsql";
 import { existsSync } from "node:fs";
@@ -12,37 +13,45 @@ import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "faults-in";
-const GROUP = "kexo-faults-faults-in";
+/** The handlers' groups: either one taking the injected errors will do. */
+const GROUPS = ["kexo-faults-faults-in", "kexo-keyed-faults-keyed-in"];
 const BROKER = 1;
 /** kafkajs treats INVALID_REQUEST on a group call as fatal: CRASH with restart: false. */
 const INVALID_REQUEST = 42;
 let broker: TestBroker;
 let dir: string;
 
-const HANDLER = `
+const KEYED = "faults-keyed-in";
+
+const handler = (topic: string, table: string, options = "") => `
 import { defineHandler, v } from "kexo";
 
 export default defineHandler({
-  topics: ["${TOPIC}"],
+  topics: ["${topic}"],
   schema: v.object({ id: v.string() }),
+  ${options}
   async setup(db) {
     // No primary key: a second run of a message would show up as a second row.
-    await db.execute("CREATE TABLE IF NOT EXISTS effects (id TEXT NOT NULL)");
+    await db.execute("CREATE TABLE IF NOT EXISTS ${table} (id TEXT NOT NULL)");
   },
   async handle(p, ctx) {
     await new Promise((r) => setTimeout(r, 2));
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (id) VALUES (?)", args: [p.id] }));
+    await ctx.tx((db) => db.execute({ sql: "INSERT INTO ${table} (id) VALUES (?)", args: [p.id] }));
   },
 });
 `;
 
-withBroker({ [TOPIC]: 4 }, { "faults.ts": HANDLER }, (f) => ({ broker, dir } = f));
+withBroker(
+  { [TOPIC]: 4, [KEYED]: 4 },
+  { "faults.ts": handler(TOPIC, "effects"), "keyed.ts": handler(KEYED, "keyed_effects", 'order: "key", concurrency: 8,') },
+  (f) => ({ broker, dir } = f),
+);
 
-function effects(db: string): { rows: number; ids: number } {
+function effects(db: string, table = "effects"): { rows: number; ids: number } {
   if (!existsSync(db)) return { rows: 0, ids: 0 };
   const conn = new Database(db, { readonly: true });
   try {
-    return conn.prepare("SELECT count(*) AS rows, count(DISTINCT id) AS ids FROM effects").get() as { rows: number; ids: number };
+    return conn.prepare(`SELECT count(*) AS rows, count(DISTINCT id) AS ids FROM ${table}`).get() as { rows: number; ids: number };
   } catch {
     return { rows: 0, ids: 0 };
   } finally {
@@ -56,13 +65,15 @@ test("broker faults: same process, every message's effect exactly once", async (
   await w.waitJoined();
   let sent = 0;
   const produce = async (phase: string, n: number) => {
-    await broker.produce(TOPIC, Array.from({ length: n }, (_, i) => ({ key: `k${i % 13}`, value: JSON.stringify({ id: `${phase}-${i}` }) })));
+    for (const topic of [TOPIC, KEYED]) {
+      await broker.produce(topic, Array.from({ length: n }, (_, i) => ({ key: `k${i % 13}`, value: JSON.stringify({ id: `${phase}-${i}` }) })));
+    }
     sent += n;
   };
   const allDone = (phase: string, timeoutMs = 60_000) =>
     waitUntil(`${phase}: ${sent} effects`, () => {
       if (w.proc.exitCode !== null) throw new Error(`worker exited with ${w.proc.exitCode}: ${w.raw.slice(-5).join("\n")}`);
-      return effects(db).ids >= sent || undefined;
+      return (effects(db).ids >= sent && effects(db, "keyed_effects").ids >= sent) || undefined;
     }, { timeoutMs });
   const phases: Record<string, number> = {};
   const timed = async (phase: string, fn: () => Promise<void>) => {
@@ -106,7 +117,7 @@ test("broker faults: same process, every message's effect exactly once", async (
   });
 
   // Injected errors are cluster-wide: kexo's progress-log consumer may take some of them too, so
-  // they are pushed again until the handler's consumer shows it got one.
+  // they are pushed again until a handler's consumer shows it got one.
   const inject = async (what: string, seen: () => boolean, push: () => void) => {
     await waitUntil(what, async () => {
       if (seen()) return true;
@@ -119,7 +130,7 @@ test("broker faults: same process, every message's effect exactly once", async (
   };
 
   await timed("heartbeat and join errors", async () => {
-    const rejoins = () => w.lines.filter((l) => l.msg === "The group is rebalancing, re-joining" && l.groupId === GROUP).length;
+    const rejoins = () => w.lines.filter((l) => l.msg === "The group is rebalancing, re-joining" && GROUPS.includes(l.groupId as string)).length;
     const before = rejoins();
     await inject("a heartbeat error for the handler's group", () => rejoins() > before, () => {
       broker.cluster.pushRequestErrors(ApiKey.JoinGroup, [KafkaErr.COORDINATOR_NOT_AVAILABLE, KafkaErr.COORDINATOR_NOT_AVAILABLE]);
@@ -143,10 +154,12 @@ test("broker faults: same process, every message's effect exactly once", async (
 
   await sleep(500);
   const final = effects(db);
-  console.log(JSON.stringify({ phasesMs: phases, sent, rows: final.rows, ids: final.ids }));
+  const keyed = effects(db, "keyed_effects");
+  console.log(JSON.stringify({ phasesMs: phases, sent, rows: final.rows, ids: final.ids, keyed: [keyed.rows, keyed.ids] }));
   expect(w.proc.exitCode).toBeNull();
   expect(w.lines.filter((l) => l.msg === "starting").length).toBe(1);
   expect({ rows: final.rows, ids: final.ids }).toEqual({ rows: sent, ids: sent });
+  expect({ rows: keyed.rows, ids: keyed.ids }).toEqual({ rows: sent, ids: sent });
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);
 }, 240_000);
