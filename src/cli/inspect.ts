@@ -63,8 +63,8 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       ...(handler ? [id, handler] : [id]),
     );
     // Failed attempts of a message that is still being retried (kexo_retries).
-    const retrying = journal.query<{ handler: string; attempts: number; deaths: number; updated_at: number }>(
-      `SELECT handler, attempts, deaths, updated_at FROM kexo_retries WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
+    const retrying = journal.query<{ handler: string; attempts: number; deaths: number; updated_at: number; next_try_at: number | null }>(
+      `SELECT handler, attempts, deaths, updated_at, next_try_at FROM kexo_retries WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
       ...(handler ? [id, handler] : [id]),
     );
     const progress = rows.length === 0 ? byProgress(journal, id) : undefined;
@@ -100,6 +100,8 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
         // Of those, attempts the process did not survive (see processing/crash-guard.ts).
         diedIn: failed?.deaths,
         lastFailedAt: failed ? new Date(failed.updated_at).toISOString() : undefined,
+        // When the next attempt is due, as the last failure set it (a restart waits until then).
+        nextTryAt: failed?.next_try_at == null ? undefined : new Date(Number(failed.next_try_at)).toISOString(),
         recordedBy: !r && progress?.completed ? "partition progress" : undefined,
         topic: r?.topic,
         partition: r?.partition,
@@ -120,7 +122,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       printLine(`  status     ${e.status}${e.recordedBy ? ` ${BY_PROGRESS}` : ""}`);
       if (e.topic !== undefined) printLine(`  message    ${e.topic}/${e.partition}@${e.offset}`);
       if (e.attempts !== undefined) printLine(`  attempts   ${e.attempts}`);
-      if (e.failedAttempts !== undefined) printLine(`  failed     ${e.failedAttempts} attempt${e.failedAttempts === 1 ? "" : "s"} so far${e.diedIn ? ` (the process died in ${e.diedIn})` : ""}, the last at ${e.lastFailedAt}`);
+      if (e.failedAttempts !== undefined) printLine(`  failed     ${e.failedAttempts} attempt${e.failedAttempts === 1 ? "" : "s"} so far${e.diedIn ? ` (the process died in ${e.diedIn})` : ""}, the last at ${e.lastFailedAt}${e.nextTryAt ? `, next try at ${e.nextTryAt}` : ""}`);
       if (e.finishedAt) printLine(`  finished   ${e.finishedAt}`);
       for (const s of e.steps) printLine(`  step       ${s.name} = ${JSON.stringify(s.result)}`);
       if (e.result !== undefined) printLine(`  result     ${JSON.stringify(e.result)}`);

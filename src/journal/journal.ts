@@ -166,6 +166,11 @@ export interface FailedAttempts {
   deaths: number;
   /** Set once the handler gave up: why, as the executor wrote it; only the dead letter's write is left. */
   deadLetter?: string;
+  /**
+   * When the next attempt is due (ms since epoch, the clock of whichever instance failed it), as the
+   * last failure set it; undefined when none is known (see kexo_retries.next_try_at).
+   */
+  nextTryAt?: number;
 }
 
 export interface ProgressEntry {
@@ -517,9 +522,12 @@ export class Journal {
   failedAttempts(handler: string, at: Delivery): FailedAttempts | undefined {
     if (this.#attemptOffsets.get(handler, at.topic, at.partition)?.has(at.offset) !== true) return undefined;
     const row = this.#s.attemptsGet.get(handler, at.topic, at.partition, at.offset) as
-      { attempts: number; deaths: number; dead_letter: string | null } | undefined;
+      { attempts: number; deaths: number; dead_letter: string | null; next_try_at: number | bigint | null } | undefined;
     if (!row) return undefined;
-    return row.dead_letter === null ? { attempts: row.attempts, deaths: row.deaths } : { attempts: row.attempts, deaths: row.deaths, deadLetter: row.dead_letter };
+    const kept: FailedAttempts = { attempts: row.attempts, deaths: row.deaths };
+    if (row.dead_letter !== null) kept.deadLetter = row.dead_letter;
+    if (row.next_try_at !== null) kept.nextTryAt = Number(row.next_try_at);
+    return kept;
   }
 
   /** This partition's offsets whose delivery has failed attempts recorded (see failedAttempts). */
@@ -534,11 +542,12 @@ export class Journal {
    * `attempts` attempts of this delivery failed and it will be tried again. `deaths` is added to
    * the attempts counted as ones the process did not survive: +1 right before an attempt run alone,
    * -1 once it ended (see processing/crash-guard.ts). `deadLetter`: the handler gave up (see
-   * FailedAttempts); once set, it stays until the row goes.
+   * FailedAttempts); once set, it stays until the row goes. `nextTryAt`: when the next attempt is
+   * due (ms since epoch); each write sets it, to null when not given (no wait known).
    */
-  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0, deadLetter?: string): void {
+  recordFailedAttempts(handler: string, at: Delivery, id: string, attempts: number, deaths = 0, deadLetter?: string, nextTryAt?: number): void {
     offsetsIn(this.#attemptOffsets, handler, at.topic, at.partition).add(at.offset);
-    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deadLetter ?? null, deaths));
+    this.#write(() => this.#s.attemptsSet.run(handler, at.topic, at.partition, at.offset, id, attempts, deaths, Date.now(), deadLetter ?? null, nextTryAt ?? null, deaths));
   }
 
   /**
@@ -1179,13 +1188,13 @@ function prepareAll(conn: Conn) {
   return {
     metaGet: conn.prepare("SELECT value FROM kexo_meta WHERE key = ?"),
     outboxSeq: conn.prepare("SELECT max(seq) AS m FROM kexo_outbox"),
-    attemptsGet: conn.prepare('SELECT attempts, deaths, dead_letter FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
+    attemptsGet: conn.prepare('SELECT attempts, deaths, dead_letter, next_try_at FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),
     // The second deaths argument is the delta applied to an existing row.
     attemptsSet: conn.prepare(
-      `INSERT INTO kexo_retries (handler, topic, partition, "offset", id, attempts, deaths, updated_at, dead_letter) VALUES (?, ?, ?, ?, ?, ?, max(?, 0), ?, ?)
+      `INSERT INTO kexo_retries (handler, topic, partition, "offset", id, attempts, deaths, updated_at, dead_letter, next_try_at) VALUES (?, ?, ?, ?, ?, ?, max(?, 0), ?, ?, ?)
        ON CONFLICT (handler, topic, partition, "offset") DO UPDATE SET id = excluded.id, attempts = excluded.attempts,
          deaths = max(kexo_retries.deaths + ?, 0), updated_at = excluded.updated_at,
-         dead_letter = coalesce(excluded.dead_letter, kexo_retries.dead_letter)`,
+         dead_letter = coalesce(excluded.dead_letter, kexo_retries.dead_letter), next_try_at = excluded.next_try_at`,
     ),
     attemptsIn: conn.prepare('SELECT CAST("offset" AS TEXT) AS o FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ?'),
     attemptsDelete: conn.prepare('DELETE FROM kexo_retries WHERE handler = ? AND topic = ? AND partition = ? AND "offset" = ?'),

@@ -98,9 +98,11 @@ CREATE INDEX IF NOT EXISTS kexo_dead_letters_handler ON kexo_dead_letters (handl
 -- After an unclean stop, an attempt is counted here before its handler starts and put right when it
 -- ends (see processing/crash-guard.ts). deaths: how many of the attempts were run alone and not
 -- survived by the process. dead_letter: set once the handler gave up (JSON: reason, error, …), so
--- that a restart only writes the dead letter and never runs the handler again. (Both added to older
--- journals by ADDED_COLUMNS, with no version bump: kexo versions without them still work on the
--- table, only ignoring the columns.)
+-- that a restart only writes the dead letter and never runs the handler again. next_try_at: when
+-- the next attempt is due (ms since epoch) after the last failure, so that a restart or a new owner
+-- waits the rest of the backoff; null when no wait is known (an attempt claimed before it ran).
+-- (The three added to older journals by ADDED_COLUMNS, with no version bump: kexo versions without
+-- them still work on the table, only ignoring the columns.)
 CREATE TABLE IF NOT EXISTS kexo_retries (
   handler TEXT NOT NULL,
   topic TEXT NOT NULL,
@@ -111,6 +113,7 @@ CREATE TABLE IF NOT EXISTS kexo_retries (
   updated_at INTEGER NOT NULL,
   deaths INTEGER NOT NULL DEFAULT 0,
   dead_letter TEXT,
+  next_try_at INTEGER,
   PRIMARY KEY (handler, topic, partition, "offset")
 ) WITHOUT ROWID;
 `;
@@ -119,4 +122,5 @@ CREATE TABLE IF NOT EXISTS kexo_retries (
 export const ADDED_COLUMNS: readonly (readonly [string, string, string])[] = [
   ["kexo_retries", "deaths", "INTEGER NOT NULL DEFAULT 0"],
   ["kexo_retries", "dead_letter", "TEXT"],
+  ["kexo_retries", "next_try_at", "INTEGER"],
 ];

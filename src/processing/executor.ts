@@ -5,7 +5,7 @@ import { capBytes, errorMessage, errorStack, errorType, PermanentError, PoisonEr
 import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
-import type { AttemptClaim, Journal, OutboxRecord } from "../journal/journal.ts";
+import type { AttemptClaim, FailedAttempts, Journal, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
@@ -202,7 +202,8 @@ class GuardHold {
 }
 
 async function executeGuarded(run: Run, guard: CrashGuard, below: boolean): Promise<Verdict> {
-  const alone = !run.pending && run.deps.journal.keptAtStart(run.handler.name, run.message);
+  // A pending entry made before any attempt ran here (the rest of a journaled backoff) keeps its turn alone.
+  const alone = run.pending ? run.pending.alone === true : run.deps.journal.keptAtStart(run.handler.name, run.message);
   const hold = (run.hold = new GuardHold(guard, alone));
   if (!(await hold.enter(run))) return "aborted";
   try {
@@ -251,10 +252,12 @@ class Run {
 
   /**
    * `attempts` attempts of this delivery failed: journaled, so that a restart goes on counting.
-   * `deadLetter`: the handler gave up (see keptDeadLetter).
+   * `deadLetter`: the handler gave up (see keptDeadLetter). `nextTryInMs`: the backoff before the
+   * next attempt, journaled as its due time so that a restart waits the rest of it.
    */
-  recordFailedAttempts(id: string, attempts: number, deadLetter?: string): void {
-    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts, 0, deadLetter);
+  recordFailedAttempts(id: string, attempts: number, deadLetter?: string, nextTryInMs?: number): void {
+    const due = nextTryInMs === undefined ? undefined : Date.now() + nextTryInMs;
+    this.deps.journal.recordFailedAttempts(this.handler.name, this.message, id, attempts, 0, deadLetter, due);
     this.attemptsKept = true;
   }
 
@@ -315,6 +318,28 @@ async function waitForNextTry(run: Run, ms: number, next: Omit<Pending, "notBefo
   } catch {
     return "aborted";
   }
+}
+
+/**
+ * A delivery met again with failed attempts journaled (a restart, a new owner on a shared journal,
+ * a partition that came back): it waits the rest of the backoff its last failure set, as a live
+ * retry waits (paused partition, or its lane's wait), before attempt `attempt`. Capped at
+ * maxDelayMs from now, so that a clock that jumped (or another instance's) never parks it longer.
+ */
+async function restWait(run: Run, id: string, kept: FailedAttempts, attempt: number, unlimited: boolean): Promise<"continue" | Verdict> {
+  if (kept.nextTryAt === undefined) return "continue";
+  const { handler, message, deps } = run;
+  const ms = Math.min(kept.nextTryAt - Date.now(), handler.retry.maxDelayMs);
+  if (!(ms > 0)) return "continue";
+  deps.log.info("message failed before; waiting the rest of its backoff", {
+    handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
+    failedAttempts: kept.attempts, attempt, nextAttemptInMs: ms,
+  });
+  if (unlimited && kept.attempts >= handler.retry.attempts) {
+    block(run, `retrying forever (deadLetter: false), ${kept.attempts} attempts so far; next try at ${new Date(Date.now() + ms).toISOString()}`);
+  }
+  // No attempt ran here yet: when deferred, its next run keeps this one's turn alone (crash-guard.ts).
+  return waitForNextTry(run, ms, run.hold?.alone ? { attempt, alone: true } : { attempt });
 }
 
 async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
@@ -413,6 +438,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
           deaths, attempt: first, attempts: handler.retry.attempts,
         });
       }
+      const w = await restWait(run, id, failedBefore, first, unlimited);
+      if (w !== "continue") return w;
     }
   }
   const hold = run.hold;
@@ -502,7 +529,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
       attempt, nextAttemptInMs: delay, error: failed,
     });
-    run.recordFailedAttempts(id, attempt);
+    run.recordFailedAttempts(id, attempt, undefined, delay);
     run.report(id, "retried");
     const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
     if (w !== "continue") return w;
@@ -670,7 +697,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
     // deadLetter: false means block and retry: the handler runs again after maxDelayMs.
     deps.log.error("message can not be handled and dead letters are off; the partition is blocked and retries", { ...where, reason, error, attempts });
     block(run, `${reason} (deadLetter: false, retrying): ${error}`);
-    run.recordFailedAttempts(id, attempts);
+    run.recordFailedAttempts(id, attempts, undefined, handler.retry.maxDelayMs);
     run.report(id, "retried");
     const w = await waitForNextTry(run, handler.retry.maxDelayMs, { attempt: attempts + 1 });
     return w === "continue" ? "aborted" : w;

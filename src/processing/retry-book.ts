@@ -28,6 +28,11 @@ export interface Pending {
   deadLetter?: PendingDeadLetter;
   /** The /readyz reason this message set, cleared once it is done. */
   blocked?: boolean;
+  /**
+   * Waiting the rest of a journaled backoff with no attempt run here yet, after an unclean start:
+   * its next run still runs alone (see crash-guard.ts).
+   */
+  alone?: boolean;
 }
 
 const at = (topic: string, partition: number, offset: string) => `${topic}/${partition}@${offset}`;
