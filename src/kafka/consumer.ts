@@ -158,8 +158,10 @@ export class HandlerConsumer {
   /** Shutdown: aborted when --shutdown-timeout runs out; every ctx.signal follows it. */
   #abort = new AbortController();
   /**
-   * order: "key": aborted when stop() begins: a message waiting for its next try is not in flight,
-   * so it stops waiting (see #waitOffSlot), as its partition's pause ends it in partition order.
+   * Aborted when stop() begins: a message that waits and runs no handler is not in flight, so it
+   * stops waiting and ends unfinished. order: "key": a wait for its next try (see #waitOffSlot),
+   * as its partition's pause ends it in partition and topic order. Every order: a wait for the
+   * schema registry or for the crash guard (the executor's `drain`).
    */
   #stopWaits = new AbortController();
   /**
@@ -336,7 +338,9 @@ export class HandlerConsumer {
     // finished above the committed offset. On timeout the abort below stops them. A message
     // waiting for its next try stops waiting, and its key's lane with it: its failed attempts are
     // journaled (the next start counts on), and it and its key's later messages stay at or above
-    // the lowest unfinished offset, unfinished, so Kafka delivers them again.
+    // the lowest unfinished offset, unfinished, so Kafka delivers them again. In every order, a
+    // message waiting for the schema registry or for the crash guard stops waiting too ("aborted"
+    // without a handler cut): its batch returns, or its key's lane stops, below it.
     this.#stopWaits.abort();
     const lanesDrained = this.#keySlots ? this.#drainLanes() : undefined;
     if (this.#activeBatches > 0 || lanesDrained) {
@@ -763,6 +767,7 @@ export class HandlerConsumer {
       defer,
       wait: defer ? undefined : this.#keySlots && this.#waitOffSlot,
       guard: this.#guard,
+      drain: this.#stopWaits.signal,
     };
   }
 

@@ -12,6 +12,8 @@
 //   its attempt is also counted as not survived (deaths) until it ends. Only such deaths can
 //   dead-letter a message as ProcessDied (executor), so what merely ran beside a killer never is.
 // - Every other message takes the shared side of the same lock, from before its decode to its end.
+// - The drain (SIGTERM) ends every wait for the lock at once: the waiting messages end unfinished,
+//   as if never fetched, and the drain waits only for the handlers that run (executor.ts, `drain`).
 // Each unclean run commits the tracked messages' progress one by one, so a run that dies before
 // its tracked budget reaches the killer still starts the next one closer to it.
 // Not covered: a kill scheduled by a handler to happen after it returned (it lands on whatever
@@ -47,15 +49,16 @@ export class CrashGuard {
   /**
    * The release, at once when nothing stands in the way (the common case: shared, nothing alone),
    * else a promise of it: alone waits until no one holds the lock, shared until nothing alone holds
-   * or waits before it (first come, first served). Undefined when `signal` aborted first.
+   * or waits before it (first come, first served). Undefined when `signal` or `drain` aborted first
+   * (`drain`: the drain began, which ends waits without cutting a running handler; see executor.ts).
    */
-  enter(alone: boolean, signal: AbortSignal): (() => void) | Promise<(() => void) | undefined> {
+  enter(alone: boolean, signal: AbortSignal, drain?: AbortSignal): (() => void) | Promise<(() => void) | undefined> {
     if (!alone && !this.#alone && this.#waiting.length === 0) {
       this.#running++;
       return this.#leaveShared;
     }
     return new Promise((resolve) => {
-      if (signal.aborted) return resolve(undefined);
+      if (signal.aborted || drain?.aborted) return resolve(undefined);
       let released = false;
       const release = () => {
         if (released) return;
@@ -65,14 +68,19 @@ export class CrashGuard {
           this.#pump();
         } else this.#leaveShared();
       };
+      const unlisten = () => {
+        signal.removeEventListener("abort", onAbort);
+        drain?.removeEventListener("abort", onAbort);
+      };
       const waiter: Waiter = {
         alone,
         grant: () => {
-          signal.removeEventListener("abort", onAbort);
+          unlisten();
           resolve(release);
         },
       };
       const onAbort = () => {
+        unlisten();
         const i = this.#waiting.indexOf(waiter);
         if (i < 0) return;
         this.#waiting.splice(i, 1);
@@ -80,6 +88,7 @@ export class CrashGuard {
         this.#pump();
       };
       signal.addEventListener("abort", onAbort, { once: true });
+      drain?.addEventListener("abort", onAbort, { once: true });
       this.#waiting.push(waiter);
       this.#pump();
     });

@@ -55,6 +55,15 @@ export interface ExecutorDeps {
   wait?(ms: number, signal: AbortSignal): Promise<void>;
   /** Only after an unclean stop (see crash-guard.ts): shared by every handler of the process. */
   guard?: CrashGuard;
+  /**
+   * Aborted when the drain (SIGTERM) begins, long before `signal` (ctx.signal, at the shutdown
+   * timeout). A message that waits for something other than its own handler, the schema registry
+   * or its turn at the crash guard, stops waiting then and ends "aborted": unfinished, no attempt
+   * used up, nothing recorded as its outcome, so its partition's progress stays below it and Kafka
+   * delivers it again after the restart. No handler is cut, so the drain waits only for the
+   * handlers that run and exits 0 (the shutdown timeout alone means handlers were aborted).
+   */
+  drain?: AbortSignal;
 }
 
 /** What a dead letter of a message the process did not survive says went wrong. */
@@ -79,18 +88,25 @@ export class AbortedError extends Error {
   }
 }
 
-export function sleep(ms: number, signal: AbortSignal): Promise<void> {
+/** Waits `ms`; rejects with AbortedError as soon as `signal` (or `also`, when given) aborts. */
+export function sleep(ms: number, signal: AbortSignal, also?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal.aborted) return reject(new AbortedError());
+    if (signal.aborted || also?.aborted) return reject(new AbortedError());
+    const unlisten = () => {
+      signal.removeEventListener("abort", onAbort);
+      also?.removeEventListener("abort", onAbort);
+    };
     const onAbort = () => {
       clearTimeout(t);
+      unlisten();
       reject(new AbortedError());
     };
     const t = setTimeout(() => {
-      signal.removeEventListener("abort", onAbort);
+      unlisten();
       resolve();
     }, ms);
     signal.addEventListener("abort", onAbort, { once: true });
+    also?.addEventListener("abort", onAbort, { once: true });
   });
 }
 
@@ -118,7 +134,10 @@ interface PendingEncode {
  * Runs a schema-registry call until the registry answers. An unreachable registry is not the
  * message's fault, so waiting uses up no attempts (an outage must not dead-letter a topic's worth
  * of messages as exhausted): it follows the handler's backoff, marks the consumer blocked (readyz
- * 503) meanwhile, and throws AbortedError on shutdown or revoke. Other errors pass through.
+ * 503) meanwhile, and throws AbortedError on revoke, at the shutdown timeout, and as soon as the
+ * drain begins (`deps.drain`: the message is not running a handler, so the drain need not wait for
+ * it). A registry call already under way when the drain begins is not cut: it fails within the
+ * client's own retries (≈ 1 s on a refused connection). Other errors pass through.
  */
 async function untilRegistryAnswers<T>(
   call: () => T | Promise<T>,
@@ -143,7 +162,7 @@ async function untilRegistryAnswers<T>(
         waited = true;
         deps.blocked?.(err.message);
         onWait();
-        await sleep(delay, signal);
+        await sleep(delay, signal, deps.drain);
       }
     }
   } finally {
@@ -175,10 +194,14 @@ class GuardHold {
   release: (() => void) | undefined;
   constructor(readonly guard: CrashGuard, readonly alone: boolean) {}
 
-  /** False when the message was aborted while waiting. */
+  /**
+   * False when the message was aborted while waiting, or the drain began while it waited (then it
+   * ends unfinished without running: see ExecutorDeps.drain).
+   */
   async enter(run: Run): Promise<boolean> {
     if (this.release) return true;
-    const r = this.guard.enter(this.alone, run.signal);
+    const drain = run.deps.drain;
+    const r = this.guard.enter(this.alone, run.signal, drain);
     if (!(r instanceof Promise)) {
       this.release = r;
       return true;
@@ -191,6 +214,9 @@ class GuardHold {
     } finally {
       if (flagged) run.deps.blocked?.(undefined);
     }
+    // Granted in the turn the drain began (another handler's consumer stopped first, and its
+    // waiters' leaving let this one in): it has not started, so it ends unfinished like the rest.
+    if (this.release && drain?.aborted) this.leave();
     return this.release !== undefined;
   }
 
@@ -485,6 +511,16 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
         }
       } catch (err) {
         if (err instanceof AbortedError) {
+          // Revoke, shutdown timeout, or the drain began (deps.drain) while the registry was away.
+          // The handler ran, but nothing of this attempt is recorded as the message's outcome, so
+          // ending it unfinished is safe: its partition's progress stays below it (nothing after
+          // it is committed past it either) and the next start runs `handle` again. What the
+          // attempt recorded is reused then, not done twice: its ctx.step results and ctx.tx
+          // records are journaled (with the tx's writes, in the journal's next COMMIT, which the
+          // drain makes) under the message's id, and journal.start() marked the offset started,
+          // so the rerun looks them up. Its emits were only in memory: the rerun emits them again
+          // and they reach the outbox once, with its completion. The claim above was settled as
+          // survived, so no attempt is used up.
           run.report(id, "failed");
           return "aborted";
         }

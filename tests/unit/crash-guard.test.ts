@@ -1,6 +1,6 @@
 // The crash guard's lock: an attempt run alone never has another holder beside it, the shared side
 // runs together (at once when nothing is alone), nobody waits for ever behind a steady stream, and
-// an abort lets go.
+// an abort, or the drain's signal, lets go.
 import { describe, expect, test } from "bun:test";
 import { CrashGuard } from "../../src/processing/crash-guard.ts";
 
@@ -80,5 +80,27 @@ describe("crash guard", () => {
     already.abort();
     expect(await enter(g, false, already.signal)).toBeUndefined();
     alone();
+  });
+
+  test("the drain's signal ends waits as an abort does, and the holder keeps the lock", async () => {
+    const g = new CrashGuard();
+    const holder = (await enter(g, true))!;
+    const drain = new AbortController();
+    const shared = g.enter(false, never, drain.signal);
+    const alone = g.enter(true, never, drain.signal);
+    drain.abort();
+    expect([await shared, await alone]).toEqual([undefined, undefined]);
+    // Still held alone: a later shared waiter waits for the holder, not for the aborted ones.
+    let sharedIn = false;
+    const late = enter(g, false).then((r) => ((sharedIn = true), r!));
+    await tick();
+    expect(sharedIn).toBe(false);
+    holder();
+    (await late)();
+    // Once the drain began, a wait ends before it starts; the free lock is still taken at once.
+    expect(await g.enter(true, never, drain.signal)).toBeUndefined();
+    const free = g.enter(false, never, drain.signal);
+    expect(free instanceof Promise).toBe(false);
+    (free as () => void)();
   });
 });
