@@ -162,7 +162,7 @@ test("key order: lag counts the messages queued behind a slow key, not only the 
       if (p.n === 0) await slow;
     },
   }), [])!;
-  // Offset 0 (key "a") holds on; offsets 1–9 (keys "b"…) finish out of order above it.
+  // Offset 0 (key "a") holds on; offsets 1–9 (keys "k1"…) finish out of order above it.
   await broker.produce(KEYED, Array.from({ length: 10 }, (_, n) => ({ key: n === 0 ? "a" : `k${n}`, value: JSON.stringify({ n }), partition: 0 })));
   const worker = await Worker.start({
     handlers: [handler],
@@ -181,6 +181,12 @@ test("key order: lag counts the messages queued behind a slow key, not only the 
     // until offset 0 is (Kafka would deliver them all again).
     await Bun.sleep(600);
     expect(await lag()).toBe(10);
+    // Later messages arrive and finish too: the next fetch starts past the queued ones, but they
+    // are still not consumed (the fetch position is no position for key order while any wait).
+    await broker.produce(KEYED, Array.from({ length: 5 }, (_, i) => ({ key: `m${i}`, value: JSON.stringify({ n: 10 + i }), partition: 0 })));
+    await waitUntil("the five later keys processed", () => processed === 14 || undefined, { timeoutMs: 30_000 });
+    await Bun.sleep(600);
+    expect(await lag()).toBe(15);
     release();
     await waitUntil("lag 0 once the slow key finished", async () => (await lag()) === 0 || undefined, { timeoutMs: 15_000, intervalMs: 100 });
   } finally {

@@ -308,7 +308,7 @@ export class HandlerConsumer {
       if (b.firstOffset !== null) return;
       this.#bus.emit("consumer.fetched", {
         handler: this.handler.name, group: this.handler.groupId, topic: b.topic, partition: b.partition,
-        highWatermark: b.highWatermark, position: (BigInt(b.lastOffset) + 1n).toString(),
+        highWatermark: b.highWatermark, position: this.#fetchPosition(b.topic, b.partition, (BigInt(b.lastOffset) + 1n).toString()),
       });
     });
     consumer.on(consumer.events.CRASH, (e) => this.#onCrash(consumer, e.payload.error, e.payload.restart));
@@ -724,8 +724,18 @@ export class HandlerConsumer {
       topic: batch.topic,
       partition: batch.partition,
       highWatermark: batch.highWatermark,
-      position: batch.firstOffset() ?? undefined,
+      position: this.#fetchPosition(batch.topic, batch.partition, batch.firstOffset() ?? undefined),
     });
+  }
+
+  /**
+   * The fetch position as the lag's position. Key order fetches on past messages queued behind a
+   * slow or retrying key: while the partition's lanes hold unfinished messages, the fetch says
+   * nothing of them, and only the committed offset (the lowest unfinished one) counts.
+   */
+  #fetchPosition(topic: string, partition: number, position: string | undefined): string | undefined {
+    if (position === undefined || !this.#keySlots) return position;
+    return (this.#parts.get(key(topic, partition))?.lanes?.pending ?? 0) > 0 ? undefined : position;
   }
 
   /**

@@ -1,8 +1,9 @@
 // Per-partition consumer lag from what the consumers report on the event bus: the high watermark
 // of the latest fetch minus the partition's position, the furthest of the committed offset, the
-// last handled offset + 1 (not in key order) and the fetch position. No admin API involved (the
-// development broker has none), and on Kafka the fetch response's high watermark is the same log
-// end an admin client would read, so the figure means the same on both.
+// last handled offset + 1 (not in key order) and the fetch position (in key order only while
+// nothing of the partition is unfinished: see the consumer's #fetchPosition). No admin API
+// involved (the development broker has none), and on Kafka the fetch response's high watermark is
+// the same log end an admin client would read, so the figure means the same on both.
 import type { EventBus } from "../events.ts";
 import { PerPartition } from "../kafka/per-partition.ts";
 
