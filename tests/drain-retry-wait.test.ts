@@ -78,7 +78,7 @@ test("partition and topic order: SIGTERM while a message waits for its next try 
   expect(await again.exited()).toBe(0);
 
   expect(effects().sort()).toEqual(ORDERS.flatMap((o) => messages.map(([id]) => `${o}/${id}`)).sort());
-  // The restart went on counting: attempt 2, at once.
+  // The restart went on counting: attempt 2 (once the rest of its backoff had passed).
   for (const o of ORDERS) expect(calls(`${o}:first`).map((c) => c.attempt)).toEqual([1, 2]);
   expect(calls().filter((c) => !c.id.endsWith(":first")).every((c) => c.attempt === 1)).toBe(true);
   expect(calls().length).toBe(ORDERS.length * (messages.length + 1));
