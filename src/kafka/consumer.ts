@@ -161,7 +161,8 @@ export class HandlerConsumer {
    * Aborted when stop() begins: a message that waits and runs no handler is not in flight, so it
    * stops waiting and ends unfinished. order: "key": a wait for its next try (see #waitOffSlot),
    * as its partition's pause ends it in partition and topic order. Every order: a wait for the
-   * schema registry or for the crash guard (the executor's `drain`).
+   * schema registry to decode or for the crash guard (the executor's `drain`; a wait to encode
+   * emits is not ended: that handler ran).
    */
   #stopWaits = new AbortController();
   /**
@@ -339,8 +340,8 @@ export class HandlerConsumer {
     // waiting for its next try stops waiting, and its key's lane with it: its failed attempts are
     // journaled (the next start counts on), and it and its key's later messages stay at or above
     // the lowest unfinished offset, unfinished, so Kafka delivers them again. In every order, a
-    // message waiting for the schema registry or for the crash guard stops waiting too ("aborted"
-    // without a handler cut): its batch returns, or its key's lane stops, below it.
+    // message waiting for the schema registry to decode it or for the crash guard stops waiting
+    // too ("aborted" without a handler cut): its batch returns, or its key's lane stops, below it.
     this.#stopWaits.abort();
     const lanesDrained = this.#keySlots ? this.#drainLanes() : undefined;
     if (this.#activeBatches > 0 || lanesDrained) {

@@ -57,11 +57,13 @@ export interface ExecutorDeps {
   guard?: CrashGuard;
   /**
    * Aborted when the drain (SIGTERM) begins, long before `signal` (ctx.signal, at the shutdown
-   * timeout). A message that waits for something other than its own handler, the schema registry
+   * timeout). A message that waits before its handler ran, for the schema registry (to decode it)
    * or its turn at the crash guard, stops waiting then and ends "aborted": unfinished, no attempt
    * used up, nothing recorded as its outcome, so its partition's progress stays below it and Kafka
    * delivers it again after the restart. No handler is cut, so the drain waits only for the
    * handlers that run and exits 0 (the shutdown timeout alone means handlers were aborted).
+   * Not a wait to encode emits: that message's handler ran, and its next owner, with a journal
+   * of its own, would run it again (guarantee 7), so it stays in flight until `signal`.
    */
   drain?: AbortSignal;
 }
@@ -134,10 +136,10 @@ interface PendingEncode {
  * Runs a schema-registry call until the registry answers. An unreachable registry is not the
  * message's fault, so waiting uses up no attempts (an outage must not dead-letter a topic's worth
  * of messages as exhausted): it follows the handler's backoff, marks the consumer blocked (readyz
- * 503) meanwhile, and throws AbortedError on revoke, at the shutdown timeout, and as soon as the
- * drain begins (`deps.drain`: the message is not running a handler, so the drain need not wait for
- * it). A registry call already under way when the drain begins is not cut: it fails within the
- * client's own retries (≈ 1 s on a refused connection). Other errors pass through.
+ * 503) meanwhile, and throws AbortedError on revoke, at the shutdown timeout, and as soon as
+ * `drain` aborts (given only before the handler ran: see ExecutorDeps.drain). A registry call
+ * already under way when the drain begins is not cut: it fails within the client's own retries
+ * (≈ 1 s on a refused connection). Other errors pass through.
  */
 async function untilRegistryAnswers<T>(
   call: () => T | Promise<T>,
@@ -145,6 +147,7 @@ async function untilRegistryAnswers<T>(
   message: KafkaMessage,
   deps: ExecutorDeps,
   signal: AbortSignal,
+  drain: AbortSignal | undefined,
   onWait: () => void,
 ): Promise<T> {
   let waited = false;
@@ -162,7 +165,7 @@ async function untilRegistryAnswers<T>(
         waited = true;
         deps.blocked?.(err.message);
         onWait();
-        await sleep(delay, signal, deps.drain);
+        await sleep(delay, signal, drain);
       }
     }
   } finally {
@@ -393,7 +396,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     if (!REGISTRY_FORMATS.includes(handler.format)) payload = decodePayload(handler, message);
     else {
       const decode = () => decodePayload(handler, message);
-      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, () => run.report(id, "retried"));
+      payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, deps.drain, () => run.report(id, "retried"));
     }
     if (handler.def.key && message.headers["kexo-id"] === undefined) {
       let key: unknown;
@@ -505,17 +508,20 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       const { outbox, encodes } = ctx.emitted();
       // emit() is synchronous, so registry encoding happens here, before the journal records the
       // outbox: it stores the encoded bytes, and `handle` is not run again while the registry is away.
+      // The drain does not end this wait (no `drain`): the handler ran, so the message is in flight.
       try {
         for (const e of encodes) {
-          e.record.value = await untilRegistryAnswers(() => handler.registry!.encode(e.schema, e.value), handler, message, deps, signal, () => {});
+          e.record.value = await untilRegistryAnswers(() => handler.registry!.encode(e.schema, e.value), handler, message, deps, signal, undefined, () => {});
         }
       } catch (err) {
         if (err instanceof AbortedError) {
-          // Revoke, shutdown timeout, or the drain began (deps.drain) while the registry was away.
+          // Revoke or shutdown timeout while the registry was away (not the drain's beginning: with
+          // separate journals the partition's next owner would run the handler again, so the
+          // drain waits for this message as for a running handler).
           // The handler ran, but nothing of this attempt is recorded as the message's outcome, so
           // ending it unfinished is safe: its partition's progress stays below it (nothing after
-          // it is committed past it either) and the next start runs `handle` again. What the
-          // attempt recorded is reused then, not done twice: its ctx.step results and ctx.tx
+          // it is committed past it either) and the next run on this journal (or a shared one)
+          // runs `handle` again. What the attempt recorded is reused then, not done twice: its ctx.step results and ctx.tx
           // records are journaled (with the tx's writes, in the journal's next COMMIT, which the
           // drain makes) under the message's id, and journal.start() marked the offset started,
           // so the rerun looks them up. Its emits were only in memory: the rerun emits them again

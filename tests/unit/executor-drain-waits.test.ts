@@ -1,8 +1,9 @@
 // The drain (the executor's `drain` signal, aborted when stop() begins) ends the waits of messages
-// that run no handler: for the schema registry (before the handler, to decode; after it, to encode
-// its emits) and for the crash guard. Such a message ends "aborted" at once, with no attempt used
-// up and no outcome recorded; one whose handler ran before the wait runs again after the restart,
-// and what that handler recorded (ctx.step, ctx.tx) is reused, not done twice.
+// whose handler has not run: for the schema registry (to decode) and for the crash guard. Such a
+// message ends "aborted" at once, with no attempt used up and no outcome recorded. A message whose
+// handler ran and that waits to encode its emits is in flight: the drain waits for it (a next
+// owner with its own journal would run the handler again); the shutdown timeout ends that wait,
+// and the rerun on the same journal reuses what the handler recorded (ctx.step, ctx.tx).
 // tests/drain-registry-wait.test.ts and tests/drain-guard-wait.test.ts run the same through kexo.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
@@ -75,7 +76,45 @@ test("a message waiting for the registry to decode ends aborted as soon as the d
   }
 });
 
-test("a message waiting for the registry to encode its emits ends aborted at the drain; the rerun reuses its step and tx", async () => {
+test("a message waiting for the registry to encode its emits is in flight: the drain waits for it, and it finishes once the registry answers", async () => {
+  const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 1 });
+  let down = true;
+  let asked = 0;
+  let handled = 0;
+  const h = resolveHandler("h.ts", "h", defineHandler({
+    topics: ["t"], schema: v.object({ id: v.string() }), retry: { attempts: 3, initialDelayMs: 100, maxDelayMs: 100 },
+    async handle(p: { id: string }, ctx: HandlerContext) {
+      handled++;
+      ctx.emit("out", { key: p.id, value: { id: p.id }, schema: { subject: "out-value" } });
+    },
+  }), [])!;
+  h.registry = {
+    encode: async () => {
+      asked++;
+      if (down) throw new RegistryUnavailableError("registry down");
+      return Buffer.from("encoded");
+    },
+  } as never;
+  try {
+    const drain = new AbortController();
+    const { d, outcomes } = deps(journal, drain.signal);
+    const run = execute(h, msg(0), d, never);
+    await waitUntil("the registry asked to encode", () => asked >= 1 || undefined, { timeoutMs: 2000 });
+    drain.abort();
+    // Well past a few of its 50–100 ms waits: the drain did not end it.
+    expect(await settledWithin(run, 500)).toBe("still waiting");
+    down = false;
+    expect(await run).toBe("done");
+    expect({ handled, outcomes }).toEqual({ handled: 1, outcomes: ["processed"] });
+    await journal.flush();
+    const outbox = journal.query<{ value: Uint8Array }>("SELECT value FROM kexo_outbox WHERE topic = 'out'");
+    expect(outbox.map((r) => Buffer.from(r.value).toString())).toEqual(["encoded"]);
+  } finally {
+    await journal.close();
+  }
+});
+
+test("a message waiting for the registry to encode its emits ends aborted at the shutdown timeout; the rerun reuses its step and tx", async () => {
   const url = `file:${join(tempDir(), "j.db")}`;
   let down = true;
   let asked = 0;
@@ -97,14 +136,17 @@ test("a message waiting for the registry to encode its emits ends aborted at the
     },
   } as never;
 
-  // Run 1: the handler ran, its emit waits for the registry; the drain begins.
+  // Run 1: the handler ran, its emit waits for the registry; the drain begins, then the shutdown
+  // timeout aborts ctx.signal.
   let journal = Journal.open({ url, commitIntervalMs: 1 });
   const drain = new AbortController();
+  const timeout = new AbortController();
   const first = deps(journal, drain.signal);
-  const run = execute(h, msg(0), first.d, never);
+  const run = execute(h, msg(0), first.d, timeout.signal);
   await waitUntil("the registry asked to encode", () => asked >= 1 || undefined, { timeoutMs: 2000 });
-  expect(await settledWithin(run, 200)).toBe("still waiting");
   drain.abort();
+  expect(await settledWithin(run, 200)).toBe("still waiting");
+  timeout.abort();
   expect(await settledWithin(run, 200)).toBe("aborted");
   expect(first.outcomes).toEqual(["failed"]);
   await journal.close();
