@@ -24,6 +24,7 @@ import { beforeJoin, beforeLeave, type CommitVia, commitThrough, rejoinAs } from
 import { OffsetRanges } from "./offset-ranges.ts";
 import type { ProgressLog, ProgressRecord } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
+import { topicAssigner } from "./topic-assigner.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
 
 export interface ConsumerOptions {
@@ -282,6 +283,9 @@ export class HandlerConsumer {
       rebalanceTimeout: Math.max(this.#opts.sessionTimeoutMs, 10_000),
       maxWaitTimeInMs: this.#opts.maxWaitTimeInMs,
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
+      // order: "topic": a topic's partitions all go to one member (one message at a time per topic
+      // for the group, not per instance); the topics this member holds now tend to stay with it.
+      ...(this.handler.order === "topic" ? { partitionAssigners: [topicAssigner(() => Object.keys(this.#assignment))] } : {}),
     });
     this.#consumer = consumer;
     const memberKey = this.#journal.localKey(`member:${this.handler.groupId}`);
