@@ -24,6 +24,7 @@ import { beforeJoin, beforeLeave, type CommitVia, commitThrough, rejoinAs } from
 import { OffsetRanges } from "./offset-ranges.ts";
 import type { ProgressLog, ProgressRecord } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
+import { topicAssigner } from "./topic-assigner.ts";
 import { TIMED_OUT, within } from "../timeout.ts";
 
 export interface ConsumerOptions {
@@ -82,6 +83,12 @@ class PartitionState {
    * log's `done`, read once `ready`): done, so not run again (guarantee 7 with separate journals).
    */
   inherited = OffsetRanges.EMPTY;
+  /**
+   * order: "topic" only: the offset of the message that held the topic, waiting for its next try,
+   * when the previous owner let go of the partition (the progress log's `waiting`, read once
+   * `ready`, at or above `next`): it holds the topic here too until it is done.
+   */
+  waiting?: bigint;
 
   constructor(readonly topic: string, readonly partition: number, readonly epoch: number, next: bigint, ready: Promise<void>) {
     this.#next = this.durable = this.journaled = this.committed = next;
@@ -285,6 +292,9 @@ export class HandlerConsumer {
       rebalanceTimeout: Math.max(this.#opts.sessionTimeoutMs, 10_000),
       maxWaitTimeInMs: this.#opts.maxWaitTimeInMs,
       retry: { retries: 10, initialRetryTime: 200, maxRetryTime: 5000 },
+      // order: "topic": a topic's partitions all go to one member (one message at a time per topic
+      // for the group, not per instance); the topics this member holds now tend to stay with it.
+      ...(this.handler.order === "topic" ? { partitionAssigners: [topicAssigner(() => Object.keys(this.#assignment))] } : {}),
     });
     this.#consumer = consumer;
     const memberKey = this.#journal.localKey(`member:${this.handler.groupId}`);
@@ -404,6 +414,10 @@ export class HandlerConsumer {
                   topic: p.topic, partition: p.partition, next: p.next.toString(), ranges: p.inherited.ranges.length,
                 });
               }
+            }
+            if (this.handler.order === "topic") {
+              const waiting = log.waiting(groupId, p.topic, p.partition);
+              if (waiting !== undefined && waiting >= p.next) p.waiting = waiting;
             }
           }
         })
@@ -970,15 +984,17 @@ export class HandlerConsumer {
 
   /**
    * A message that had failed attempts when the last run stopped (or this one rejoined), at or past
-   * its partition's progress, holds its topic again until it is done.
+   * its partition's progress, holds its topic again until it is done; so does one that held it at
+   * the previous owner when that one let go (PartitionState.waiting: its journal is not this one).
    */
   #holdFromJournal(parts: Map<string, PartitionState>): void {
     if (parts !== this.#parts) return;
     for (const p of parts.values()) {
       if (this.#topicHolds.has(p.topic)) continue;
       let lowest: bigint | undefined;
-      for (const o of this.#journal.failedOffsets(this.handler.name, p.topic, p.partition)) {
-        const offset = BigInt(o);
+      const offsets = this.#journal.failedOffsets(this.handler.name, p.topic, p.partition).map(BigInt);
+      if (p.waiting !== undefined) offsets.push(p.waiting);
+      for (const offset of offsets) {
         if (offset >= p.next && (lowest === undefined || offset < lowest)) lowest = offset;
       }
       if (lowest !== undefined) this.#holdTopic(p.topic, p.partition, lowest);
@@ -1017,14 +1033,18 @@ export class HandlerConsumer {
     const records: ProgressRecord[] = [];
     for (const p of this.#parts.values()) {
       const above = done.get(p)?.from(p.durable);
-      if ((refused && p.durable >= 0n && p.durable > p.committed) || (above && !above.empty)) {
-        records.push({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, next: p.durable, done: above });
+      // order "topic": the message holding its topic while it waits for its next try; the topic's
+      // next owner holds it too (its journal knows nothing of the failed attempts).
+      const hold = this.#topicHolds.get(p.topic);
+      const waiting = hold?.partition === p.partition ? hold.offset : undefined;
+      if ((refused && p.durable >= 0n && p.durable > p.committed) || (above && !above.empty) || waiting !== undefined) {
+        records.push({ groupId: this.handler.groupId, topic: p.topic, partition: p.partition, next: p.durable, done: above, waiting });
       }
     }
     if (records.length === 0) return;
     await log.publish(records);
     this.#log.info(refused ? "offset commit refused; progress published for the next owner" : "progress above the committed offset published for the next owner", {
-      partitions: records.map((r) => `${r.topic}/${r.partition}@${r.next}${r.done && !r.done.empty ? ` +${r.done.ranges.length} done ranges` : ""}`),
+      partitions: records.map((r) => `${r.topic}/${r.partition}@${r.next}${r.done && !r.done.empty ? ` +${r.done.ranges.length} done ranges` : ""}${r.waiting !== undefined ? ` waiting at ${r.waiting}` : ""}`),
     });
   }
 

@@ -1,6 +1,7 @@
 // The progress log: a Kafka topic where an instance records a partition's journaled progress when
 // Kafka refused its offset commit (a rebalance had begun), and, for order "key", the offsets it
-// finished above that progress. kexo needs only each partition's latest record, so the topic may be
+// finished above that progress; for order "topic", the message that holds its topic while it waits
+// for its next try. kexo needs only each partition's latest record, so the topic may be
 // compacted (the broker's auto-creation makes it with its defaults). The next owner reads the
 // log to its end on assignment and skips what the previous owner already did, so a graceful
 // rebalance handles no message twice even when every instance has its own journal.
@@ -29,6 +30,12 @@ export interface ProgressRecord {
    * partition carries every such offset its writer knew of, inherited ones included.
    */
   done?: OffsetRanges;
+  /**
+   * order: "topic": the offset (at or above `next`) of the message waiting for its next try that
+   * holds the topic: its next owner holds the topic too until it is done. The latest record of a
+   * partition says it; one without it says nothing waits.
+   */
+  waiting?: bigint;
 }
 
 const keyOf = (groupId: string, topic: string, partition: number) => `${groupId}\u0000${topic}\u0000${partition}`;
@@ -43,6 +50,8 @@ export class ProgressLog {
   #latest = new Map<string, bigint>();
   /** Per partition, every `done` offset read or published, at or above its latest `next` (absent: none). */
   #done = new Map<string, OffsetRanges>();
+  /** Per partition, the latest record's `waiting` (absent: none). */
+  #waiting = new Map<string, bigint>();
   /** Next offset to read, per partition of the progress topic. */
   #position = new Map<number, bigint>();
   #joined: Promise<void>;
@@ -115,9 +124,11 @@ export class ProgressLog {
   #read(key: string, value: string, partition: number, offset: string): void {
     let next: bigint;
     let done: OffsetRanges | undefined;
+    let waiting: bigint | undefined;
     try {
-      const parsed = JSON.parse(value) as { next?: unknown; done?: unknown };
+      const parsed = JSON.parse(value) as { next?: unknown; done?: unknown; waiting?: unknown };
       next = BigInt(String(parsed.next));
+      if (parsed.waiting !== undefined) waiting = BigInt(String(parsed.waiting));
       if (parsed.done !== undefined) {
         done = OffsetRanges.decode(parsed.done);
         if (!done) throw new Error("`done` is not a list of [first, last] offset pairs");
@@ -126,11 +137,13 @@ export class ProgressLog {
       this.#log.warn("skipping an unreadable progress record", { topic: PROGRESS_TOPIC, partition, offset, error: err });
       return;
     }
-    this.#remember(key, next, done);
+    this.#remember(key, next, done, waiting);
   }
 
-  #remember(key: string, next: bigint, done: OffsetRanges | undefined): void {
+  #remember(key: string, next: bigint, done: OffsetRanges | undefined, waiting: bigint | undefined): void {
     if (next > (this.#latest.get(key) ?? -1n)) this.#latest.set(key, next);
+    if (waiting === undefined) this.#waiting.delete(key);
+    else this.#waiting.set(key, waiting);
     // Done offsets stay done: a later record without them (or with fewer) takes none away.
     // Below the partition's progress they say nothing more.
     const known = this.#done.get(key);
@@ -150,6 +163,11 @@ export class ProgressLog {
     return this.#done.get(keyOf(groupId, topic, partition)) ?? OffsetRanges.EMPTY;
   }
 
+  /** order: "topic": the offset of the message that held the topic when its last owner let go. */
+  waiting(groupId: string, topic: string, partition: number): bigint | undefined {
+    return this.#waiting.get(keyOf(groupId, topic, partition));
+  }
+
   /** Resolves once every record is acknowledged by all in-sync replicas. */
   async publish(records: ProgressRecord[]): Promise<void> {
     if (records.length === 0) return;
@@ -161,7 +179,8 @@ export class ProgressLog {
     await this.#producerReady;
     const encode = (r: ProgressRecord) => ({
       key: keyOf(r.groupId, r.topic, r.partition),
-      value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString(), ...(r.done && !r.done.empty ? { done: r.done.encode() } : {}) }),
+      value: JSON.stringify({ next: r.next.toString(), at: new Date().toISOString(), ...(r.done && !r.done.empty ? { done: r.done.encode() } : {}),
+        ...(r.waiting !== undefined ? { waiting: r.waiting.toString() } : {}) }),
     });
     // A record with done ranges may be large: each goes in a request of its own, so that one never
     // takes the others past the topic's max.message.bytes.
@@ -169,7 +188,7 @@ export class ProgressLog {
     for (const part of [records.filter((r) => !large(r)), ...records.filter(large).map((r) => [r])]) {
       if (part.length > 0) await this.#producer.send({ topic: PROGRESS_TOPIC, acks: -1, messages: part.map(encode) });
     }
-    for (const r of records) this.#remember(keyOf(r.groupId, r.topic, r.partition), r.next, r.done);
+    for (const r of records) this.#remember(keyOf(r.groupId, r.topic, r.partition), r.next, r.done, r.waiting);
   }
 
   async #restart(): Promise<void> {
