@@ -16,7 +16,6 @@ const TOPIC = "big-keyed";
 const PARTITIONS = 48;
 const PER_PARTITION = 16;
 const VALUE_BYTES = 256 * 1024;
-const BACKLOG = PARTITIONS * PER_PARTITION;
 const MIXED = "mixed-keyed";
 const MIXED_PARTITIONS = 16;
 const MIXED_BATCHES = 12;
@@ -74,29 +73,26 @@ test("key lanes stop fetching at the byte bound: a 192 MiB backlog behind a bloc
   try {
     const base = `http://${await w.httpAddress()}`;
     await w.waitJoined();
-    type Status = { handlers: { queued?: { messages: number; bytes: number }; partitions: { lag?: string }[] }[] };
+    type Status = { handlers: { queued?: { messages: number; bytes: number } }[] };
     const status = async () => ((await (await fetch(`${base}/status`)).json()) as Status).handlers[0]!;
-    const lag = (s: Awaited<ReturnType<typeof status>>) => s.partitions.reduce((n, p) => n + Number(p.lag ?? PER_PARTITION), 0);
-    // Fetching has stopped once the lag (high watermark minus fetch position) holds still, after
-    // something was fetched.
+    // The lanes have filled up once what they queue holds still, after something was queued. (Lag
+    // does not tell: with key order it counts everything behind the blocked key, fetched or not.)
     let last = -1;
-    const settled = await waitUntil("fetching to stop", async () => {
+    const settled = await waitUntil("the key lanes to fill up", async () => {
       const s = await status();
-      const now = lag(s);
-      const still = now === last && now < BACKLOG;
+      const now = s.queued?.messages ?? 0;
+      const still = now === last && now > 0;
       last = now;
       return still ? s : undefined;
     }, { timeoutMs: 30_000, intervalMs: 2000 });
 
     const bound = DEFAULT_CONSUMER_OPTIONS.maxQueuedBytes;
     const queued = settled.queued ?? { messages: 0, bytes: 0 };
-    // What was fetched: the queued messages, plus at most the rest of the fetch the paused batch
-    // came in (a partition's position is its last fetched batch's first offset: fetched − 1).
-    expect(BACKLOG - lag(settled)).toBeLessThanOrEqual(queued.messages + PARTITIONS);
     // Past the bound by at most the message that crossed it (and its bookkeeping).
     expect(queued.bytes).toBeGreaterThanOrEqual(bound);
     expect(queued.bytes).toBeLessThan(bound + VALUE_BYTES + 1024);
-    // Generous: the whole backlog alone would be 192 MiB; kexo idles at ≈ 60–90 MiB.
+    // Fetching stopped: the whole backlog alone would be 192 MiB; kexo idles at ≈ 60–90 MiB and
+    // holds the queued 32 MiB plus the fetch the waiting batch came in. Generous.
     expect(rssMiB(w.proc.pid, "VmHWM")).toBeLessThan(230);
   } finally {
     w.kill("SIGKILL");
