@@ -1,7 +1,9 @@
-// Guarantees 5 and 7 with order: "key" across a rebalance: a keyed message still waiting for its
-// next try when the rebalance grace runs out stops there. It never runs beside the new epoch's copy
-// of itself (the partition stayed) nor on a partition that went to another instance; and what the
-// old owner finished above it is not run again by the new owner with its own journal.
+// Guarantees 5 and 7 with order: "key" across a rebalance: a keyed message waiting for its next try
+// when a rebalance begins stops waiting at once (it is not running, so the rejoin does not wait out
+// the grace for it, nor abort the other keys' running messages with it). It never runs beside the
+// new epoch's copy of itself (the partition stayed) nor on a partition that went to another
+// instance; and what the old owner finished above it is not run again by the new owner with its
+// own journal.
 import { expect, test } from "bun:test";
 import { rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -15,8 +17,8 @@ const TOPIC = "keys-retry-rebalance-in";
 let broker: TestBroker;
 let dir: string;
 
-// Key r{p}'s first message fails while the file FAIL exists, retrying every 1–2 s: longer than
-// the rebalance grace (7 s), so the old owner's lanes close with it waiting.
+// Key r{p}'s first message fails while the file FAIL exists, retrying every 1–2 s, so a rebalance
+// finds it waiting.
 const HANDLER = `
 import { defineHandler, v } from "kexo";
 import { appendFileSync, existsSync } from "node:fs";
@@ -68,6 +70,8 @@ test("a keyed message waiting for its next try at a rebalance runs only in the n
   b.kill("SIGTERM");
   expect([await a.exited(), await b.exited()]).toEqual([0, 0]);
 
+  // The rejoin waited for no retry: nothing was still running or waiting when A rejoined.
+  expect(a.lines.filter((l) => l.msg === "rejoining before every keyed message finished; a new owner may run some of them again")).toEqual([]);
   const after = calls().slice(rebalancedAt);
   // After the rebalance each retrying key runs in one process only: its partition's owner.
   for (const k of ["r0", "r1"]) expect({ k, pids: new Set(after.filter((c) => c.id === k).map((c) => c.pid)).size }).toEqual({ k, pids: 1 });

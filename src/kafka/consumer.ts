@@ -173,6 +173,14 @@ export class HandlerConsumer {
    */
   #stopWaits = new AbortController();
   /**
+   * order: "key": aborted when a rejoin begins (#quiesceLanes), renewed at the join. A message
+   * waiting for its next try is not running, so the rebalance does not wait for it (else it held
+   * the rejoin for the whole grace, then aborted the other keys' running messages with it): its
+   * wait ends, its lane stops, and it and its key's later messages, at or above the lowest
+   * unfinished offset, go to the partition's next epoch or owner.
+   */
+  #rejoinWaits = new AbortController();
+  /**
    * order "partition"/"topic": the ctx.signal of the messages that batches start from now on. It
    * aborts with #abort, and when the rebalance grace runs out with messages still running
    * (#graceRanOut, which puts a fresh one here for the batches after: a later epoch's runs, the
@@ -386,6 +394,7 @@ export class HandlerConsumer {
 
   #onJoin(assignment: Record<string, number[]>, groupId: string): void {
     const epoch = ++this.#epoch;
+    if (this.#rejoinWaits.signal.aborted) this.#rejoinWaits = new AbortController();
     this.#endGrace();
     const progress = this.#journal.progress(groupId);
     const parts = new Map<string, PartitionState>();
@@ -773,8 +782,9 @@ export class HandlerConsumer {
    */
   #waitOffSlot = async (ms: number, signal: AbortSignal): Promise<void> => {
     const stopping = this.#stopWaits.signal;
-    await this.#keySlots!.without(sleep(ms, AbortSignal.any([signal, stopping])));
-    if (stopping.aborted) throw new AbortedError();
+    const rejoining = this.#rejoinWaits.signal;
+    await this.#keySlots!.without(sleep(ms, AbortSignal.any([signal, stopping, rejoining])));
+    if (stopping.aborted || rejoining.aborted) throw new AbortedError();
   };
 
   /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
@@ -813,13 +823,13 @@ export class HandlerConsumer {
 
   /**
    * One message of a key lane; a blocked dead letter ("aborted" while still ours) runs again. It
-   * waits for its next try in place, so its lanes' signal ends the wait when they close (the
-   * rebalance grace ran out): else it went on trying beside the next epoch's copy of itself, or on
-   * a partition another instance owns by then. stop() ends the wait too (#stopWaits), so a
-   * drain does not wait out the retries of a message that is not running.
+   * waits for its next try in place; a rejoin (#rejoinWaits) and stop() (#stopWaits) end the wait,
+   * so neither waits out the retries of a message that is not running, and it never goes on trying
+   * beside the next epoch's copy of itself, or on a partition another instance owns by then.
    */
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
     const lanes = state.lanes!;
+    const rejoining = this.#rejoinWaits.signal;
     for (;;) {
       // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
       // A drain ends only a wait for the next try (#stopWaits): then the lane stops.
@@ -833,7 +843,7 @@ export class HandlerConsumer {
         return false;
       }
       if (verdict === "done") return true;
-      if (lanes.signal.aborted || this.#stopWaits.signal.aborted) return false;
+      if (lanes.signal.aborted || this.#stopWaits.signal.aborted || rejoining.aborted) return false;
     }
   }
 
@@ -846,13 +856,15 @@ export class HandlerConsumer {
    * Runs before kafkajs (re)joins the group: the lanes run what they hold (within the rebalance
    * grace), and their progress reaches Kafka or the progress log, where the partition's next
    * owner looks. Without this, a new owner with its own journal would run again what this
-   * instance finished above the lowest unfinished offset, or was still running. Past the grace,
-   * queued messages are dropped, running ones see ctx.signal aborted (one that finishes anyway is
-   * recorded in this journal) and ones waiting for their next try stop; then the new owner may run
-   * again what finished above the shared offset (logged).
+   * instance finished above the lowest unfinished offset, or was still running. Messages waiting
+   * for their next try stop at once (#rejoinWaits), with their keys' lanes. Past the grace, queued
+   * messages are dropped and running ones see ctx.signal aborted (one that finishes anyway is
+   * recorded in this journal); then the new owner may run again what finished above the shared
+   * offset (logged).
    */
   async #quiesceLanes(): Promise<void> {
     this.#joined = false;
+    this.#rejoinWaits.abort();
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
       // The grace's last second goes to the aborted: their handlers mostly end at once, and one
       // that finishes meanwhile is captured as done below, not run again by the new owner. The
