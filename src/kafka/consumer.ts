@@ -16,7 +16,7 @@ import type { ResolvedHandler } from "../handlers/resolve.ts";
 import type { KafkaMessage } from "../index.ts";
 import type { CommitHook, Journal, ProgressEntry } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
-import { AbortedError, type DeadLetterPublisher, execute, type ExecutorDeps, sleep, type Verdict } from "../processing/executor.ts";
+import { AbortedError, type DeadLetterPublisher, execute, type ExecutorDeps, settledOrAborted, sleep, type Verdict } from "../processing/executor.ts";
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
@@ -787,6 +787,14 @@ export class HandlerConsumer {
     if (stopping.aborted || rejoining.aborted) throw new AbortedError();
   };
 
+  /** order: "key": a message waits for another copy of its id without its slot, as #waitOffSlot. */
+  #waitForOffSlot = async (other: Promise<unknown>, signal: AbortSignal): Promise<void> => {
+    const stopping = this.#stopWaits.signal;
+    const rejoining = this.#rejoinWaits.signal;
+    await this.#keySlots!.without(settledOrAborted(other, AbortSignal.any([signal, stopping, rejoining])));
+    if (stopping.aborted || rejoining.aborted) throw new AbortedError();
+  };
+
   /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
   #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
     return {
@@ -801,6 +809,7 @@ export class HandlerConsumer {
       retries: defer ? this.#retries : undefined,
       defer,
       wait: defer ? undefined : this.#keySlots && this.#waitOffSlot,
+      waitFor: defer ? undefined : this.#keySlots && this.#waitForOffSlot,
       guard: this.#guard,
       drain: this.#stopWaits.signal,
     };

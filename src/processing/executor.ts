@@ -53,6 +53,12 @@ export interface ExecutorDeps {
    * when `signal` aborts), letting others use what the message holds meanwhile (key order's slot).
    */
   wait?(ms: number, signal: AbortSignal): Promise<void>;
+  /**
+   * With `wait`: waits in place until `other` settles (another copy of the message's id runs),
+   * as `wait` does (letting go of what the message holds), rejecting with AbortedError when the
+   * wait ends first. Without it the message waits holding its place, until ctx.signal or `drain`.
+   */
+  waitFor?(other: Promise<unknown>, signal: AbortSignal): Promise<void>;
   /** Only after an unclean stop (see crash-guard.ts): shared by every handler of the process. */
   guard?: CrashGuard;
   /**
@@ -426,156 +432,224 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
   // Fast path: the default dedup id of an offset never started before has no record to find.
   const keyed = handler.def.key !== undefined || (message.headers["kexo-id"]?.length ?? 0) > 0;
   const unrecorded = (run.unrecorded = fresh && !below && !keyed);
-  if (!unrecorded) await journal.settled();
-  const done = unrecorded ? undefined : journal.lookup(handler.name, id, keyed ? undefined : message);
-  // A dead letter of this very delivery is done too (order "key" finishes messages above the
-  // committed offset, which Kafka delivers again after a crash); a replayed dead letter arrives
-  // at another offset and runs again.
-  const deadHere = done?.status === "dead_lettered" && done.topic === message.topic && done.partition === message.partition &&
-    String(done.offset) === message.offset;
-  if (done?.status === "completed" || below || deadHere) {
-    if (done?.status !== "completed") {
-      run.report(id, "deduplicated");
+  // Another copy of a keyed id may be running (see idsInFlight): this one waits for it.
+  let leave: (() => void) | undefined;
+  if (keyed && !below && !(leave = await turnOfId(run, id))) return "aborted";
+  try {
+    if (!unrecorded) await journal.settled();
+    const done = unrecorded ? undefined : journal.lookup(handler.name, id, keyed ? undefined : message);
+    // A dead letter of this very delivery is done too (order "key" finishes messages above the
+    // committed offset, which Kafka delivers again after a crash); a replayed dead letter arrives
+    // at another offset and runs again.
+    const deadHere = done?.status === "dead_lettered" && done.topic === message.topic && done.partition === message.partition &&
+      String(done.offset) === message.offset;
+    if (done?.status === "completed" || below || deadHere) {
+      if (done?.status !== "completed") {
+        run.report(id, "deduplicated");
+        return "done";
+      }
+      const result = done.result === null ? undefined : JSON.parse(done.result);
+      deps.log.debug("message deduplicated", { handler: handler.name, id, offset: message.offset, result });
+      run.report(id, "deduplicated", result);
       return "done";
     }
-    const result = done.result === null ? undefined : JSON.parse(done.result);
-    deps.log.debug("message deduplicated", { handler: handler.name, id, offset: message.offset, result });
-    run.report(id, "deduplicated", result);
-    return "done";
-  }
 
-  let first = pending?.attempt ?? 1;
-  if (!pending && !unrecorded) {
-    // A restart (or a new owner sharing this journal) delivers the same offset again and goes on
-    // counting where the last run stopped; an attempt cut by the crash counts again, and the last
-    // one is never skipped, unless the process died in it (see crash-guard.ts). A replay or another
-    // copy of the id is another delivery: it starts at 1.
-    const failedBefore = journal.failedAttempts(handler.name, message);
-    if (failedBefore !== undefined) {
-      run.attemptsKept = true;
-      // The handler gave up before the restart; only the dead letter's write was left.
-      if (failedBefore.deadLetter !== undefined) return deadLetter(run, fromKept(failedBefore.deadLetter, id));
-      const { attempts, deaths } = failedBefore;
+    let first = pending?.attempt ?? 1;
+    if (!pending && !unrecorded) {
+      // A restart (or a new owner sharing this journal) delivers the same offset again and goes on
+      // counting where the last run stopped; an attempt cut by the crash counts again, and the last
+      // one is never skipped, unless the process died in it (see crash-guard.ts). A replay or another
+      // copy of the id is another delivery: it starts at 1.
+      const failedBefore = journal.failedAttempts(handler.name, message);
+      if (failedBefore !== undefined) {
+        run.attemptsKept = true;
+        // The handler gave up before the restart; only the dead letter's write was left.
+        if (failedBefore.deadLetter !== undefined) return deadLetter(run, fromKept(failedBefore.deadLetter, id));
+        const { attempts, deaths } = failedBefore;
+        const unlimited = handler.deadLetterTopic(message.topic) === false;
+        if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
+          return deadLetter(run, failure(id, "exhausted", new ProcessDiedError(deaths, attempts), attempts));
+        }
+        first = unlimited ? attempts + 1 : Math.min(attempts + 1, handler.retry.attempts);
+        if (deaths > 0) {
+          deps.log.warn("the process died while this message ran alone; it runs again alone, and is dead-lettered if that goes on", {
+            handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
+            deaths, attempt: first, attempts: handler.retry.attempts,
+          });
+        }
+        const w = await restWait(run, id, failedBefore, first, unlimited);
+        if (w !== "continue") return w;
+      }
+    }
+    const hold = run.hold;
+    const tracked = hold !== undefined && (hold.alone || hold.guard.track(handler.name, message.topic, message.partition));
+    for (let attempt = first; ; attempt++) {
+      if (signal.aborted) return "aborted";
+      let claim: AttemptClaim | undefined;
+      if (hold) {
+        if (!(await hold.enter(run))) return "aborted";
+        if (tracked) {
+          claim = await journal.claimAttempt(handler.name, message, id, attempt, hold.alone);
+          run.attemptsKept = true;
+        }
+      }
+      const ctx = new Context(run, id, attempt, !keyed);
+      // slot: liveness's, set from the start so the object keeps one shape.
+      const attemptEvent: Attempt = { handler: handler.name, id, slot: -1 };
+      bus.emit("message.started", attemptEvent);
+      let result: unknown;
+      let failed: unknown;
+      let ok = false;
+      try {
+        result = await handler.def.handle(payload as never, ctx);
+        ok = true;
+      } catch (err) {
+        failed = err;
+      } finally {
+        ctx.ended = true;
+        try {
+          bus.emit("message.finished", attemptEvent);
+        } finally {
+          // The process survived it: a failure counts as one, success or an abort not at all.
+          claim?.settle(!ok && !signal.aborted);
+        }
+      }
+      if (ok) {
+        const { outbox, encodes } = ctx.emitted();
+        // emit() is synchronous, so registry encoding happens here, before the journal records the
+        // outbox: it stores the encoded bytes, and `handle` is not run again while the registry is away.
+        // The drain does not end this wait (no `drain`): the handler ran, so the message is in flight.
+        try {
+          for (const e of encodes) {
+            e.record.value = await untilRegistryAnswers(() => handler.registry!.encode(e.schema, e.value), handler, message, deps, signal, undefined, () => {});
+          }
+        } catch (err) {
+          if (err instanceof AbortedError) {
+            // Revoke or shutdown timeout while the registry was away (not the drain's beginning: with
+            // separate journals the partition's next owner would run the handler again, so the
+            // drain waits for this message as for a running handler).
+            // The handler ran, but nothing of this attempt is recorded as the message's outcome, so
+            // ending it unfinished is safe: its partition's progress stays below it (nothing after
+            // it is committed past it either) and the next run on this journal (or a shared one)
+            // runs `handle` again. What the attempt recorded is reused then, not done twice: its ctx.step results and ctx.tx
+            // records are journaled (with the tx's writes, in the journal's next COMMIT, which the
+            // drain makes) under the message's id, and journal.start() marked the offset started,
+            // so the rerun looks them up. Its emits were only in memory: the rerun emits them again
+            // and they reach the outbox once, with its completion. The claim above was settled as
+            // survived, so no attempt is used up.
+            run.report(id, "failed");
+            return "aborted";
+          }
+          return deadLetter(run, failure(id, "permanent", err, attempt));
+        }
+        let json: string;
+        try {
+          json = toJson(result, "the handler's result");
+        } catch (err) {
+          return deadLetter(run, failure(id, "permanent", err, attempt));
+        }
+        // A default id in partition/topic order is looked up only below the partition's progress,
+        // which then says "completed": with no result to return and nothing emitted, that progress
+        // (same COMMIT) can stand for the row. Keyed ids, key order (completes out of order),
+        // results, emits and Kafka transactions keep their row.
+        const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
+        run.clearAttempts();
+        journal.finish({
+          handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
+          offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
+        }, outbox, run.freshTx);
+        run.report(id, "processed");
+        return "done";
+      }
+      if (signal.aborted) {
+        run.report(id, "failed");
+        return "aborted";
+      }
+      if (failed instanceof PermanentError || failed instanceof PoisonError) {
+        return deadLetter(run, failure(id, failed instanceof PoisonError ? "poison" : "permanent", failed, attempt));
+      }
       const unlimited = handler.deadLetterTopic(message.topic) === false;
-      if (!unlimited && deaths > 0 && attempts >= handler.retry.attempts) {
-        return deadLetter(run, failure(id, "exhausted", new ProcessDiedError(deaths, attempts), attempts));
+      if (attempt >= handler.retry.attempts && !unlimited) {
+        return deadLetter(run, failure(id, "exhausted", failed, attempt));
       }
-      first = unlimited ? attempts + 1 : Math.min(attempts + 1, handler.retry.attempts);
-      if (deaths > 0) {
-        deps.log.warn("the process died while this message ran alone; it runs again alone, and is dead-lettered if that goes on", {
-          handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
-          deaths, attempt: first, attempts: handler.retry.attempts,
-        });
+      if (unlimited && attempt >= handler.retry.attempts) {
+        block(run, `retrying forever (deadLetter: false), ` +
+          `${attempt} attempts so far: ${errorMessage(failed)}`);
       }
-      const w = await restWait(run, id, failedBefore, first, unlimited);
+      const delay = backoff(attempt, handler.retry.initialDelayMs, handler.retry.maxDelayMs);
+      deps.log.warn("handler failed; retrying", {
+        handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
+        attempt, nextAttemptInMs: delay, error: failed,
+      });
+      run.recordFailedAttempts(id, attempt, undefined, delay);
+      run.report(id, "retried");
+      const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
       if (w !== "continue") return w;
     }
+  } finally {
+    leave?.();
   }
-  const hold = run.hold;
-  const tracked = hold !== undefined && (hold.alone || hold.guard.track(handler.name, message.topic, message.partition));
-  for (let attempt = first; ; attempt++) {
-    if (signal.aborted) return "aborted";
-    let claim: AttemptClaim | undefined;
-    if (hold) {
-      if (!(await hold.enter(run))) return "aborted";
-      if (tracked) {
-        claim = await journal.claimAttempt(handler.name, message, id, attempt, hold.alone);
-        run.attemptsKept = true;
-      }
-    }
-    const ctx = new Context(run, id, attempt, !keyed);
-    // slot: liveness's, set from the start so the object keeps one shape.
-    const attemptEvent: Attempt = { handler: handler.name, id, slot: -1 };
-    bus.emit("message.started", attemptEvent);
-    let result: unknown;
-    let failed: unknown;
-    let ok = false;
+}
+
+/**
+ * Keyed ids (business key, header kexo-id) in flight, per journal and handler. Other copies of an
+ * id than the delivery itself exist: a record an outbox published again (after a crash between
+ * its acknowledgement and its delete) or that two upstream runs emitted, which may land on another
+ * partition (a null key goes round robin). Two copies run side by side would both miss the other's
+ * completion at their lookup, and a ctx.tx of the later one, after the first completed (its tx
+ * record then gives way to the completion), would apply its writes a second time.
+ */
+const idsInFlight = new WeakMap<Journal, Map<string, Promise<void>>>();
+
+/**
+ * Waits until no other run of this handler has `id` in flight, then takes it: the returned
+ * function lets it go. Undefined when the wait ended first (ctx.signal, the drain, or the lane's
+ * own wait ending: key order waits without its slot, see ExecutorDeps.waitFor); the message then
+ * ends unfinished ("aborted"), and its lookup when it comes again finds what the other run did.
+ */
+async function turnOfId(run: Run, id: string): Promise<(() => void) | undefined> {
+  const { deps, handler, message } = run;
+  let runs = idsInFlight.get(deps.journal);
+  if (!runs) idsInFlight.set(deps.journal, (runs = new Map()));
+  const k = `${handler.name}\0${id}`;
+  for (let other = runs.get(k); other !== undefined; other = runs.get(k)) {
+    deps.log.debug("another copy of this id is running; waiting for it", { handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset });
+    // Nothing runs while it waits: the other copy (maybe waiting for its next try) may need the guard alone.
+    run.hold?.leave();
     try {
-      result = await handler.def.handle(payload as never, ctx);
-      ok = true;
-    } catch (err) {
-      failed = err;
-    } finally {
-      ctx.ended = true;
-      try {
-        bus.emit("message.finished", attemptEvent);
-      } finally {
-        // The process survived it: a failure counts as one, success or an abort not at all.
-        claim?.settle(!ok && !signal.aborted);
-      }
+      await (deps.waitFor ? deps.waitFor(other, run.signal) : settledOrAborted(other, run.signal, deps.drain));
+    } catch {
+      return undefined;
     }
-    if (ok) {
-      const { outbox, encodes } = ctx.emitted();
-      // emit() is synchronous, so registry encoding happens here, before the journal records the
-      // outbox: it stores the encoded bytes, and `handle` is not run again while the registry is away.
-      // The drain does not end this wait (no `drain`): the handler ran, so the message is in flight.
-      try {
-        for (const e of encodes) {
-          e.record.value = await untilRegistryAnswers(() => handler.registry!.encode(e.schema, e.value), handler, message, deps, signal, undefined, () => {});
-        }
-      } catch (err) {
-        if (err instanceof AbortedError) {
-          // Revoke or shutdown timeout while the registry was away (not the drain's beginning: with
-          // separate journals the partition's next owner would run the handler again, so the
-          // drain waits for this message as for a running handler).
-          // The handler ran, but nothing of this attempt is recorded as the message's outcome, so
-          // ending it unfinished is safe: its partition's progress stays below it (nothing after
-          // it is committed past it either) and the next run on this journal (or a shared one)
-          // runs `handle` again. What the attempt recorded is reused then, not done twice: its ctx.step results and ctx.tx
-          // records are journaled (with the tx's writes, in the journal's next COMMIT, which the
-          // drain makes) under the message's id, and journal.start() marked the offset started,
-          // so the rerun looks them up. Its emits were only in memory: the rerun emits them again
-          // and they reach the outbox once, with its completion. The claim above was settled as
-          // survived, so no attempt is used up.
-          run.report(id, "failed");
-          return "aborted";
-        }
-        return deadLetter(run, failure(id, "permanent", err, attempt));
-      }
-      let json: string;
-      try {
-        json = toJson(result, "the handler's result");
-      } catch (err) {
-        return deadLetter(run, failure(id, "permanent", err, attempt));
-      }
-      // A default id in partition/topic order is looked up only below the partition's progress,
-      // which then says "completed": with no result to return and nothing emitted, that progress
-      // (same COMMIT) can stand for the row. Keyed ids, key order (completes out of order),
-      // results, emits and Kafka transactions keep their row.
-      const byProgress = !keyed && handler.order !== "key" && json === "null" && outbox.length === 0 && !handler.kafkaTransactions;
-      run.clearAttempts();
-      journal.finish({
-        handler: handler.name, id, status: "completed", topic: message.topic, partition: message.partition,
-        offset: message.offset, attempts: attempt, result: json, coveredBy: byProgress ? handler.groupId : undefined,
-      }, outbox, run.freshTx);
-      run.report(id, "processed");
-      return "done";
-    }
-    if (signal.aborted) {
-      run.report(id, "failed");
-      return "aborted";
-    }
-    if (failed instanceof PermanentError || failed instanceof PoisonError) {
-      return deadLetter(run, failure(id, failed instanceof PoisonError ? "poison" : "permanent", failed, attempt));
-    }
-    const unlimited = handler.deadLetterTopic(message.topic) === false;
-    if (attempt >= handler.retry.attempts && !unlimited) {
-      return deadLetter(run, failure(id, "exhausted", failed, attempt));
-    }
-    if (unlimited && attempt >= handler.retry.attempts) {
-      block(run, `retrying forever (deadLetter: false), ` +
-        `${attempt} attempts so far: ${errorMessage(failed)}`);
-    }
-    const delay = backoff(attempt, handler.retry.initialDelayMs, handler.retry.maxDelayMs);
-    deps.log.warn("handler failed; retrying", {
-      handler: handler.name, id, topic: message.topic, partition: message.partition, offset: message.offset,
-      attempt, nextAttemptInMs: delay, error: failed,
-    });
-    run.recordFailedAttempts(id, attempt, undefined, delay);
-    run.report(id, "retried");
-    const w = await waitForNextTry(run, delay, { attempt: attempt + 1 });
-    if (w !== "continue") return w;
   }
+  let end!: () => void;
+  runs.set(k, new Promise<void>((resolve) => (end = resolve)));
+  return () => {
+    runs.delete(k);
+    end();
+  };
+}
+
+/** Resolves once `p` settled; rejects with AbortedError as soon as `signal` (or `also`) aborts. */
+export function settledOrAborted(p: Promise<unknown>, signal: AbortSignal, also?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted || also?.aborted) return reject(new AbortedError());
+    const onAbort = () => {
+      unlisten();
+      reject(new AbortedError());
+    };
+    const unlisten = () => {
+      signal.removeEventListener("abort", onAbort);
+      also?.removeEventListener("abort", onAbort);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+    also?.addEventListener("abort", onAbort, { once: true });
+    const settled = () => {
+      unlisten();
+      resolve();
+    };
+    p.then(settled, settled);
+  });
 }
 
 const NO_OUTBOX: readonly never[] = Object.freeze([]);
