@@ -54,3 +54,23 @@ export const createPartitioner: ICustomPartitioner = () => {
     return toPositive(++counters[topic]!) % numPartitions;
   };
 };
+
+/**
+ * The outbox's: kafkajs's default, except that a record without a key goes by its kexo-id (the
+ * same murmur2 hash a key gets) instead of round robin. A crash between a broker's acknowledgement
+ * and the outbox row's delete publishes the record again; the copy then lands on the partition
+ * of the first, whose consumer (with its own journal, in a downstream of several instances) saw
+ * the id and deduplicates it. Round robin sent it to any partition, maybe another instance's.
+ */
+export const createOutboxPartitioner: ICustomPartitioner = () => {
+  const byDefault = createPartitioner();
+  return (args) => {
+    const { message, partitionMetadata } = args;
+    if (message.partition == null && message.key == null) {
+      const header = message.headers?.["kexo-id"];
+      const id = Array.isArray(header) ? header[header.length - 1] : header;
+      if (id !== undefined) return toPositive(murmur2(id)) % partitionMetadata.length;
+    }
+    return byDefault(args);
+  };
+};

@@ -21,7 +21,7 @@ import type { WireHeaders } from "../kafka/headers.ts";
 import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
-import { createPartitioner } from "../kafka/partitioner.ts";
+import { createOutboxPartitioner } from "../kafka/partitioner.ts";
 import { isMissingTopic, refusedAsTooLarge } from "../kafka/produce-errors.ts";
 
 export interface OutboxRow {
@@ -108,7 +108,7 @@ export class OutboxRelay {
   constructor(deps: RelayDeps) {
     this.#deps = deps;
     this.#log = deps.log.child({ component: "outbox" });
-    this.#producer = deps.kafka.producer({ allowAutoTopicCreation: true, createPartitioner, retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 5000 } });
+    this.#producer = deps.kafka.producer({ allowAutoTopicCreation: true, createPartitioner: createOutboxPartitioner, retry: { retries: 5, initialRetryTime: 200, maxRetryTime: 5000 } });
     this.#except = (deps.exceptHandlers ?? []).map((h) => `'${h.replaceAll("'", "''")}'`).join(",");
   }
 

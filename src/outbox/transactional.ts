@@ -29,7 +29,7 @@ import { crashPoint } from "../debug-point.ts";
 import type { Journal } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import { type OutboxRow, toTopicMessages } from "./relay.ts";
-import { createPartitioner } from "../kafka/partitioner.ts";
+import { createOutboxPartitioner } from "../kafka/partitioner.ts";
 
 export interface PartitionOffset {
   topic: string;
@@ -63,7 +63,7 @@ export class TransactionalOutput {
       transactionalId: `kexo-tx-${groupId}-${clientId}`.slice(0, 255),
       maxInFlightRequests: 1,
       allowAutoTopicCreation: true,
-      createPartitioner,
+      createPartitioner: createOutboxPartitioner,
     });
   }
 
