@@ -258,7 +258,7 @@ export class HandlerConsumer {
     if (handler.order === "key") {
       // Queue bounds: enough to keep every slot busy behind a few slow keys, small enough for memory.
       this.#keySlots = new KeySlots(Math.max(1, handler.concurrency), Math.max(1000, handler.concurrency * 64), this.#opts.maxQueuedBytes);
-      this.#removeGates.push(beforeJoin(handler.groupId, () => this.#quiesceLanes()));
+      this.#removeGates.push(beforeJoin(handler.groupId, (lost) => this.#quiesceLanes(lost)));
     } else {
       this.#removeGates.push(beforeJoin(handler.groupId, () => this.#beforeRejoin()));
     }
@@ -869,9 +869,11 @@ export class HandlerConsumer {
    * for their next try stop at once (#rejoinWaits), with their keys' lanes. Past the grace, queued
    * messages are dropped and running ones see ctx.signal aborted (one that finishes anyway is
    * recorded in this journal); then the new owner may run again what finished above the shared
-   * offset (logged).
+   * offset (logged). `lost` (the coordinator no longer knew this member: its session expired
+   * while the process stalled, say): the partitions have new owners already, running their
+   * messages, so nothing queued may start here; the lanes close at once, as past the grace.
    */
-  async #quiesceLanes(): Promise<void> {
+  async #quiesceLanes(lost = false): Promise<void> {
     this.#joined = false;
     this.#rejoinWaits.abort();
     if ([...this.#parts.values()].some((p) => p.lanes && p.lanes.pending > 0)) {
@@ -879,7 +881,10 @@ export class HandlerConsumer {
       // that finishes meanwhile is captured as done below, not run again by the new owner. The
       // whole wait stays within the grace, so sharing progress keeps its time.
       const abortedMs = Math.min(1000, this.#graceMs / 4);
-      if ((await within(this.#drainLanes(), this.#graceMs - abortedMs)) === TIMED_OUT) {
+      if (lost) {
+        await within(Promise.all([...this.#parts.values()].map((p) => p.lanes?.close())), abortedMs);
+        this.#log.warn("this member's session expired and its partitions went to others; its keyed messages stopped", { inflight: this.#inflight });
+      } else if ((await within(this.#drainLanes(), this.#graceMs - abortedMs)) === TIMED_OUT) {
         await within(Promise.all([...this.#parts.values()].map((p) => p.lanes?.close())), abortedMs);
         this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs: this.#graceMs, inflight: this.#inflight });
       }
@@ -916,7 +921,9 @@ export class HandlerConsumer {
    *   session timeout). The coordinator then rebalances without this member calling anything; the
    *   new owner sees Kafka's offsets as of the last timer commit (≈ commitIntervalMs behind) and
    *   with a separate journal may redo that work. The per-batch settle this replaces had the same
-   *   hole for the batch in flight; a shared journal (libsql://) has none.
+   *   hole for the batch in flight; a shared journal (libsql://) has none. Nor is the stalled
+   *   member's waking covered, in either journal: the message it was running, and what its
+   *   fetched batches start before a heartbeat tells it it is out, run beside the new owner.
    *
    * The wait for running batches is the epoch's rebalance grace (#rebalanceGrace): it began here,
    * or earlier when a long batch's heartbeat was refused. That is the usual way a long message

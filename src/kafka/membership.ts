@@ -12,7 +12,7 @@ import ConsumerGroup from "kafkajs/src/consumer/consumerGroup.js";
 const hints = new Map<string, string>();
 /** The consumer group object kafkajs last joined with, per group id (see commitThrough). */
 const groups = new Map<string, Group>();
-const gates = new Map<string, Set<() => Promise<void>>>();
+const gates = new Map<string, Set<(lost: boolean) => Promise<void>>>();
 const leaveGates = new Map<string, Set<(commit: CommitVia) => Promise<void>>>();
 let patched = false;
 
@@ -22,6 +22,7 @@ export type CommitVia = (offsets: { topic: string; partition: number; offset: st
 type Group = {
   groupId: string;
   memberId: string | null;
+  generationId: number | null;
   commitOffsets(offsets: { topics: { topic: string; partitions: { partition: number; offset: string }[] }[] }): Promise<void>;
 };
 
@@ -55,6 +56,9 @@ function patch(): void {
       });
   };
   proto.joinAndSync = function (this: Group) {
+    // Joined before, and kafkajs cleared the member id: the coordinator answered UNKNOWN_MEMBER_ID
+    // (this member's session expired, a stalled process say), so its partitions went to others.
+    const lost = this.generationId !== null && this.generationId !== undefined && !this.memberId;
     groups.set(this.groupId, this);
     const hint = hints.get(this.groupId);
     if (hint !== undefined) {
@@ -62,7 +66,7 @@ function patch(): void {
       if (!this.memberId) this.memberId = hint;
     }
     const gate = gates.get(this.groupId);
-    return gate ? all(gate).then(() => original.call(this)) : original.call(this);
+    return gate ? all(gate, lost).then(() => original.call(this)) : original.call(this);
   };
 }
 
@@ -87,8 +91,10 @@ export function rejoinAs(groupId: string, memberId: string): void {
  * Every (re)join of `groupId` in this process first awaits `gate` (it must not reject): work that
  * kafkajs does not see (messages still running after their batch returned) finishes and is shared
  * before the partitions can move. The gate must end well within the group's rebalance timeout.
+ * `lost`: the coordinator no longer knew this member (its session expired): its partitions have
+ * moved already, and another member may be running their messages.
  */
-export function beforeJoin(groupId: string, gate: () => Promise<void>): () => void {
+export function beforeJoin(groupId: string, gate: (lost: boolean) => Promise<void>): () => void {
   return add(gates, groupId, gate);
 }
 
