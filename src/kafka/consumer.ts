@@ -509,7 +509,8 @@ export class HandlerConsumer {
 
   /**
    * A partition gone to another member: its waiting retries, its /readyz reason and its hold on
-   * its topic go with it.
+   * its topic go with it (order "key": the reasons are per message run, and every run of the last
+   * epoch ended its wait at the rejoin).
    */
   #forgetRevoked(kept: Map<string, PartitionState>): void {
     for (const p of this.#parts.values()) {
@@ -795,16 +796,19 @@ export class HandlerConsumer {
     if (stopping.aborted || rejoining.aborted) throw new AbortedError();
   };
 
-  /** What execute() needs for messages of partition `pk`; `defer` as in #execute's comment. */
-  #deps(pk: string, defer?: (ms: number) => void): ExecutorDeps {
+  /**
+   * What execute() needs for messages of partition `pk`; `defer` as in #execute's comment.
+   * `blockedAs`: the key of the /readyz reason the message sets (default: its partition's).
+   */
+  #deps(pk: string, defer?: (ms: number) => void, blockedAs = pk): ExecutorDeps {
     return {
       journal: this.#journal,
       bus: this.#bus,
       log: this.#log,
       dlq: this.#dlq,
       blocked: (reason) => {
-        if (reason === undefined) this.#blocked.delete(pk);
-        else this.#blocked.set(pk, reason);
+        if (reason === undefined) this.#blocked.delete(blockedAs);
+        else this.#blocked.set(blockedAs, reason);
       },
       retries: defer ? this.#retries : undefined,
       defer,
@@ -839,20 +843,29 @@ export class HandlerConsumer {
   async #runKeyed(state: PartitionState, message: KafkaMessage, below: boolean): Promise<boolean> {
     const lanes = state.lanes!;
     const rejoining = this.#rejoinWaits.signal;
-    for (;;) {
-      // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
-      // A drain ends only a wait for the next try (#stopWaits): then the lane stops.
-      if (lanes.closed || state !== this.#parts.get(key(state.topic, state.partition))) return false;
-      let verdict;
-      try {
-        verdict = await this.#execute(message, below, this.#deps(key(message.topic, message.partition)), lanes.signal);
-      } catch (err) {
-        this.#lastError = errorMessage(err);
-        this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
-        return false;
+    const pk = key(message.topic, message.partition);
+    // Its /readyz reason (a failing dead-letter write) is its own, not its partition's: other keys
+    // set and clear theirs meanwhile. It ends with this run, also when a rejoin or the drain ends
+    // the wait (the next epoch's run of the message, if it waits again, says so again).
+    const blockedAs = `${pk}@${message.offset}#${state.epoch}`;
+    try {
+      for (;;) {
+        // Not #stopping: a drain runs queued messages too; the shutdown timeout aborts through the signal.
+        // A drain ends only a wait for the next try (#stopWaits): then the lane stops.
+        if (lanes.closed || state !== this.#parts.get(pk)) return false;
+        let verdict;
+        try {
+          verdict = await this.#execute(message, below, this.#deps(pk, undefined, blockedAs), lanes.signal);
+        } catch (err) {
+          this.#lastError = errorMessage(err);
+          this.#bus.emit("worker.error", { handler: this.handler.name, error: err });
+          return false;
+        }
+        if (verdict === "done") return true;
+        if (lanes.signal.aborted || this.#stopWaits.signal.aborted || rejoining.aborted) return false;
       }
-      if (verdict === "done") return true;
-      if (lanes.signal.aborted || this.#stopWaits.signal.aborted || rejoining.aborted) return false;
+    } finally {
+      this.#blocked.delete(blockedAs);
     }
   }
 

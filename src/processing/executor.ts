@@ -5,7 +5,7 @@ import { capBytes, errorMessage, errorStack, errorType, PermanentError, PoisonEr
 import type { Attempt, EventBus, Outcome } from "../events.ts";
 import { REGISTRY_FORMATS, type ResolvedHandler } from "../handlers/resolve.ts";
 import type { EmitMessage, HandlerContext, KafkaMessage } from "../index.ts";
-import type { AttemptClaim, FailedAttempts, Journal, OutboxRecord } from "../journal/journal.ts";
+import type { AttemptClaim, FailedAttempts, Journal, LookupRow, OutboxRecord } from "../journal/journal.ts";
 import type { Logger } from "../log.ts";
 import type { SchemaRef } from "../registry/registry.ts";
 import { RegistryUnavailableError } from "../registry/unavailable.ts";
@@ -377,6 +377,12 @@ async function restWait(run: Run, id: string, kept: FailedAttempts, attempt: num
   return waitForNextTry(run, ms, run.hold?.alone ? { attempt, alone: true } : { attempt });
 }
 
+/** The journal's entry is a dead letter of this very delivery (a replayed copy arrives elsewhere). */
+function deadLetteredHere(done: LookupRow | undefined, message: KafkaMessage): boolean {
+  return done?.status === "dead_lettered" && done.topic === message.topic && done.partition === message.partition &&
+    String(done.offset) === message.offset;
+}
+
 async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
   const { handler, message, deps, signal, pending } = run;
   const { journal, bus } = deps;
@@ -422,6 +428,15 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       run.report(id, "deduplicated");
       return "done";
     }
+    // Dead-lettered already, at this very delivery: order "key" finishes messages above the
+    // committed offset, and after a crash Kafka delivers them again (as deadHere below).
+    if (!fresh) {
+      await journal.settled();
+      if (deadLetteredHere(journal.lookup(handler.name, id), message)) {
+        run.report(id, "deduplicated");
+        return "done";
+      }
+    }
     const before = pending ? undefined : journal.failedAttempts(handler.name, message);
     if (before?.deadLetter !== undefined) return deadLetter(run, fromKept(before.deadLetter, id));
     // Attempts that failed before a restart (a redeploy that changed the schema, say) count too.
@@ -441,8 +456,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     // A dead letter of this very delivery is done too (order "key" finishes messages above the
     // committed offset, which Kafka delivers again after a crash); a replayed dead letter arrives
     // at another offset and runs again.
-    const deadHere = done?.status === "dead_lettered" && done.topic === message.topic && done.partition === message.partition &&
-      String(done.offset) === message.offset;
+    const deadHere = deadLetteredHere(done, message);
     if (done?.status === "completed" || below || deadHere) {
       if (done?.status !== "completed") {
         run.report(id, "deduplicated");
