@@ -781,20 +781,18 @@ export class HandlerConsumer {
    * order: "key": a message waits for its next try without its running slot (KeySlots.without).
    * stop() ends the wait (AbortedError), also one that ended while it waited for a slot again.
    */
-  #waitOffSlot = async (ms: number, signal: AbortSignal): Promise<void> => {
-    const stopping = this.#stopWaits.signal;
-    const rejoining = this.#rejoinWaits.signal;
-    await this.#keySlots!.without(sleep(ms, AbortSignal.any([signal, stopping, rejoining])));
-    if (stopping.aborted || rejoining.aborted) throw new AbortedError();
-  };
+  #waitOffSlot = (ms: number, signal: AbortSignal): Promise<void> => this.#offSlot((until) => sleep(ms, until), signal);
 
   /** order: "key": a message waits for another copy of its id without its slot, as #waitOffSlot. */
-  #waitForOffSlot = async (other: Promise<unknown>, signal: AbortSignal): Promise<void> => {
+  #waitForOffSlot = (other: Promise<unknown>, signal: AbortSignal): Promise<void> => this.#offSlot((until) => settledOrAborted(other, until), signal);
+
+  /** A wait without the running slot, ended by `signal`, stop() and a rejoin (AbortedError for the last two). */
+  async #offSlot(wait: (until: AbortSignal) => Promise<void>, signal: AbortSignal): Promise<void> {
     const stopping = this.#stopWaits.signal;
     const rejoining = this.#rejoinWaits.signal;
-    await this.#keySlots!.without(settledOrAborted(other, AbortSignal.any([signal, stopping, rejoining])));
+    await this.#keySlots!.without(wait(AbortSignal.any([signal, stopping, rejoining])));
     if (stopping.aborted || rejoining.aborted) throw new AbortedError();
-  };
+  }
 
   /**
    * What execute() needs for messages of partition `pk`; `defer` as in #execute's comment.
@@ -874,6 +872,11 @@ export class HandlerConsumer {
     await Promise.all([...this.#parts.values()].map((p) => p.lanes?.drain()));
   }
 
+  /** Every partition's lanes close (see PartitionLanes.close); resolves when their running messages ended. */
+  async #closeLanes(): Promise<void> {
+    await Promise.all([...this.#parts.values()].map((p) => p.lanes?.close()));
+  }
+
   /**
    * Runs before kafkajs (re)joins the group: the lanes run what they hold (within the rebalance
    * grace), and their progress reaches Kafka or the progress log, where the partition's next
@@ -895,10 +898,10 @@ export class HandlerConsumer {
       // whole wait stays within the grace, so sharing progress keeps its time.
       const abortedMs = Math.min(1000, this.#graceMs / 4);
       if (lost) {
-        await within(Promise.all([...this.#parts.values()].map((p) => p.lanes?.close())), abortedMs);
+        await within(this.#closeLanes(), abortedMs);
         this.#log.warn("this member's session expired and its partitions went to others; its keyed messages stopped", { inflight: this.#inflight });
       } else if ((await within(this.#drainLanes(), this.#graceMs - abortedMs)) === TIMED_OUT) {
-        await within(Promise.all([...this.#parts.values()].map((p) => p.lanes?.close())), abortedMs);
+        await within(this.#closeLanes(), abortedMs);
         this.#log.warn("rejoining before every keyed message finished; a new owner may run some of them again", { graceMs: this.#graceMs, inflight: this.#inflight });
       }
     }

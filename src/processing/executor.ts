@@ -96,8 +96,11 @@ export class AbortedError extends Error {
   }
 }
 
-/** Waits `ms`; rejects with AbortedError as soon as `signal` (or `also`, when given) aborts. */
-export function sleep(ms: number, signal: AbortSignal, also?: AbortSignal): Promise<void> {
+/**
+ * A wait that `start` begins (given how to end it, returning how to cancel it); rejects with
+ * AbortedError, the wait cancelled, as soon as `signal` (or `also`, when given) aborts.
+ */
+function abortable(signal: AbortSignal, also: AbortSignal | undefined, start: (done: () => void) => () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal.aborted || also?.aborted) return reject(new AbortedError());
     const unlisten = () => {
@@ -105,16 +108,24 @@ export function sleep(ms: number, signal: AbortSignal, also?: AbortSignal): Prom
       also?.removeEventListener("abort", onAbort);
     };
     const onAbort = () => {
-      clearTimeout(t);
+      cancel();
       unlisten();
       reject(new AbortedError());
     };
-    const t = setTimeout(() => {
-      unlisten();
-      resolve();
-    }, ms);
     signal.addEventListener("abort", onAbort, { once: true });
     also?.addEventListener("abort", onAbort, { once: true });
+    const cancel = start(() => {
+      unlisten();
+      resolve();
+    });
+  });
+}
+
+/** Waits `ms`; rejects with AbortedError as soon as `signal` (or `also`, when given) aborts. */
+export function sleep(ms: number, signal: AbortSignal, also?: AbortSignal): Promise<void> {
+  return abortable(signal, also, (done) => {
+    const t = setTimeout(done, ms);
+    return () => clearTimeout(t);
   });
 }
 
@@ -609,7 +620,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
  * Keyed ids (business key, header kexo-id) in flight, per journal and handler. Other copies of an
  * id than the delivery itself exist: a record an outbox published again (after a crash between
  * its acknowledgement and its delete) or that two upstream runs emitted, which may land on another
- * partition (a null key goes round robin). Two copies run side by side would both miss the other's
+ * partition (another producer's copies; kexo's own outbox places a copy where its first went). Two copies run side by side would both miss the other's
  * completion at their lookup, and a ctx.tx of the later one, after the first completed (its tx
  * record then gives way to the completion), would apply its writes a second time.
  */
@@ -646,23 +657,9 @@ async function turnOfId(run: Run, id: string): Promise<(() => void) | undefined>
 
 /** Resolves once `p` settled; rejects with AbortedError as soon as `signal` (or `also`) aborts. */
 export function settledOrAborted(p: Promise<unknown>, signal: AbortSignal, also?: AbortSignal): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (signal.aborted || also?.aborted) return reject(new AbortedError());
-    const onAbort = () => {
-      unlisten();
-      reject(new AbortedError());
-    };
-    const unlisten = () => {
-      signal.removeEventListener("abort", onAbort);
-      also?.removeEventListener("abort", onAbort);
-    };
-    signal.addEventListener("abort", onAbort, { once: true });
-    also?.addEventListener("abort", onAbort, { once: true });
-    const settled = () => {
-      unlisten();
-      resolve();
-    };
-    p.then(settled, settled);
+  return abortable(signal, also, (done) => {
+    p.then(done, done);
+    return () => {};
   });
 }
 
