@@ -3,7 +3,7 @@
 // (a real journal file, the worker's metrics, liveness and GC pacer listening, partition progress
 // through a commit hook). Each stage adds one part, so the differences say what each part costs.
 //
-//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx,guarded]
+//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx,steptx,guarded]
 //
 // The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
 // kafkajs's fetch and decode on top. `insert` is the handler's INSERT alone through the libsql
@@ -11,7 +11,8 @@
 // cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
 // `guarded` is `tx` after an unclean stop (src/processing/crash-guard.ts): the first 1000 messages
 // per partition journal each attempt before it runs, the rest take the guard's shared side; with
-// --messages 8000 (8 partitions) every message is tracked.
+// --messages 8000 (8 partitions) every message is tracked. `steptx` is scenario (c): a ctx.step
+// before the tx, and the step's result returned (so a completion row with it, and a step row).
 import Database from "libsql";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -20,7 +21,7 @@ import { parseArgs } from "node:util";
 import { EventBus } from "../src/events.ts";
 import { Liveness } from "../src/health/liveness.ts";
 import { resolveHandler } from "../src/handlers/resolve.ts";
-import { defineHandler, type KafkaMessage, v } from "../src/index.ts";
+import { defineHandler, type HandlerContext, type HandlerDb, type KafkaMessage, v } from "../src/index.ts";
 import { Journal, type ProgressEntry } from "../src/journal/journal.ts";
 import { createLogger } from "../src/log.ts";
 import { startGcPacer } from "../src/memory/gc-pacer.ts";
@@ -55,18 +56,29 @@ function resolved(name: string, def: unknown) {
   return h;
 }
 
+type Row = { id: string; account: string; amount: number };
+const createRows = async (db: HandlerDb) => void (await db.execute("CREATE TABLE IF NOT EXISTS bench_rows (id TEXT PRIMARY KEY, account TEXT NOT NULL, amount REAL NOT NULL)"));
+const insertRow = (e: Row, ctx: HandlerContext) =>
+  ctx.tx(async (db) => void (await db.execute({ sql: "INSERT INTO bench_rows (id, account, amount) VALUES (?, ?, ?)", args: [e.id, e.account, e.amount] })));
+
 const handlers = {
   noop: resolved("noop", defineHandler({ topics: [TOPIC], schema, async handle() {} })),
   tx: resolved("tx", defineHandler({
     topics: [TOPIC],
     schema,
-    async setup(db) {
-      await db.execute("CREATE TABLE IF NOT EXISTS bench_rows (id TEXT PRIMARY KEY, account TEXT NOT NULL, amount REAL NOT NULL)");
-    },
+    setup: createRows,
     async handle(e, ctx) {
-      await ctx.tx(async (db) => {
-        await db.execute({ sql: "INSERT INTO bench_rows (id, account, amount) VALUES (?, ?, ?)", args: [e.id, e.account, e.amount] });
-      });
+      await insertRow(e, ctx);
+    },
+  })),
+  steptx: resolved("steptx", defineHandler({
+    topics: [TOPIC],
+    schema,
+    setup: createRows,
+    async handle(e, ctx) {
+      const score = await ctx.step("score", () => ({ score: e.amount * 2 }));
+      await insertRow(e, ctx);
+      return score;
     },
   })),
 };
@@ -161,4 +173,5 @@ if (only.has("insert")) {
 }
 if (only.has("noop")) await stage("noop", msgs);
 if (only.has("tx")) await stage("tx", msgs);
+if (only.has("steptx")) await stage("steptx", msgs);
 if (only.has("guarded")) await stage("tx", msgs, true);

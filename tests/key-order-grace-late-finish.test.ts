@@ -1,7 +1,7 @@
 // Guarantee 7 with order: "key" past the rebalance grace: a keyed message still running when the
-// grace runs out is aborted through ctx.signal. A handler that then wraps up and still finishes
-// (its tx commits) within the moment kexo waits after the abort is published as done before the
-// partitions move, so the new owner, with its own journal, does not run it again.
+// grace runs out is aborted through ctx.signal. A handler whose ctx.tx body was under way then and
+// still finishes (its tx commits) within the moment kexo waits after the abort is published as
+// done before the partitions move, so the new owner, with its own journal, does not run it again.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
@@ -14,8 +14,9 @@ const TOPIC = "keys-grace-late-in";
 let broker: TestBroker;
 let dir: string;
 
-// "slow" messages run until their signal aborts, then take 200 ms more and commit their effect
-// (well inside the second kexo waits for them, also on a loaded machine).
+// "slow" messages' tx bodies run until their signal aborts, then take 200 ms more and commit their
+// effect (well inside the second kexo waits for them, also on a loaded machine). The second one's
+// ctx.tx waits for the first's body to let go of the journal, then takes its own 200 ms.
 const HANDLER = `
 import { defineHandler, v } from "kexo";
 import { appendFileSync } from "node:fs";
@@ -27,13 +28,17 @@ export default defineHandler({
   async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (n INTEGER NOT NULL)"); },
   async handle(p, ctx) {
     appendFileSync(process.env.CALLS_LOG!, JSON.stringify({ id: String(p.n), instance: process.env.INSTANCE }) + "\\n");
-    if (p.slow) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, 30_000);
-        ctx.signal.addEventListener("abort", () => { clearTimeout(t); setTimeout(resolve, 200); }, { once: true });
-      });
-    }
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (n) VALUES (?)", args: [p.n] }));
+    // The tx body is under way when the abort comes (a ctx.tx called after it is refused).
+    await ctx.tx(async (db) => {
+      if (p.slow) {
+        await new Promise<void>((resolve) => {
+          if (ctx.signal.aborted) return void setTimeout(resolve, 200);
+          const t = setTimeout(resolve, 30_000);
+          ctx.signal.addEventListener("abort", () => { clearTimeout(t); setTimeout(resolve, 200); }, { once: true });
+        });
+      }
+      await db.execute({ sql: "INSERT INTO effects (n) VALUES (?)", args: [p.n] });
+    });
   },
 });
 `;

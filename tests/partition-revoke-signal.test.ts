@@ -15,6 +15,7 @@ import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "revoke-signal-in";
 const TOPIC_BACK = "revoke-signal-back";
+const TOPIC_IGNORED = "revoke-signal-ignored";
 let broker: TestBroker;
 let dir: string;
 
@@ -24,7 +25,7 @@ let dir: string;
  * once. `elsewhere`: the handler of an instance that only holds partitions for a while (every run
  * fails and waits a minute for its next try, so nothing of it takes effect).
  */
-function handler(topic: string, elsewhere = false): string {
+function handler(topic: string, elsewhere = false, ignore = false): string {
   return `
 import { defineHandler, v } from "kexo";
 import { appendFileSync, writeFileSync } from "node:fs";
@@ -51,6 +52,13 @@ export default defineHandler({
           const t = setTimeout(r, 30_000);
           ctx.signal.addEventListener("abort", () => { clearTimeout(t); r(undefined); }, { once: true });
         });
+        if (${ignore}) {
+          // Carries on as if nothing happened, past the rebalance timeout: the group has moved on.
+          await new Promise((r) => setTimeout(r, 5000));
+          const refused = await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (k, n) VALUES (?, ?)", args: [p.k, p.n] })).then(() => null, (e) => e.name);
+          log({ id: "slow", event: "end", aborted: ctx.signal.aborted, refused });
+          return;
+        }
         log({ id: "slow", event: "end", aborted: ctx.signal.aborted });
         if (ctx.signal.aborted) throw new Error("partition revoked");
       }
@@ -61,9 +69,9 @@ export default defineHandler({
 `;
 }
 
-withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [TOPIC_BACK]: 2, [`${TOPIC_BACK}.dlq`]: 1 }, {}, (f) => ({ broker, dir } = f));
+withBroker({ [TOPIC]: 2, [`${TOPIC}.dlq`]: 1, [TOPIC_BACK]: 2, [`${TOPIC_BACK}.dlq`]: 1, [TOPIC_IGNORED]: 2, [`${TOPIC_IGNORED}.dlq`]: 1 }, {}, (f) => ({ broker, dir } = f));
 
-type Call = { id: string; event: "start" | "end"; first?: boolean; aborted: boolean; pid: number };
+type Call = { id: string; event: "start" | "end"; first?: boolean; aborted: boolean; refused?: string | null; pid: number };
 
 const effects = (db: string) => queryRows<{ k: string; n: number }>(db, "SELECT k, n FROM effects").map((e) => `${e.k}:${e.n}`);
 const EVERY_EFFECT = ["slow:0", ...[1, 2, 3, 4, 5, 6].map((n) => `x:${n}`)];
@@ -73,9 +81,9 @@ const EVERY_EFFECT = ["slow:0", ...[1, 2, 3, 4, 5, 6].map((n) => `x:${n}`)];
  * own journal. Instance A (a.db) is started and `topic` filled: partition 0 opens with `slow`, both
  * partitions carry messages that take effect at once. Returns once A runs `slow`.
  */
-async function aRunningSlow(name: string, topic: string) {
+async function aRunningSlow(name: string, topic: string, ignore = false) {
   const here = join(dir, name);
-  await Bun.write(join(here, "handlers", "slow.ts"), handler(topic));
+  await Bun.write(join(here, "handlers", "slow.ts"), handler(topic, false, ignore));
   await Bun.write(join(here, "elsewhere", "slow.ts"), handler(topic, true));
   const { env, calls } = callsLog<Call>(here);
   const start = (db: string, handlers = "handlers") =>
@@ -87,6 +95,17 @@ async function aRunningSlow(name: string, topic: string) {
   await broker.produce(topic, msgs);
   await waitUntil("A runs slow", () => calls("slow").find((c) => c.event === "start" && c.first) || undefined);
   return { here, calls, start, a };
+}
+
+/** Once every message took effect in A's or B's journal (and a moment more): both drain, exit 0. */
+async function everyEffectThenStop(here: string, a: WorkerProcess, b: WorkerProcess): Promise<string[]> {
+  const dbs = [join(here, "a.db"), join(here, "b.db")];
+  await waitUntil("every message's effect", () => new Set(dbs.flatMap(effects)).size >= EVERY_EFFECT.length || undefined, { timeoutMs: 30_000 });
+  await sleep(2000);
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
+  expect([await a.exited(), await b.exited()]).toEqual([0, 0]);
+  return dbs;
 }
 
 /** A's run of `slow` ends through its signal, well before its own 30 s bound. */
@@ -101,12 +120,7 @@ test("a handler still running past the rebalance grace sees ctx.signal aborted; 
   await b.waitJoined();
   await expectAbortedOn(a, calls);
 
-  const dbs = [join(here, "a.db"), join(here, "b.db")];
-  await waitUntil("every message's effect", () => new Set(dbs.flatMap(effects)).size >= EVERY_EFFECT.length || undefined, { timeoutMs: 30_000 });
-  await sleep(1000);
-  a.kill("SIGTERM");
-  b.kill("SIGTERM");
-  expect([await a.exited(), await b.exited()]).toEqual([0, 0]);
+  const dbs = await everyEffectThenStop(here, a, b);
   // Every message took effect once overall; `slow` by a run after the aborted one, with a live signal.
   expect(dbs.flatMap(effects).sort()).toEqual(EVERY_EFFECT);
   expect(calls("slow").filter((c) => c.event === "start").map((c) => c.aborted)).toEqual([false, false]);
@@ -133,4 +147,18 @@ test("the partition back on the same instance: the old run's signal aborted, the
   const mine = calls("slow").filter((c) => c.pid === a.proc.pid && c.event === "start");
   expect(mine.map((c) => ({ first: c.first, aborted: c.aborted }))).toEqual([{ first: true, aborted: false }, { first: false, aborted: false }]);
   expect(a.lines.filter((l) => l.msg === "joined group").length).toBeGreaterThanOrEqual(2);
+}, 120_000);
+
+test("a handler that ignores ctx.signal and carries on past the rebalance timeout: its late ctx.tx is refused, the message takes effect once", async () => {
+  const { here, calls, start, a } = await aRunningSlow("ignored", TOPIC_IGNORED, true);
+  const b = start("b.db");
+  await b.waitJoined();
+  // A's run of slow carries on 5 s past its abort, past the 10 s rebalance timeout: by then the
+  // group went on without A and slow's partition was B's, which ran slow itself.
+  const ended = await waitUntil("A's run of slow ended", () => calls("slow").find((c) => c.event === "end") || undefined, { timeoutMs: 40_000 });
+  expect({ pid: ended.pid, aborted: ended.aborted, refused: ended.refused }).toEqual({ pid: a.proc.pid, aborted: true, refused: "AbortError" });
+
+  const dbs = await everyEffectThenStop(here, a, b);
+  // Before, A's late ctx.tx committed slow's effect in a.db beside the one its next owner made.
+  expect(dbs.flatMap(effects).sort()).toEqual(EVERY_EFFECT);
 }, 120_000);

@@ -539,6 +539,12 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
           claim?.settle(!ok && !signal.aborted);
         }
       }
+      if (ok && ctx.refused) {
+        // The handler caught the refusal of a ctx call made after its signal aborted and returned
+        // anyway: what it meant to record is missing, so this run records no outcome either.
+        run.report(id, "failed");
+        return "aborted";
+      }
       if (ok) {
         const { outbox, encodes } = ctx.emitted();
         // emit() is synchronous, so registry encoding happens here, before the journal records the
@@ -679,6 +685,8 @@ class Context implements HandlerContext {
   #txCount = 0;
   /** The attempt's handle() returned or threw: what the ctx records now would belong to no attempt. */
   ended = false;
+  /** A ctx.tx or ctx.step was refused because the signal had aborted (see abortedCall). */
+  refused = false;
   #outbox: OutboxRecord[] | undefined;
   #encodes: PendingEncode[] | undefined;
   #log: HandlerContext["log"] | undefined;
@@ -712,6 +720,7 @@ class Context implements HandlerContext {
   get step(): HandlerContext["step"] {
     return (this.#step ??= async <R>(name: string, fn: () => R | Promise<R>): Promise<R> => {
       if (this.ended) throw afterEnd(`ctx.step("${name}")`, this.id);
+      if (this.signal.aborted) throw this.#refuse(`ctx.step("${name}")`);
       const run = this.#run;
       const key = this.#occurrence(`step:${name}`);
       const steps = (run.steps ??= run.unrecorded ? new Map() : run.deps.journal.steps(run.handler.name, this.id));
@@ -728,6 +737,7 @@ class Context implements HandlerContext {
   get tx(): HandlerContext["tx"] {
     return (this.#tx ??= <R>(fn: (db: import("../index.ts").HandlerDb) => Promise<R>): Promise<R> => {
       if (this.ended) return Promise.reject(afterEnd("ctx.tx", this.id));
+      if (this.signal.aborted) return Promise.reject(this.#refuse("ctx.tx"));
       const run = this.#run;
       const n = ++this.#txCount;
       // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
@@ -765,6 +775,21 @@ class Context implements HandlerContext {
     });
   }
 
+  /**
+   * A ctx.tx or ctx.step called after ctx.signal aborted. The signal aborts when kexo gives the
+   * message up: past the rebalance grace (its partition's next owner, maybe with a journal of its
+   * own, runs it again) or the shutdown timeout (the next start runs it). What this run recorded
+   * from then on would land beside that run's: effects twice. So it records nothing more.
+   */
+  #refuse(call: string): Error {
+    this.refused = true;
+    return new AbortedCallError(
+      `${call} refused for message ${this.id} (${this.message.topic}[${this.message.partition}]@${this.message.offset}): its ctx.signal aborted ` +
+        "(its partition was revoked past the rebalance grace, or the shutdown timeout ran out), so another run handles the message and this one records nothing more. " +
+        "Stop the handler's work when ctx.signal aborts",
+    );
+  }
+
   /** The n-th call of a name in one attempt is `name`, `name#2`, …: a loop of steps keeps stable keys. */
   #occurrence(name: string): string {
     const seen = (this.#seen ??= new Map());
@@ -772,6 +797,11 @@ class Context implements HandlerContext {
     seen.set(name, n);
     return n === 1 ? name : `${name}#${n}`;
   }
+}
+
+/** A ctx.tx or ctx.step after the attempt's signal aborted (Context.#refuse); named as fetch() names its aborts. */
+class AbortedCallError extends Error {
+  override name = "AbortError";
 }
 
 /** A ctx call after its attempt ended (a timer or a promise left running): it would record nothing, or outside the message's record. */
