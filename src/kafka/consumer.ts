@@ -399,6 +399,8 @@ export class HandlerConsumer {
     const progress = this.#journal.progress(groupId);
     const parts = new Map<string, PartitionState>();
     const log = this.#progressLog;
+    // Kafka's committed offsets for this assignment, once read at this join (undefined: not read).
+    let inKafkaAtJoin: Map<string, bigint> | undefined;
     // A previous owner that could not commit its last offsets published them to the progress log.
     // Kafka's own committed offsets are read too: `committed` must not claim more than Kafka has,
     // or progress this journal made past it (its commit refused in a rebalance) would never be
@@ -406,6 +408,7 @@ export class HandlerConsumer {
     // there offsets go to Kafka only with the transaction's records.
     const ready = log
       ? this.#readAtJoin(groupId, assignment, log).then((inKafka) => {
+          inKafkaAtJoin = inKafka;
           for (const p of parts.values()) {
             const k = key(p.topic, p.partition);
             if (inKafka) p.committed = inKafka.get(k) ?? -1n;
@@ -441,7 +444,7 @@ export class HandlerConsumer {
     this.#forgetRevoked(parts);
     this.#parts = parts;
     // Once `next` covers Kafka's offsets and the previous owner's: before any batch of this epoch.
-    if (this.handler.order === "topic") void ready.then(() => this.#holdFromJournal(parts));
+    if (this.handler.order === "topic") void ready.then(() => this.#holdFromJournal(parts, groupId, inKafkaAtJoin));
     this.#assignment = assignment;
     // Before the first transaction of this assignment: drop rows a committed one already carried.
     if (this.#txOut) void this.#txOut.reconcile(assignment);
@@ -474,6 +477,16 @@ export class HandlerConsumer {
    * journal's progress, as when #behind has not run yet.
    */
   async #committedInKafka(groupId: string, assignment: Record<string, number[]>, admin: Promise<Admin>): Promise<Map<string, bigint> | undefined> {
+    try {
+      return await this.#readCommitted(groupId, assignment, admin);
+    } catch (err) {
+      this.#log.warn("cannot read the group's committed offsets; assuming Kafka has the journal's progress", { error: err });
+      return undefined;
+    }
+  }
+
+  /** #committedInKafka's read: rejects when Kafka does not answer within 10 s. */
+  async #readCommitted(groupId: string, assignment: Record<string, number[]>, admin: Promise<Admin>): Promise<Map<string, bigint>> {
     const read = (async () => {
       const out = new Map<string, bigint>();
       const topics = Object.keys(assignment);
@@ -485,15 +498,10 @@ export class HandlerConsumer {
       }
       return out;
     })();
-    read.catch(() => {}); // a late failure after the timeout below is already logged as one
-    try {
-      const result = await within(read, 10_000);
-      if (result === TIMED_OUT) throw new Error("no answer within 10 s");
-      return result;
-    } catch (err) {
-      this.#log.warn("cannot read the group's committed offsets; assuming Kafka has the journal's progress", { error: err });
-      return undefined;
-    }
+    read.catch(() => {}); // a late failure after the timeout below is the caller's one failure
+    const result = await within(read, 10_000);
+    if (result === TIMED_OUT) throw new Error("no answer within 10 s");
+    return result;
   }
 
   /**
@@ -1022,7 +1030,11 @@ export class HandlerConsumer {
    */
   #holdTopic(topic: string, partition: number, offset: bigint): void {
     const h = this.#topicHolds.get(topic);
-    if (h?.partition === partition && h.offset <= offset) return;
+    // The same message again. A later one of the same partition: the hold's message was passed (a
+    // held message stops its partition until it is done, which releases the hold), so it came from
+    // the journal or the progress log at an offset Kafka delivers no more (another owner finished
+    // it): the later message holds the topic instead.
+    if (h?.partition === partition && h.offset === offset) return;
     this.#topicHolds.set(topic, { partition, offset, resumes: h?.resumes ?? [] });
   }
 
@@ -1030,9 +1042,16 @@ export class HandlerConsumer {
    * A message that had failed attempts when the last run stopped (or this one rejoined), at or past
    * its partition's progress, holds its topic again until it is done; so does one that held it at
    * the previous owner when that one let go (PartitionState.waiting: its journal is not this one).
+   * `inKafka`: the group's committed offsets read at this join; undefined when they could not be
+   * read (or are not read: kafkaTransactions). Then `next` is only what this journal and the
+   * progress log know, and a hold may be at a message another owner finished and committed past
+   * since: Kafka never delivers it again, and while its partition gets no new message the hold
+   * would stop the topic for good. #confirmHolds reads the offsets again until it can.
    */
-  #holdFromJournal(parts: Map<string, PartitionState>): void {
+  #holdFromJournal(parts: Map<string, PartitionState>, groupId: string, inKafka: Map<string, bigint> | undefined): void {
     if (parts !== this.#parts) return;
+    // Holds kept from the last epoch (their partitions stayed here).
+    if (inKafka) this.#releasePassed(parts, inKafka);
     for (const p of parts.values()) {
       if (this.#topicHolds.has(p.topic)) continue;
       let lowest: bigint | undefined;
@@ -1042,6 +1061,59 @@ export class HandlerConsumer {
         if (offset >= p.next && (lowest === undefined || offset < lowest)) lowest = offset;
       }
       if (lowest !== undefined) this.#holdTopic(p.topic, p.partition, lowest);
+    }
+    if (!inKafka && this.#holdsIn(parts)) void this.#confirmHolds(parts, groupId);
+  }
+
+  #holdsIn(parts: Map<string, PartitionState>): boolean {
+    for (const [topic, h] of this.#topicHolds) if (parts.has(key(topic, h.partition))) return true;
+    return false;
+  }
+
+  /**
+   * order: "topic", Kafka's committed offsets unknown at the join: reads them again (backing off
+   * up to 30 s) while this epoch lasts and holds remain, and releases a hold Kafka has committed
+   * past (#releasePassed).
+   */
+  async #confirmHolds(parts: Map<string, PartitionState>, groupId: string): Promise<void> {
+    const assignment = this.#assignment;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await sleep(Math.min(30_000, 500 * 2 ** attempt), this.#stopWaits.signal);
+      } catch {
+        return; // stopping
+      }
+      if (parts !== this.#parts || !this.#holdsIn(parts)) return;
+      const admin = this.#kafka.admin();
+      const connected = admin.connect().then(() => admin);
+      connected.catch(() => {});
+      try {
+        const inKafka = await this.#readCommitted(groupId, assignment, connected);
+        if (parts !== this.#parts) return;
+        this.#log.info("read the group's committed offsets again; checking the topic holds against them", { attempt });
+        this.#releasePassed(parts, inKafka);
+        return;
+      } catch (err) {
+        this.#log.debug("still cannot read the group's committed offsets; the topic holds stay", { attempt, error: err });
+      } finally {
+        void admin.disconnect().catch(() => {});
+      }
+    }
+  }
+
+  /**
+   * Releases each hold whose message Kafka's committed offset is past: an owner finished it (or
+   * dead-lettered it) and committed, so it waits no more, and Kafka never delivers it again.
+   */
+  #releasePassed(parts: Map<string, PartitionState>, inKafka: Map<string, bigint>): void {
+    for (const [topic, h] of [...this.#topicHolds]) {
+      const k = key(topic, h.partition);
+      const committed = inKafka.get(k);
+      if (!parts.has(k) || committed === undefined || committed <= h.offset) continue;
+      this.#log.info("releasing the topic: Kafka's committed offset is past the message that held it", {
+        topic, partition: h.partition, offset: h.offset.toString(), committed: committed.toString(),
+      });
+      this.#releaseTopic(topic, h.partition, h.offset);
     }
   }
 
