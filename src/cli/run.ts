@@ -20,6 +20,9 @@ import { printJsonError, printLine } from "./output.ts";
 /** How long a stop may take past --shutdown-timeout (the journal's last COMMIT, leaving the groups). */
 const STOP_GRACE_MS = 10_000;
 
+/** worker.stop() threw (logged): exit 75, as after a crash. */
+const STOP_FAILED = Symbol("stop failed");
+
 export interface Lifecycle {
   /** Resolves with the signal's name on the first SIGTERM or SIGINT. */
   signalled: Promise<string>;
@@ -151,7 +154,12 @@ async function runWorker(
   // A stop waits for the journal, which a ctx.tx body that ignores ctx.signal holds forever: past
   // the timeout and a grace, kexo exits anyway (75), as after a crash: the journal is consistent
   // and the next start redoes what was not committed.
-  const stopped = () => within(worker.stop().catch(() => false), config.shutdownTimeoutMs + STOP_GRACE_MS);
+  // A stop that throws (the journal failing at its last COMMIT, say) is said as such: it used to
+  // read as a drain cut by the shutdown timeout, which had not run out.
+  const stopped = () => within(worker.stop().catch((error: unknown) => {
+    log.error("stopping failed; exiting without a clean stop, what did not finish is redone on the next start", { error });
+    return STOP_FAILED;
+  }), config.shutdownTimeoutMs + STOP_GRACE_MS);
   const giveUp = () => {
     log.error("shutdown did not finish: a handler still holds the journal (a ctx.tx body that ignores ctx.signal?); exiting without it, its messages are redone on the next start", {
       timeoutMs: config.shutdownTimeoutMs + STOP_GRACE_MS,
@@ -168,6 +176,7 @@ async function runWorker(
   log.info("signal received; draining", { signal: outcome.signal, timeoutMs: config.shutdownTimeoutMs });
   const clean = await stopped();
   if (clean === TIMED_OUT) return giveUp();
+  if (clean === STOP_FAILED) return ExitCode.transient;
   log.info(clean ? "drained; exiting" : "shutdown timeout ran out; aborted handlers are redone on the next start", { clean });
   return clean ? ExitCode.ok : ExitCode.transient;
 }

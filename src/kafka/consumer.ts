@@ -335,6 +335,12 @@ export class HandlerConsumer {
     await consumer.connect();
     const topics = this.handler.topics.map((t) => (typeof t === "string" ? t : new TopicPattern(t, (u) => this.handler.deadLetterTopic(u))));
     await consumer.subscribe({ topics, fromBeginning: true });
+    // stop() began while this consumer connected (a rebuild after a crash, or the start itself):
+    // it must not join the group now, a member nobody stops (stop() disconnects it too).
+    if (this.#stopping) {
+      await consumer.disconnect().catch(() => {});
+      return;
+    }
     await consumer.run({
       autoCommit: false,
       eachBatchAutoResolve: false,
@@ -568,6 +574,7 @@ export class HandlerConsumer {
           await this.start();
           return;
         } catch (err) {
+          if (this.#stopping) return;
           this.#log.error("consumer rebuild failed; retrying", { attempt, error: err });
         }
       }
@@ -676,8 +683,26 @@ export class HandlerConsumer {
   }
 
   #pauseAll(): void {
-    const topics = this.#topics();
-    if (topics.length > 0) this.#consumer?.pause(topics);
+    this.#toConsumer("pause", this.#topics());
+  }
+
+  /**
+   * Pauses or resumes `topics` on the current kafkajs consumer. Between a crash and its next run
+   * (kexo rebuilding it: while it connects and subscribes; kafkajs restarting it: its retry wait)
+   * a consumer has no consumer group, and kafkajs's pause() and resume() throw: there is nothing
+   * to pause then, it fetches nothing until it runs (a rebuilt one does not run once stop()
+   * began, see start(); one kafkajs restarts meanwhile takes nothing: #stopping). Thrown at
+   * stop(), that made the drain reject at once: exit 75 and "shutdown timeout ran out", with
+   * nothing in flight.
+   */
+  #toConsumer(op: "pause" | "resume", topics: { topic: string }[]): void {
+    const consumer = this.#consumer;
+    if (!consumer || topics.length === 0) return;
+    try {
+      consumer[op](topics);
+    } catch (err) {
+      this.#log.debug(`consumer not running; nothing to ${op}`, { error: err });
+    }
   }
 
   /**
@@ -696,8 +721,7 @@ export class HandlerConsumer {
       // Written frees what waited in memory; its fsync need not hold up fetching.
       await this.#journal.commit();
     } finally {
-      const topics = this.#topics();
-      if (!this.#stopping && topics.length > 0) this.#consumer?.resume(topics);
+      if (!this.#stopping) this.#toConsumer("resume", this.#topics());
     }
   }
 
