@@ -137,6 +137,28 @@ describe("journal", () => {
     await again.close();
   });
 
+  test("step records: seen by lookups before their COMMIT, written with it, and kept after the message completes", async () => {
+    const { path, journal } = open();
+    journal.recordStep("h", "m1", "step:a", "1");
+    journal.recordStep("h", "m2", "step:a", "2");
+    journal.recordStep("h", "m1", "step:b", '"x"');
+    const other = new Database(path);
+    const rows = () => other.prepare("SELECT id, name, result FROM kexo_steps ORDER BY id, name").all();
+    expect(rows()).toEqual([]);
+    expect([...journal.steps("h", "m1")]).toEqual([["step:a", "1"], ["step:b", '"x"']]);
+    expect([...journal.steps("g", "m1")]).toEqual([]);
+    journal.finish(rec("m1", 1));
+    await journal.durable();
+    // A completion drops the message's pending tx records, not its steps: `kexo inspect` shows them.
+    expect(rows()).toEqual([
+      { id: "m1", name: "step:a", result: "1" }, { id: "m1", name: "step:b", result: '"x"' }, { id: "m2", name: "step:a", result: "2" },
+    ]);
+    expect([...journal.steps("h", "m2")]).toEqual([["step:a", "2"]]);
+    other.close();
+    await journal.close();
+    expect(() => journal.recordStep("h", "m3", "step:a", "3")).toThrow(/closed/);
+  });
+
   test("a recorded tx is not run again and returns its recorded result", async () => {
     const { journal } = open();
     let runs = 0;
