@@ -14,9 +14,9 @@
 //   (rowsAffected, lastInsertRowid, RETURNING rows), else the journal fails and kexo stops before
 //   anything is acknowledged, and later runs use savepoints (meta `tx_undo`). A handler whose body
 //   failed uses savepoints for its next SAVEPOINT_RUNS_AFTER_FAILURE runs: failures come in runs.
-// - Completion rows, ctx.tx and ctx.step records wait in memory (#done, #covered, #txRecords,
-//   #fresh, #stepRows) and are written as multi-row INSERTs right before COMMIT, inside the same
-//   transaction; reads consult them first. A tx record whose message completes before that COMMIT is dropped: the
+// - Completion rows and ctx.tx records wait in memory (#done, #covered, #txRecords, #fresh) and
+//   are written as multi-row INSERTs right before COMMIT, inside the same transaction; reads
+//   consult them first. A tx record whose message completes before that COMMIT is dropped: the
 //   completion, in the same transaction as the tx's writes, already says "never run again".
 //   Savepoint rollbacks never touch them: they are not in the database until the COMMIT.
 // - A completion marked `coveredBy` (a default-id message of order partition/topic, no result, no
@@ -251,8 +251,6 @@ export class Journal {
   #txRecords = new Map<string, Map<string, unknown[]>>();
   /** Fresh runs' lists of ctx.tx records not yet written (see runTx and the top). */
   #fresh = new Set<unknown[][]>();
-  /** ctx.step records not yet written. Unlike tx records a completion keeps them: `kexo inspect` shows them. */
-  #stepRows: unknown[][] = [];
   #insertDone: (rows: unknown[][]) => void;
   #insertSteps: (rows: unknown[][]) => void;
   /** Started offsets per handler, topic and partition; undefined when this journal predates tracking. */
@@ -443,8 +441,6 @@ export class Journal {
   steps(handler: string, id: string): Map<string, string> {
     const rows = this.#s.steps.all(handler, id) as { name: string; result: string }[];
     const out = new Map(rows.map((r) => [r.name, r.result]));
-    // Only retries and redeliveries look (a fresh run has nothing recorded): a scan is cheap enough.
-    for (const row of this.#stepRows) if (row[1] === id && row[0] === handler) out.set(row[2] as string, row[3] as string);
     for (const [name, row] of this.#txRecords.get(`${handler}\0${id}`) ?? []) out.set(name, row[3] as string);
     return out;
   }
@@ -628,10 +624,7 @@ export class Journal {
   }
 
   recordStep(handler: string, id: string, name: string, resultJson: string): void {
-    if (this.#failed) throw this.#failed;
-    if (this.#closed) throw closedError();
-    this.#stepRows.push([handler, id, name, resultJson, Date.now()]);
-    this.#counted();
+    this.#write(() => this.#s.step.run(handler, id, name, resultJson, Date.now()));
   }
 
   /** `fresh`: the list runTx filled for this message's fresh run, if any. */
@@ -866,7 +859,7 @@ export class Journal {
 
   /** Rows or records waiting in memory for the COMMIT. */
   #inMemory(): boolean {
-    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0 || this.#stepRows.length > 0;
+    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0;
   }
 
   /** Keeps a covered completion in its partition's run; false (a row then) if the run has another group. */
@@ -900,10 +893,8 @@ export class Journal {
       if (rows.length > 0) this.#insertDone(rows);
       this.#done.clear();
     }
-    if (this.#txRecords.size > 0 || this.#fresh.size > 0 || this.#stepRows.length > 0) {
-      // Steps keep the time they were recorded; tx records are stamped now (most never get here).
-      const rows = this.#stepRows;
-      this.#stepRows = [];
+    if (this.#txRecords.size > 0 || this.#fresh.size > 0) {
+      const rows: unknown[][] = [];
       const now = Date.now();
       for (const list of this.#fresh) {
         for (const row of list) {
@@ -1212,6 +1203,9 @@ function prepareAll(conn: Conn) {
     lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),
     steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
     stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),
+    step: conn.prepare(
+      "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at) VALUES (?, ?, ?, ?, ?)",
+    ),
     progress: conn.prepare("SELECT topic, partition, next_offset FROM kexo_progress WHERE group_id = ?"),
     startedGet: conn.prepare("SELECT next_offset FROM kexo_started WHERE handler = ? AND topic = ? AND partition = ?"),
     startedSet: conn.prepare(
