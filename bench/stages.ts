@@ -29,6 +29,7 @@ import { createMetrics } from "../src/metrics/metrics.ts";
 import { decodePayload } from "../src/processing/decode.ts";
 import { CrashGuard } from "../src/processing/crash-guard.ts";
 import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
+import { MemberFence } from "../src/kafka/membership.ts";
 import { value } from "./data.ts";
 
 const { values: a } = parseArgs({
@@ -95,6 +96,7 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
   const metrics = createMetrics(bus);
   const liveness = new Liveness(bus);
   const stopGc = startGcPacer(bus);
+  let beat: ReturnType<typeof setInterval> | undefined;
   try {
     await handler.def.setup?.(journal.handlerDb);
     // The consumer's partition progress: next offset per partition, handed to a COMMIT once.
@@ -113,10 +115,15 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
       hasProgress: () => next.some((n, p) => n > shared[p]!),
       committed: () => {},
     });
+    // The consumer's membership fence, kept fresh as accepted heartbeats keep it (every 500 ms).
+    const fence = new MemberFence(handler.groupId, 6000);
+    fence.accepted(Date.now());
+    beat = setInterval(() => fence.accepted(Date.now()), 500);
     const deps: ExecutorDeps = {
       journal, bus, log: createLogger({ level: "warn" }),
       dlq: { publish: () => Promise.reject(new Error("no dead letters in this benchmark")) },
       guard: guarded ? new CrashGuard() : undefined,
+      fence,
     };
     // As the consumer's batches get it: shutdown's signal and the epoch's revoke, combined.
     const signal = AbortSignal.any([new AbortController().signal, new AbortController().signal]);
@@ -135,6 +142,7 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
     await journal.flush();
     report(`execute(), ${name} handler, journal + listeners${guarded ? ", guarded" : ""}`, performance.now() - t0);
   } finally {
+    clearInterval(beat);
     stopGc();
     liveness.close();
     metrics.close();

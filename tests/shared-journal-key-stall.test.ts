@@ -4,9 +4,10 @@
 // the shared progress. Once the stalled one wakes (SIGCONT) and learns that the coordinator no
 // longer knows it, it must start nothing more of it: before, it drained its lanes for the whole
 // rebalance grace beside the new owner (the same key in two processes at once, and each message
-// it ran there took effect twice: 20 of 30 here). What it was running when it stalled (and what it
-// started in the moment after waking, before a heartbeat told it) may still finish: no fencing
-// covers that (see consumer.ts, #beforeRejoin).
+// it ran there took effect twice: 20 of 30 here). What it was running when it stalled, and what it
+// would start in the moment after waking, are fenced since (MemberFence, tests/stall-fence.test.ts:
+// "twice: none" here, against the 2 before); a ctx.tx body under way at the stall is not, hence
+// the bound of 2 below.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";

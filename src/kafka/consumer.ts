@@ -20,7 +20,7 @@ import { AbortedError, type DeadLetterPublisher, execute, type ExecutorDeps, set
 import type { CrashGuard } from "../processing/crash-guard.ts";
 import { RetryBook } from "../processing/retry-book.ts";
 import { PartitionLanes, KeySlots } from "./key-lanes.ts";
-import { beforeJoin, beforeLeave, type CommitVia, commitThrough, rejoinAs } from "./membership.ts";
+import { beforeJoin, beforeLeave, type CommitVia, commitThrough, type MemberFence, memberFence, rejoinAs } from "./membership.ts";
 import { OffsetRanges } from "./offset-ranges.ts";
 import type { ProgressLog, ProgressRecord } from "./progress-log.ts";
 import { TransactionalOutput } from "../outbox/transactional.ts";
@@ -225,6 +225,11 @@ export class HandlerConsumer {
   #txOut: TransactionalOutput | undefined;
   /** Only after an unclean stop (see crash-guard.ts). */
   #guard: CrashGuard | undefined;
+  /**
+   * This member's standing with the coordinator: a stalled process that wakes past its session
+   * neither starts nor records anything before the coordinator confirmed it (ExecutorDeps.fence).
+   */
+  #fence: MemberFence;
 
   constructor(
     handler: ResolvedHandler,
@@ -243,6 +248,7 @@ export class HandlerConsumer {
     this.#progressLog = deps.progressLog;
     this.#opts = { ...DEFAULT_CONSUMER_OPTIONS, ...opts };
     this.#graceMs = Math.max(1000, Math.max(this.#opts.sessionTimeoutMs, 10_000) - 3000);
+    this.#fence = memberFence(handler.groupId, this.#opts.sessionTimeoutMs);
     const hook: CommitHook = {
       progress: () => this.#progressToJournal(),
       hasProgress: () => this.#hasProgress(),
@@ -846,6 +852,7 @@ export class HandlerConsumer {
       waitFor: defer ? undefined : this.#keySlots && this.#waitForOffSlot,
       guard: this.#guard,
       drain: this.#stopWaits.signal,
+      fence: this.#fence,
     };
   }
 
@@ -892,7 +899,9 @@ export class HandlerConsumer {
           return false;
         }
         if (verdict === "done") return true;
-        if (lanes.signal.aborted || this.#stopWaits.signal.aborted || rejoining.aborted) return false;
+        // Fenced: the coordinator dropped this member (a stall), so the partition is another's:
+        // the lane stops as the rejoin that follows would stop it (#quiesceLanes, lost).
+        if (lanes.signal.aborted || this.#stopWaits.signal.aborted || rejoining.aborted || this.#fence.out) return false;
       }
     } finally {
       this.#blocked.delete(blockedAs);
@@ -969,9 +978,12 @@ export class HandlerConsumer {
    *   session timeout). The coordinator then rebalances without this member calling anything; the
    *   new owner sees Kafka's offsets as of the last timer commit (≈ commitIntervalMs behind) and
    *   with a separate journal may redo that work. The per-batch settle this replaces had the same
-   *   hole for the batch in flight; a shared journal (libsql://) has none. Nor is the stalled
-   *   member's waking covered, in either journal: the message it was running, and what its
-   *   fetched batches start before a heartbeat tells it it is out, run beside the new owner.
+   *   hole for the batch in flight; a shared journal (libsql://) has none. The stalled member's
+   *   waking is fenced instead (#fence, MemberFence in membership.ts): past the session since its
+   *   last accepted heartbeat, a message its batches start and a ctx.tx or ctx.step of the
+   *   message it was running first ask the coordinator, and are refused (nothing recorded) once
+   *   it says the member is unknown. Not fenced: a ctx.tx body already under way at the stall
+   *   (or written and waiting for the journal's COMMIT), and what a handler does outside ctx.
    *
    * The wait for running batches is the epoch's rebalance grace (#rebalanceGrace): it began here,
    * or earlier when a long batch's heartbeat was refused. That is the usual way a long message

@@ -6,14 +6,20 @@
 // round trip. kafkajs has no option for this (no static membership), hence the narrow patch.
 // The same patch lets a consumer share its journaled progress before a rejoin or a leave
 // (beforeJoin, beforeLeave): partitions move only after every member rejoined or left.
+// It also keeps each group's MemberFence: when the coordinator last accepted a request of this
+// process's member (a heartbeat or a SyncGroup, by the time it was sent).
 // @ts-expect-error: kafkajs's internal consumer group has no type declarations.
 import ConsumerGroup from "kafkajs/src/consumer/consumerGroup.js";
+// @ts-expect-error: kafkajs's broker connection has no type declarations.
+import Broker from "kafkajs/src/broker/index.js";
+import type { Fence } from "../processing/executor.ts";
 
 const hints = new Map<string, string>();
 /** The consumer group object kafkajs last joined with, per group id (see commitThrough). */
 const groups = new Map<string, Group>();
 const gates = new Map<string, Set<(lost: boolean) => Promise<void>>>();
 const leaveGates = new Map<string, Set<(commit: CommitVia) => Promise<void>>>();
+const fences = new Map<string, MemberFence>();
 let patched = false;
 
 /** Commits offsets through the group itself (kafkajs's consumer no-ops once its runner stopped). */
@@ -23,6 +29,7 @@ type Group = {
   groupId: string;
   memberId: string | null;
   generationId: number | null;
+  heartbeat(opts: { interval: number }): Promise<void>;
   commitOffsets(offsets: { topics: { topic: string; partitions: { partition: number; offset: string }[] }[] }): Promise<void>;
 };
 
@@ -68,6 +75,101 @@ function patch(): void {
     const gate = gates.get(this.groupId);
     return gate ? all(gate, lost).then(() => original.call(this)) : original.call(this);
   };
+  // Every heartbeat and SyncGroup kafkajs sends (its own, a batch's, MemberFence.confirm's): one
+  // the coordinator accepted tells the group's fence when it was sent.
+  const broker = (Broker as { prototype: Record<"heartbeat" | "syncGroup", (this: unknown, r: { groupId: string }) => Promise<unknown>> }).prototype;
+  for (const name of ["heartbeat", "syncGroup"] as const) {
+    const send = broker[name];
+    broker[name] = function (this: unknown, request: { groupId: string }) {
+      const fence = fences.get(request.groupId);
+      if (!fence) return send.call(this, request);
+      const sent = Date.now();
+      return send.call(this, request).then(
+        (answer) => {
+          fence.accepted(sent);
+          return answer;
+        },
+        (err: unknown) => {
+          // A heartbeat refused because the group rebalances: the coordinator still knows the
+          // member (Kafka renews its session then); the rebalance grace deals with the rest.
+          if (name === "heartbeat" && (err as { type?: unknown })?.type === "REBALANCE_IN_PROGRESS") fence.accepted(sent);
+          throw err;
+        },
+      );
+    };
+  }
+}
+
+/** Coordinator answers that this member is out of its generation: its partitions are someone else's. */
+const OUT: ReadonlySet<unknown> = new Set(["UNKNOWN_MEMBER_ID", "ILLEGAL_GENERATION", "FENCED_INSTANCE_ID"]);
+
+/**
+ * Fences a member that may have been expelled: a process stalled (SIGSTOP, a frozen VM, a long
+ * pause) past its session timeout resumes with its handlers' timers and IO long due, and they run
+ * before any heartbeat answer tells kafkajs that the coordinator dropped the member and gave its
+ * partitions to others, which run those messages again. `at` is when the last request the
+ * coordinator accepted for the member was sent: the coordinator expels the member no earlier than
+ * `at` + the session timeout. A journal write (ctx.tx, ctx.step) or a handler run more than
+ * `staleMs` (the session timeout less a second, for the write to commit) after it first asks the
+ * coordinator (confirm): a heartbeat accepted, or refused because the group rebalances (the member
+ * is still in it; the rebalance grace decides then), lets it go on; an answer that the member is
+ * unknown or of a past generation, or none within the session, refuses it. Reading `at` is the
+ * whole cost of the check in the steady state (heartbeats every 500 ms).
+ */
+export class MemberFence implements Fence {
+  at = 0;
+  /** confirm() found the member out; until a request of it is accepted again (a rejoin's SyncGroup). */
+  out = false;
+  readonly staleMs: number;
+  #asking: Promise<boolean> | undefined;
+
+  constructor(readonly groupId: string, readonly sessionTimeoutMs: number) {
+    this.staleMs = Math.max(sessionTimeoutMs / 2, sessionTimeoutMs - 1000);
+  }
+
+  accepted(sent: number): void {
+    if (sent > this.at) this.at = sent;
+    this.out = false;
+  }
+
+  /** True when the coordinator accepted a heartbeat of this member sent after the call (shared by concurrent callers). */
+  confirm(): Promise<boolean> {
+    if (this.out) return Promise.resolve(false);
+    return (this.#asking ??= this.#ask().finally(() => (this.#asking = undefined)));
+  }
+
+  async #ask(): Promise<boolean> {
+    const asked = Date.now();
+    for (;;) {
+      const group = groups.get(this.groupId);
+      // No member id: kafkajs cleared it on UNKNOWN_MEMBER_ID (see the joinAndSync patch).
+      if (!group?.memberId) return this.#gone();
+      let unanswered = false;
+      try {
+        await group.heartbeat({ interval: 0 });
+      } catch (err) {
+        if (OUT.has((err as { type?: unknown })?.type)) return this.#gone();
+        unanswered = (err as { type?: unknown })?.type !== "REBALANCE_IN_PROGRESS";
+      }
+      // An answer to a heartbeat sent before the call (shared with one in flight) says nothing.
+      if (this.at >= asked) return true;
+      if (Date.now() - this.at > this.sessionTimeoutMs) return this.#gone();
+      if (unanswered) await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+
+  #gone(): boolean {
+    this.out = true;
+    return false;
+  }
+}
+
+/** The fence of `groupId`'s member in this process (one per group: two handlers never share one). */
+export function memberFence(groupId: string, sessionTimeoutMs: number): MemberFence {
+  patch();
+  let fence = fences.get(groupId);
+  if (!fence || fence.sessionTimeoutMs !== sessionTimeoutMs) fences.set(groupId, (fence = new MemberFence(groupId, sessionTimeoutMs)));
+  return fence;
 }
 
 /**

@@ -72,6 +72,28 @@ export interface ExecutorDeps {
    * of its own, would run it again (guarantee 7), so it stays in flight until `signal`.
    */
   drain?: AbortSignal;
+  /**
+   * The handler's consumer's membership (kafka/membership.ts MemberFence). Past `staleMs` since
+   * the coordinator last accepted one of its requests (`at`) it may have expelled the member (a
+   * stalled process) and given the message's partition to another: a handler run, ctx.tx or
+   * ctx.step waits for confirm() then, and is refused when it says the member is out.
+   */
+  fence?: Fence;
+}
+
+/** See ExecutorDeps.fence. */
+export interface Fence {
+  /** Date.now() when the last request the coordinator accepted for the member was sent. */
+  readonly at: number;
+  readonly staleMs: number;
+  readonly sessionTimeoutMs: number;
+  /** The coordinator still knows the member in its generation (false: its partitions are someone else's). */
+  confirm(): Promise<boolean>;
+}
+
+/** Whether `fence` says to ask the coordinator before anything more of the message is done or recorded. */
+function stale(fence: Fence | undefined): fence is Fence {
+  return fence !== undefined && Date.now() - fence.at > fence.staleMs;
 }
 
 /** What a dead letter of a message the process did not survive says went wrong. */
@@ -510,6 +532,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     const tracked = hold !== undefined && (hold.alone || hold.guard.track(handler.name, message.topic, message.partition));
     for (let attempt = first; ; attempt++) {
       if (signal.aborted) return "aborted";
+      // A stalled process woke: nothing starts before the coordinator says the partition is still ours.
+      if (stale(deps.fence) && !(await deps.fence.confirm())) return "aborted";
       let claim: AttemptClaim | undefined;
       if (hold) {
         if (!(await hold.enter(run))) return "aborted";
@@ -536,12 +560,13 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
           bus.emit("message.finished", attemptEvent);
         } finally {
           // The process survived it: a failure counts as one, success or an abort not at all.
-          claim?.settle(!ok && !signal.aborted);
+          claim?.settle(!ok && !signal.aborted && !ctx.refused);
         }
       }
       if (ok && ctx.refused) {
-        // The handler caught the refusal of a ctx call made after its signal aborted and returned
-        // anyway: what it meant to record is missing, so this run records no outcome either.
+        // The handler caught the refusal of a ctx call made after its signal aborted (or its
+        // member was fenced) and returned anyway: what it meant to record is missing, so this run
+        // records no outcome either.
         run.report(id, "failed");
         return "aborted";
       }
@@ -592,7 +617,7 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
         run.report(id, "processed");
         return "done";
       }
-      if (signal.aborted) {
+      if (signal.aborted || ctx.refused) {
         run.report(id, "failed");
         return "aborted";
       }
@@ -722,6 +747,7 @@ class Context implements HandlerContext {
       if (this.ended) throw afterEnd(`ctx.step("${name}")`, this.id);
       if (this.signal.aborted) throw this.#refuse(`ctx.step("${name}")`);
       const run = this.#run;
+      if (stale(run.deps.fence)) await this.#confirm(run.deps.fence, `ctx.step("${name}")`);
       const key = this.#occurrence(`step:${name}`);
       const steps = (run.steps ??= run.unrecorded ? new Map() : run.deps.journal.steps(run.handler.name, this.id));
       const hit = steps.get(key);
@@ -739,6 +765,7 @@ class Context implements HandlerContext {
       if (this.ended) return Promise.reject(afterEnd("ctx.tx", this.id));
       if (this.signal.aborted) return Promise.reject(this.#refuse("ctx.tx"));
       const run = this.#run;
+      if (stale(run.deps.fence)) return this.#confirm(run.deps.fence, "ctx.tx").then(() => this.tx(fn));
       const n = ++this.#txCount;
       // Nothing is recorded for the first attempt at a fresh offset: no lookup (see runTx).
       const fresh = run.unrecorded && this.attempt === 1 ? (run.freshTx ??= []) : undefined;
@@ -781,13 +808,29 @@ class Context implements HandlerContext {
    * own, runs it again) or the shutdown timeout (the next start runs it). What this run recorded
    * from then on would land beside that run's: effects twice. So it records nothing more.
    */
-  #refuse(call: string): Error {
+  #refuse(call: string, fenced?: { silentMs: number; sessionTimeoutMs: number }): Error {
     this.refused = true;
+    const why = fenced
+      ? `its consumer had no heartbeat accepted for ${fenced.silentMs} ms, longer than the session timeout (${fenced.sessionTimeoutMs} ms) allows, ` +
+        "and the coordinator no longer knows it (the process stalled?): the message's partition went to another member"
+      : "its ctx.signal aborted (its partition was revoked past the rebalance grace, or the shutdown timeout ran out)";
     return new AbortedCallError(
-      `${call} refused for message ${this.id} (${this.message.topic}[${this.message.partition}]@${this.message.offset}): its ctx.signal aborted ` +
-        "(its partition was revoked past the rebalance grace, or the shutdown timeout ran out), so another run handles the message and this one records nothing more. " +
-        "Stop the handler's work when ctx.signal aborts",
+      `${call} refused for message ${this.id} (${this.message.topic}[${this.message.partition}]@${this.message.offset}): ${why}, ` +
+        `so another run handles the message and this one records nothing more. ${fenced ? "" : "Stop the handler's work when ctx.signal aborts"}`.trimEnd(),
     );
+  }
+
+  /**
+   * A ctx call while the member's fence is stale (ExecutorDeps.fence): resolves once the
+   * coordinator confirmed the member, throws the refusal when it did not (or the signal aborted,
+   * or the attempt ended, meanwhile).
+   */
+  async #confirm(fence: Fence, call: string): Promise<void> {
+    const silentMs = Date.now() - fence.at;
+    const member = await fence.confirm();
+    if (!member) throw this.#refuse(call, { silentMs, sessionTimeoutMs: fence.sessionTimeoutMs });
+    if (this.signal.aborted) throw this.#refuse(call);
+    if (this.ended) throw afterEnd(call, this.id);
   }
 
   /** The n-th call of a name in one attempt is `name`, `name#2`, …: a loop of steps keeps stable keys. */
