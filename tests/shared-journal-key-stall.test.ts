@@ -7,7 +7,9 @@
 // it ran there took effect twice: 20 of 30 here). What it was running when it stalled, and what it
 // would start in the moment after waking, are fenced since (MemberFence, tests/stall-fence.test.ts:
 // "twice: none" here, against the 2 before); a ctx.tx body under way at the stall is not, hence
-// the bound of 2 below.
+// the bound of 2 below. A stall that lands inside the journal's group transaction (open a few ms
+// at a time) outlasts the server's stream: B then stops with 75 at its first COMMIT on waking,
+// nothing of that group acknowledged, as it should (it failed the test in about 1 run of 6).
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
@@ -69,12 +71,18 @@ describe.skipIf(!sqldSupported)("key order on a shared libSQL journal, an instan
     await a.waitJoined(joinsOfA + 1, 30_000);
     await sleep(1500);
     b.kill("SIGCONT");
-    const learned = await b.waitForLog("B told it is out of the group", (l) => /not aware of this member/.test(l.msg), 20_000);
+    const learned = await b.waitForLog("B told it is out of the group (or stopping: see expired below)", (l) =>
+      /not aware of this member/.test(l.msg) || l.msg === "stopping after a fatal error", 20_000);
     await waitUntil("every effect", async () => (await countOn(db, "SELECT count(DISTINCT k || ':' || n) AS n FROM effects")) >= SLOW + 20 || undefined, { timeoutMs: 40_000 });
     await sleep(2000);
     a.kill("SIGTERM");
     b.kill("SIGTERM");
-    expect([await a.exited(), await b.exited()]).toEqual([0, 0]);
+    // A stall that lands inside the journal's group transaction (open for a few ms at a time)
+    // outlasts the server's stream: the first COMMIT after waking fails, nothing of that group was
+    // acknowledged, and B stops with 75 (restart me), saying so. Any other way out is a failure.
+    const expired = b.lines.some((l) => l.msg === "stopping after a fatal error" && /STREAM_EXPIRED.*was this process paused/.test(JSON.stringify(l.error)));
+    if (expired) console.log("B's journal transaction expired over the stall: B exits 75");
+    expect([await a.exited(), await b.exited()]).toEqual([0, expired ? 75 : 0]);
 
     const who = (pid: number) => (pid === a.proc.pid ? "A" : "B");
     const log = calls();

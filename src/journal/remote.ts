@@ -274,7 +274,13 @@ function remoteError(e: NonNullable<RemoteReply["error"]>, where: string): Error
   // Bun's fetch adds advice meant for its own callers.
   const said = detail.replace(/\s*For more information, pass `verbose: true` in the second argument to fetch\(\)\.?/, "");
   const err = new Error(
-    /SQLITE_|SQLite error/.test(said) ? said : `the libSQL server ${where} did not answer as expected (${said}): check that it runs and is reachable`,
+    /SQLITE_|SQLite error/.test(said)
+      ? said
+      : e.code === "STREAM_EXPIRED"
+      // The server drops a stream idle for ~10 s, with the transaction open on it: this process
+      // sent nothing that long (it was stopped: SIGSTOP, a frozen VM or container, a long GC pause).
+      ? `the libSQL server ${where} expired the journal's connection stream, and the transaction open on it, after it sent nothing for a while (${said}); was this process paused (SIGSTOP, a frozen VM or container)?`
+      : `the libSQL server ${where} did not answer as expected (${said}): check that it runs and is reachable`,
   );
   // `detail`: what went wrong without where, for messages that say where themselves.
   return Object.assign(err, { code: e.code ?? "SQLITE_ERROR", detail: said });
