@@ -472,12 +472,22 @@ export class HandlerConsumer {
    * committed offsets in Kafka for `assignment` (see #committedInKafka).
    */
   async #readAtJoin(groupId: string, assignment: Record<string, number[]>, log: ProgressLog): Promise<Map<string, bigint> | undefined> {
+    return await this.#withAdmin(async (admin) => {
+      const [, inKafka] = await Promise.all([log.caughtUp(admin), this.#committedInKafka(groupId, assignment, admin)]);
+      return inKafka;
+    });
+  }
+
+  /**
+   * Runs `use` with an admin client of its own, connecting (a failed connect rejects the reads
+   * that await it: each says so as its own failure), and disconnects it afterwards.
+   */
+  async #withAdmin<T>(use: (admin: Promise<Admin>) => Promise<T>): Promise<T> {
     const admin = this.#kafka.admin();
     const connected = admin.connect().then(() => admin);
-    connected.catch(() => {}); // each read below logs the failure as its own
+    connected.catch(() => {});
     try {
-      const [, inKafka] = await Promise.all([log.caughtUp(connected), this.#committedInKafka(groupId, assignment, connected)]);
-      return inKafka;
+      return await use(connected);
     } finally {
       void admin.disconnect().catch(() => {});
     }
@@ -1120,19 +1130,14 @@ export class HandlerConsumer {
         return; // stopping
       }
       if (parts !== this.#parts || !this.#holdsIn(parts)) return;
-      const admin = this.#kafka.admin();
-      const connected = admin.connect().then(() => admin);
-      connected.catch(() => {});
       try {
-        const inKafka = await this.#readCommitted(groupId, assignment, connected);
+        const inKafka = await this.#withAdmin((admin) => this.#readCommitted(groupId, assignment, admin));
         if (parts !== this.#parts) return;
         this.#log.info("read the group's committed offsets again; checking the topic holds against them", { attempt });
         this.#releasePassed(parts, inKafka);
         return;
       } catch (err) {
         this.#log.debug("still cannot read the group's committed offsets; the topic holds stay", { attempt, error: err });
-      } finally {
-        void admin.disconnect().catch(() => {});
       }
     }
   }
