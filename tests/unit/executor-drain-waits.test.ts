@@ -7,33 +7,23 @@
 // tests/drain-registry-wait.test.ts and tests/drain-guard-wait.test.ts run the same through kexo.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { EventBus, type Outcome } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
-import { defineHandler, type HandlerContext, type KafkaMessage, v } from "../../src/index.ts";
+import { defineHandler, type HandlerContext, v } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
-import { createLogger } from "../../src/log.ts";
 import { CrashGuard } from "../../src/processing/crash-guard.ts";
 import { execute, type ExecutorDeps, type Verdict } from "../../src/processing/executor.ts";
-import { RetryBook } from "../../src/processing/retry-book.ts";
 import { RegistryUnavailableError } from "../../src/registry/unavailable.ts";
+import { unitDeps, unitMessage } from "../support/executor.ts";
 import { tempDir } from "../support/tmp.ts";
 import { waitUntil } from "../support/wait.ts";
 
 const never = new AbortController().signal;
-const msg = (offset: number, value = '{"id":"a"}'): KafkaMessage =>
-  ({ topic: "t", partition: 0, offset: String(offset), key: null, value: Buffer.from(value), headers: {}, timestamp: "0" }) as KafkaMessage;
+const msg = (offset: number, value = '{"id":"a"}') => unitMessage(offset, value);
 // A backoff far longer than any test: only the drain can end these waits.
 const retry = { attempts: 3, initialDelayMs: 60_000, maxDelayMs: 60_000 };
 
 function deps(journal: Journal, drain: AbortSignal, extra: Partial<ExecutorDeps> = {}) {
-  const bus = new EventBus();
-  const outcomes: Outcome[] = [];
-  bus.on("message.handled", (e) => void outcomes.push(e.outcome));
-  const d: ExecutorDeps = {
-    journal, bus, log: createLogger({ level: "silent" }), retries: new RetryBook(), defer: () => {},
-    dlq: { publish: async () => { throw new Error("no dead letter expected"); } },
-    drain, ...extra,
-  };
+  const { deps: d, outcomes } = unitDeps(journal, { drain, ...extra });
   return { d, outcomes };
 }
 

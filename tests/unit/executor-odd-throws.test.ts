@@ -6,11 +6,12 @@ import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
-import { defineHandler, type KafkaMessage } from "../../src/index.ts";
+import { defineHandler } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
 import { createLogger, redact } from "../../src/log.ts";
 import { execute } from "../../src/processing/executor.ts";
 import { RetryBook } from "../../src/processing/retry-book.ts";
+import { unitMessage } from "../support/executor.ts";
 import { tempDir } from "../support/tmp.ts";
 
 class Weird extends Error {
@@ -60,7 +61,7 @@ test("odd things thrown are dead-lettered with a readable error; odd things logg
           throw make();
         },
       }), [])!;
-      const m = { topic: "t", partition: 0, offset: String(i), key: null, value: Buffer.from("x"), headers: {}, timestamp: "0" } as KafkaMessage;
+      const m = unitMessage(i);
       expect({ what, verdict: await execute(h, m, deps, signal) }).toEqual({ what, verdict: "done" });
     }
     expect(dlq.length).toBe(cases.length);

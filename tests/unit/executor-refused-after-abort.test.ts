@@ -5,29 +5,18 @@
 // writes it meant to make. tests/partition-revoke-signal.test.ts runs the same through kexo.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
-import { EventBus, type Outcome } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
-import { defineHandler, type HandlerContext, type KafkaMessage } from "../../src/index.ts";
+import { defineHandler, type HandlerContext } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
-import { createLogger } from "../../src/log.ts";
-import { execute, type ExecutorDeps } from "../../src/processing/executor.ts";
-import { RetryBook } from "../../src/processing/retry-book.ts";
+import { execute } from "../../src/processing/executor.ts";
+import { unitDeps, unitMessage } from "../support/executor.ts";
 import { tempDir } from "../support/tmp.ts";
-
-const msg = (offset: number): KafkaMessage =>
-  ({ topic: "t", partition: 0, offset: String(offset), key: null, value: Buffer.from("x"), headers: {}, timestamp: "0" }) as KafkaMessage;
 
 async function run(body: (ctx: HandlerContext) => Promise<unknown>) {
   const journal = Journal.open({ url: `file:${join(tempDir(), "j.db")}`, commitIntervalMs: 1 });
   await journal.handlerDb.execute("CREATE TABLE effects (n INTEGER)");
   journal.endSetup();
-  const bus = new EventBus();
-  const outcomes: Outcome[] = [];
-  bus.on("message.handled", (e) => void outcomes.push(e.outcome));
-  const deps: ExecutorDeps = {
-    journal, bus, log: createLogger({ level: "silent" }), retries: new RetryBook(), defer: () => {},
-    dlq: { publish: async () => { throw new Error("no dead letter expected"); } },
-  };
+  const { deps, outcomes } = unitDeps(journal);
   const aborter = new AbortController();
   const h = resolveHandler("h.ts", "h", defineHandler({
     topics: ["t"],
@@ -36,7 +25,7 @@ async function run(body: (ctx: HandlerContext) => Promise<unknown>) {
       return body(ctx);
     },
   }), [])!;
-  const verdict = await execute(h, msg(0), deps, aborter.signal);
+  const verdict = await execute(h, unitMessage(0), deps, aborter.signal);
   await journal.flush();
   const effects = journal.query<{ n: number }>("SELECT count(*) AS n FROM effects")[0]!.n;
   const recorded = journal.lookup("h", `kafka-unique-id-t-0-${h.groupId}-0`, { topic: "t", partition: 0, offset: "0" }) !== undefined;

@@ -5,11 +5,12 @@ import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { EventBus } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
-import { defineHandler, type HandlerContext, type KafkaMessage } from "../../src/index.ts";
+import { defineHandler, type HandlerContext } from "../../src/index.ts";
 import { decodeHeaders, Journal } from "../../src/journal/journal.ts";
 import { createLogger } from "../../src/log.ts";
 import { execute } from "../../src/processing/executor.ts";
 import { RetryBook } from "../../src/processing/retry-book.ts";
+import { unitMessage } from "../support/executor.ts";
 import { tempDir } from "../support/tmp.ts";
 
 function setup() {
@@ -21,7 +22,7 @@ function setup() {
   };
   return { journal, dlq, deps };
 }
-const msg = (offset: number): KafkaMessage => ({ topic: "t", partition: 0, offset: String(offset), key: null, value: Buffer.from("x"), headers: {}, timestamp: "0" } as KafkaMessage);
+const msg = (offset: number) => unitMessage(offset);
 const signal = new AbortController().signal;
 
 test("step and tx results are what JSON kept, on the first run as on the replay", async () => {
