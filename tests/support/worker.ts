@@ -45,6 +45,21 @@ export interface LogLine {
   [k: string]: unknown;
 }
 
+/**
+ * Workers started and not yet exited. A test that fails midway (a timeout, a failed expect) skips
+ * its own kills: its workers would run on, through the rest of the suite and past it.
+ */
+const alive = new Set<WorkerProcess>();
+
+/** SIGKILLs every worker still running (withBroker's end; this process's exit); returns how many. */
+export function killLeftovers(): number {
+  const n = alive.size;
+  for (const w of alive) w.kill("SIGKILL");
+  alive.clear();
+  return n;
+}
+process.on("exit", () => void killLeftovers());
+
 export class WorkerProcess {
   readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">;
   readonly lines: LogLine[] = [];
@@ -80,6 +95,8 @@ export class WorkerProcess {
     });
     void this.#read(this.proc.stdout, (line) => (this.stdout += line + "\n"));
     this.#exit = this.proc.exited;
+    alive.add(this);
+    void this.#exit.then(() => alive.delete(this));
   }
 
   async #read(stream: ReadableStream<Uint8Array>, onLine: (line: string) => void) {
