@@ -84,6 +84,22 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
   }
 }
 
+/**
+ * kexo dev: partitions of the handlers' groups on which the journal has progress already. The
+ * development broker starts empty each time, its offsets from 0 again, so a journal kept from an
+ * earlier run (the default kexo.db) takes the new messages below that progress for ones done.
+ * Said at the start, not undone: the journal is the user's. 0 when it cannot be read (remote).
+ */
+function earlierProgress(worker: Worker, handlers: ResolvedHandler[]): number {
+  const groups = handlers.map((h) => h.groupId);
+  try {
+    const sql = `SELECT count(*) AS n FROM kexo_progress WHERE next_offset > 0 AND group_id IN (${groups.map(() => "?").join(", ")})`;
+    return worker.journal.query<{ n: number }>(sql, ...groups)[0]?.n ?? 0;
+  } catch {
+    return 0;
+  }
+}
+
 async function runWorker(
   config: Config & { liveness: LivenessOptions },
   handlers: ResolvedHandler[],
@@ -134,6 +150,15 @@ async function runWorker(
     return ExitCode.ok;
   }
   log.info("running", { handlers: handlers.length, http: worker.address });
+  if (dev) {
+    const partitions = earlierProgress(worker, handlers);
+    if (partitions > 0) {
+      const said = `the journal (${redactUrl(config.db)}) holds an earlier run's progress on ${partitions} partition(s): the development broker starts empty, ` +
+        "so its new messages reuse those offsets and count as deduplicated. For a fresh start remove the journal file (and its -wal, -shm) or pass --db file:another.db";
+      log.warn(said, { db: redactUrl(config.db), partitions });
+      if (dev.demo && dev.args.flags.json !== true) printLine(`demo: note: ${said}`);
+    }
+  }
   const demoAbort = new AbortController();
   if (dev?.demo) {
     const { runDemo } = await import("../dev/demo.ts");
