@@ -999,6 +999,9 @@ export class HandlerConsumer {
    * or earlier when a long batch's heartbeat was refused. That is the usual way a long message
    * meets a rebalance: kafkajs does not rejoin (nor call this) until its batch returned, and the
    * coordinator drops this member from the group once its rebalance timeout passed without it.
+   * Batches started after the grace get a fresh signal, so between that drop and the rejoin the
+   * fence stops them: the first heartbeat answered UNKNOWN_MEMBER_ID or ILLEGAL_GENERATION marks
+   * the member out, and no message starts until a rejoin is accepted.
    */
   async #beforeRejoin(): Promise<void> {
     this.#joined = false;

@@ -90,9 +90,14 @@ function patch(): void {
           return answer;
         },
         (err: unknown) => {
+          const type = (err as { type?: unknown })?.type;
           // A heartbeat refused because the group rebalances: the coordinator still knows the
           // member (Kafka renews its session then); the rebalance grace deals with the rest.
-          if (name === "heartbeat" && (err as { type?: unknown })?.type === "REBALANCE_IN_PROGRESS") fence.accepted(sent);
+          if (name === "heartbeat" && type === "REBALANCE_IN_PROGRESS") fence.accepted(sent);
+          // The member is out: dropped from a rebalance it did not rejoin within the rebalance
+          // timeout (a batch held it), or its session expired. Until kafkajs rejoins, a batch it
+          // fetched meanwhile would run messages of partitions another member owns now.
+          else if (OUT.has(type)) fence.refused(sent);
           throw err;
         },
       );
@@ -113,13 +118,21 @@ const OUT: ReadonlySet<unknown> = new Set(["UNKNOWN_MEMBER_ID", "ILLEGAL_GENERAT
  * `staleMs` (the session timeout less a second, for the write to commit) after it first asks the
  * coordinator (confirm): a heartbeat accepted, or refused because the group rebalances (the member
  * is still in it; the rebalance grace decides then), lets it go on; an answer that the member is
- * unknown or of a past generation, or none within the session, refuses it. Reading `at` is the
- * whole cost of the check in the steady state (heartbeats every 500 ms).
+ * unknown or of a past generation, or none within the session, refuses it. Any request of the
+ * member answered so (`out`, see refused) refuses them at once, until kafkajs has rejoined: a
+ * member dropped from a rebalance (a batch held its rejoin past the rebalance timeout) fetches on
+ * until kafkajs notices. Reading `at` and `out` is the whole cost of the check in the steady state
+ * (heartbeats every 500 ms).
  */
 export class MemberFence implements Fence {
   at = 0;
-  /** confirm() found the member out; until a request of it is accepted again (a rejoin's SyncGroup). */
+  /**
+   * The coordinator said the member is out (an answer to one of its requests, or confirm()); until
+   * a request sent later is accepted (a rejoin's SyncGroup). Nothing starts or records meanwhile.
+   */
   out = false;
+  /** When the request that found the member out was sent. */
+  #outAt = 0;
   readonly staleMs: number;
   #asking: Promise<boolean> | undefined;
 
@@ -127,9 +140,21 @@ export class MemberFence implements Fence {
     this.staleMs = Math.max(sessionTimeoutMs / 2, sessionTimeoutMs - 1000);
   }
 
+  /** The coordinator accepted a request of the member sent at `sent`. */
   accepted(sent: number): void {
     if (sent > this.at) this.at = sent;
-    this.out = false;
+    if (sent >= this.#outAt) this.out = false;
+  }
+
+  /**
+   * The coordinator answered a request of the member sent at `sent` that it is unknown or of a past
+   * generation. An answer to a request sent before one it accepted (a heartbeat of the last
+   * generation answered after the rejoin's SyncGroup) is about a generation already left.
+   */
+  refused(sent: number): void {
+    if (sent < this.at) return;
+    this.out = true;
+    this.#outAt = sent;
   }
 
   /** True when the coordinator accepted a heartbeat of this member sent after the call (shared by concurrent callers). */
@@ -160,6 +185,7 @@ export class MemberFence implements Fence {
 
   #gone(): boolean {
     this.out = true;
+    this.#outAt = Date.now();
     return false;
   }
 }

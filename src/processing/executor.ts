@@ -76,7 +76,8 @@ export interface ExecutorDeps {
    * The handler's consumer's membership (kafka/membership.ts MemberFence). Past `staleMs` since
    * the coordinator last accepted one of its requests (`at`) it may have expelled the member (a
    * stalled process) and given the message's partition to another: a handler run, ctx.tx or
-   * ctx.step waits for confirm() then, and is refused when it says the member is out.
+   * ctx.step waits for confirm() then, and is refused when it says the member is out. Once the
+   * coordinator answered that the member is out (`out`), they are refused at once until it rejoined.
    */
   fence?: Fence;
 }
@@ -87,13 +88,15 @@ export interface Fence {
   readonly at: number;
   readonly staleMs: number;
   readonly sessionTimeoutMs: number;
+  /** The coordinator answered that the member is unknown or of a past generation; until it rejoined. */
+  readonly out: boolean;
   /** The coordinator still knows the member in its generation (false: its partitions are someone else's). */
   confirm(): Promise<boolean>;
 }
 
 /** Whether `fence` says to ask the coordinator before anything more of the message is done or recorded. */
 function stale(fence: Fence | undefined): fence is Fence {
-  return fence !== undefined && Date.now() - fence.at > fence.staleMs;
+  return fence !== undefined && (fence.out || Date.now() - fence.at > fence.staleMs);
 }
 
 /** What a dead letter of a message the process did not survive says went wrong. */
@@ -810,10 +813,13 @@ class Context implements HandlerContext {
    */
   #refuse(call: string, fenced?: { silentMs: number; sessionTimeoutMs: number }): Error {
     this.refused = true;
-    const why = fenced
+    const why = !fenced
+      ? "its ctx.signal aborted (its partition was revoked past the rebalance grace, or the shutdown timeout ran out)"
+      : fenced.silentMs > fenced.sessionTimeoutMs
       ? `its consumer had no heartbeat accepted for ${fenced.silentMs} ms, longer than the session timeout (${fenced.sessionTimeoutMs} ms) allows, ` +
         "and the coordinator no longer knows it (the process stalled?): the message's partition went to another member"
-      : "its ctx.signal aborted (its partition was revoked past the rebalance grace, or the shutdown timeout ran out)";
+      : "the coordinator answered that its consumer is no longer a member of the group's generation (dropped from a rebalance it " +
+        "did not rejoin within the rebalance timeout, a long message holding it?): the message's partition may be another member's until it rejoined";
     return new AbortedCallError(
       `${call} refused for message ${this.id} (${this.message.topic}[${this.message.partition}]@${this.message.offset}): ${why}, ` +
         `so another run handles the message and this one records nothing more. ${fenced ? "" : "Stop the handler's work when ctx.signal aborts"}`.trimEnd(),
