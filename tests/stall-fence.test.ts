@@ -79,10 +79,12 @@ test("a message in flight when its process stalls past the session takes effect 
   await b.waitJoined(3);
   await a.waitJoined(6);
   try {
-    // Each handler's message goes where B holds it.
+    // Each handler's message goes where B holds it. B's join lines may lag a rebalance that A's
+    // last join began (B's latest logged assignment then empty): wait for B to hold one of each.
+    const held = (name: Name) => Object.entries((joins(b, name).at(-1)?.assignment ?? {}) as Record<string, number[]>).find(([, ps]) => ps.length > 0);
+    await waitUntil("B holds a partition of every handler", () => NAMES.every((n) => held(n)) || undefined, { timeoutMs: 20_000 });
     for (const name of NAMES) {
-      const assignment = joins(b, name).at(-1)!.assignment as Record<string, number[]>;
-      const [topic, partitions] = Object.entries(assignment).find(([, ps]) => ps.length > 0)!;
+      const [topic, partitions] = held(name)!;
       await broker.produce(topic, [{ key: "k", value: JSON.stringify({ n: 1 }), partition: partitions[0]! }]);
     }
     await waitUntil("B runs every handler's message", () => NAMES.every((n) => calls(n).some((c) => c.event === "start" && c.pid === b.proc.pid)) || undefined);
