@@ -1,9 +1,10 @@
-// A SIGTERM while kexo rebuilds a consumer that kafkajs gave up on (a fatal SyncGroup error) drains
-// and exits 0. The rebuilt consumer is slow to connect here (1 s round trips make its connect
-// and subscribe take seconds, a moment that is a few milliseconds long on a quiet broker): until
-// it runs it has no consumer group, and kafkajs's pause() throws then. The drain's first step
-// paused every consumer, so the stop rejected at once and kexo exited 75, logging that the
-// shutdown timeout had run out, with nothing in flight and no timeout passed.
+// A SIGTERM while kexo rebuilds a consumer that kafkajs gave up on (a fatal SyncGroup error: the
+// group's authorization withdrawn, say) drains and exits 0. The rebuilt consumer is slow to
+// connect here (1 s round trips make its connect and subscribe take seconds, a moment that is a
+// few milliseconds long on a quiet broker): until it runs it has no consumer group, and kafkajs's
+// pause() throws then. The drain's first step paused every consumer, so the stop rejected at once
+// and kexo exited 75, logging that the shutdown timeout had run out, with nothing in flight and
+// no timeout passed.
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { ApiKey, KafkaErr } from "../src/dev/mock-cluster.ts";
@@ -14,8 +15,8 @@ import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "rebuild-drain-in";
-/** kafkajs treats INVALID_REQUEST on a group call as fatal: CRASH with restart: false. */
-const INVALID_REQUEST = 42;
+/** kafkajs treats GROUP_AUTHORIZATION_FAILED on a group call as fatal: CRASH with restart: false. */
+const GROUP_AUTHORIZATION_FAILED = 30;
 const REBUILDING = "consumer crashed and kafkajs will not restart it; rebuilding the consumer";
 let broker: TestBroker;
 let dir: string;
@@ -44,7 +45,7 @@ test("SIGTERM while a crashed consumer is rebuilt: drained, exit 0", async () =>
   try {
     await waitUntil("the handler's consumer crashed", async () => {
       if (rebuildingAt) return true;
-      broker.cluster.pushRequestErrors(ApiKey.SyncGroup, [INVALID_REQUEST]);
+      broker.cluster.pushRequestErrors(ApiKey.SyncGroup, [GROUP_AUTHORIZATION_FAILED]);
       broker.cluster.pushRequestErrors(ApiKey.Heartbeat, [KafkaErr.REBALANCE_IN_PROGRESS]);
       for (let i = 0; i < 25 && !rebuildingAt; i++) await sleep(100);
       return rebuildingAt || undefined;

@@ -575,7 +575,7 @@ export class HandlerConsumer {
       this.#log.warn("consumer crashed; kafkajs restarts it", { error });
       return;
     }
-    // kafkajs gave up (e.g. INVALID_REQUEST on SyncGroup): rebuild the consumer ourselves. A
+    // kafkajs gave up (e.g. GROUP_AUTHORIZATION_FAILED on SyncGroup): rebuild the consumer ourselves. A
     // rebuilt consumer that crashes the same way (even before start() returned) is rebuilt again.
     this.#consumer = undefined;
     const crashes = ++this.#crashes;

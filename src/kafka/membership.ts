@@ -76,33 +76,49 @@ function patch(): void {
     return gate ? all(gate, lost).then(() => original.call(this)) : original.call(this);
   };
   // Every heartbeat and SyncGroup kafkajs sends (its own, a batch's, MemberFence.confirm's): one
-  // the coordinator accepted tells the group's fence when it was sent.
+  // the coordinator accepted tells the group's fence when it was sent. A late SyncGroup: lateSync.
   const broker = (Broker as { prototype: Record<"heartbeat" | "syncGroup", (this: unknown, r: { groupId: string }) => Promise<unknown>> }).prototype;
   for (const name of ["heartbeat", "syncGroup"] as const) {
     const send = broker[name];
     broker[name] = function (this: unknown, request: { groupId: string }) {
+      // No fence: the progress log's own consumer group (a late SyncGroup still applies).
       const fence = fences.get(request.groupId);
-      if (!fence) return send.call(this, request);
       const sent = Date.now();
       return send.call(this, request).then(
         (answer) => {
-          fence.accepted(sent);
+          fence?.accepted(sent);
           return answer;
         },
         (err: unknown) => {
           const type = (err as { type?: unknown })?.type;
           // A heartbeat refused because the group rebalances: the coordinator still knows the
           // member (Kafka renews its session then); the rebalance grace deals with the rest.
-          if (name === "heartbeat" && type === "REBALANCE_IN_PROGRESS") fence.accepted(sent);
+          if (name === "heartbeat" && type === "REBALANCE_IN_PROGRESS") fence?.accepted(sent);
           // The member is out: dropped from a rebalance it did not rejoin within the rebalance
           // timeout (a batch held it), or its session expired. Until kafkajs rejoins, a batch it
           // fetched meanwhile would run messages of partitions another member owns now.
-          else if (OUT.has(type)) fence.refused(sent);
+          else if (OUT.has(type)) fence?.refused(sent);
+          if (name === "syncGroup" && type === "INVALID_REQUEST") throw lateSync(err);
           throw err;
         },
       );
     };
   }
+}
+
+/**
+ * A SyncGroup answered INVALID_REQUEST. librdkafka's mock cluster (the development broker) answers
+ * so a follower whose SyncGroup comes after the leader's: it hands the assignments out at the
+ * leader's and moves the group on (Kafka keeps them and answers the follower). kafkajs takes the
+ * error for a crash: kexo rebuilt the consumer and the group went through two more rebalances, 10
+ * to 20 s without the member's partitions running. Said as "rebalancing" instead, kafkajs joins
+ * again at once (JoinGroup and SyncGroup, with its retry budget; past it, the crash as before).
+ */
+function lateSync(err: unknown): Error {
+  const said = err instanceof Error ? err.message : String(err);
+  return Object.assign(new Error(`SyncGroup refused as an invalid request (a late follower on the development broker?); joining again: ${said}`), {
+    name: "KafkaJSProtocolError", type: "REBALANCE_IN_PROGRESS", retriable: true, cause: err,
+  });
 }
 
 /** Coordinator answers that this member is out of its generation: its partitions are someone else's. */

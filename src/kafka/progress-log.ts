@@ -75,8 +75,8 @@ export class ProgressLog {
     });
     this.#consumer = consumer;
     consumer.on(consumer.events.GROUP_JOIN, () => this.#onJoined());
-    // kafkajs does not restart after an error it deems fatal (e.g. INVALID_REQUEST on a group
-    // call): start a new consumer, or the log would silently stop being read.
+    // kafkajs does not restart after an error it deems fatal (e.g. GROUP_AUTHORIZATION_FAILED on
+    // a group call): start a new consumer, or the log would silently stop being read.
     consumer.on(consumer.events.CRASH, (e) => {
       // kafkajs may report one crash twice: only the current consumer's first report counts.
       if (e.payload.restart || this.#stopped || consumer !== this.#consumer) return;

@@ -6,6 +6,8 @@
 // anything of partitions another member owns now. The executor's side: tests/unit/executor-fence.
 import { afterAll, beforeAll, expect, test } from "bun:test";
 import { Kafka, logLevel } from "kafkajs";
+// @ts-expect-error: kafkajs's broker connection has no type declarations.
+import Broker from "kafkajs/src/broker/index.js";
 import { ApiKey, createMockCluster, KafkaErr, type MockCluster } from "../../src/dev/mock-cluster.ts";
 import { memberFence } from "../../src/kafka/membership.ts";
 import { waitUntil } from "../support/wait.ts";
@@ -17,6 +19,7 @@ let kafka: Kafka;
 beforeAll(() => {
   cluster = createMockCluster();
   cluster.createTopic("fenced", 1);
+  cluster.createTopic("late-sync", 2);
   kafka = new Kafka({ clientId: "member-fence-unit", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
 });
 afterAll(() => cluster.close());
@@ -63,5 +66,42 @@ test("a heartbeat answered 'out of the generation' marks the member out until it
   } finally {
     cluster.clearRequestErrors(ApiKey.Heartbeat);
     await consumer.disconnect();
+  }
+}, 90_000);
+
+// The development broker answers a follower's SyncGroup that comes after the leader's with
+// INVALID_REQUEST (it handed the assignments out at the leader's); kafkajs crashed the consumer on
+// it, and the group took two more rebalances (10-20 s) to get the member's partitions running.
+test("a follower's SyncGroup refused as late joins again at once instead of crashing its consumer", async () => {
+  const group = "late-sync-unit";
+  memberFence(group, 6000);
+  type SyncRequest = { groupId: string; groupAssignment: unknown[] };
+  const proto = (Broker as { prototype: { syncGroup(this: unknown, r: SyncRequest): Promise<unknown> } }).prototype;
+  const sync = proto.syncGroup;
+  let held = 0;
+  // The first follower SyncGroup (no assignments in it) is sent a second late.
+  proto.syncGroup = async function (this: unknown, r: SyncRequest) {
+    if (r.groupId === group && r.groupAssignment.length === 0 && held++ === 0) await new Promise((done) => setTimeout(done, 1000));
+    return sync.call(this, r);
+  };
+  const consumers = [0, 1].map(() => kafka.consumer({ groupId: group, sessionTimeout: 6000, heartbeatInterval: 200, maxWaitTimeInMs: 100 }));
+  const crashes: unknown[] = [];
+  const assigned = consumers.map(() => [] as number[]);
+  try {
+    for (const [i, c] of consumers.entries()) {
+      c.on(c.events.CRASH, (e) => void crashes.push(e.payload.error));
+      c.on(c.events.GROUP_JOIN, (e) => void (assigned[i] = e.payload.memberAssignment["late-sync"] ?? []));
+      await c.connect();
+      await c.subscribe({ topics: ["late-sync"], fromBeginning: true });
+      await c.run({ eachBatch: async () => {} });
+      // The second one joins once the first holds both partitions (its SyncGroup is the late one).
+      if (i === 0) await waitUntil("the first consumer joined", () => assigned[0]!.length === 2 || undefined, { timeoutMs: 30_000 });
+    }
+    await waitUntil("both consumers hold a partition", () => (assigned.every((a) => a.length === 1) ? true : undefined), { timeoutMs: 30_000 });
+    expect(held).toBeGreaterThan(0);
+    expect(crashes).toEqual([]);
+  } finally {
+    proto.syncGroup = sync;
+    await Promise.all(consumers.map((c) => c.disconnect()));
   }
 }, 90_000);
