@@ -575,8 +575,9 @@ export class HandlerConsumer {
       this.#log.warn("consumer crashed; kafkajs restarts it", { error });
       return;
     }
-    // kafkajs gave up (e.g. GROUP_AUTHORIZATION_FAILED on SyncGroup): rebuild the consumer ourselves. A
-    // rebuilt consumer that crashes the same way (even before start() returned) is rebuilt again.
+    // kafkajs gave up (e.g. GROUP_AUTHORIZATION_FAILED on SyncGroup): rebuild the consumer
+    // ourselves. A rebuilt consumer that crashes the same way (even before start() returned) is
+    // rebuilt again.
     this.#consumer = undefined;
     const crashes = ++this.#crashes;
     this.#log.error("consumer crashed and kafkajs will not restart it; rebuilding the consumer", { error, crashes });
