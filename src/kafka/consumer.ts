@@ -638,7 +638,10 @@ export class HandlerConsumer {
     try {
       if (heldBy && heldBy.partition !== batch.partition) heldBy.resumes.push(pause());
       else for (const m of batch.messages) {
-        if (stale || this.#stopping || rebalancing || this.#rejoining || signal.aborted || !isRunning() || state !== this.#parts.get(pk)) break;
+        // A rebalance known to the member (any batch's heartbeat refused: #grace) starts nothing more
+        // here either: every partition is revoked at the rejoin, and a message started now only
+        // holds the rejoin up (or, past the rebalance timeout, runs as a dropped member's).
+        if (stale || this.#stopping || rebalancing || this.#grace || this.#rejoining || signal.aborted || !isRunning() || state !== this.#parts.get(pk)) break;
         // Below the journal's progress the message is done already (Kafka's offset lagged behind
         // the journal, or was rewound): it is reported as deduplicated, never run again.
         let below = false;
@@ -1047,6 +1050,12 @@ export class HandlerConsumer {
     this.#revoke.abort();
     this.#revoke = new AbortController();
     this.#signal = AbortSignal.any([this.#abort.signal, this.#revoke.signal]);
+    // The progress of what finished is shared now, not only at the rejoin: kafkajs rejoins (and
+    // runs #beforeRejoin) once the running batches returned, and past the rebalance timeout the
+    // coordinator drops this member and hands its partitions out without waiting for that. Their
+    // next owner, with a journal of its own, reads this at its join (Kafka's offsets, or the
+    // progress log when a commit is refused in the rebalance) instead of running them again.
+    void this.#settle().catch((err: unknown) => this.#log.warn("progress not shared at the grace's end; the journal still has it", { error: err }));
   }
 
   /** A join (or stop) ends the epoch's grace: a later rebalance gets its own. */
