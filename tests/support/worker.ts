@@ -146,6 +146,8 @@ export class WorkerProcess {
 
   kill(signal: NodeJS.Signals | number = "SIGKILL"): void {
     this.proc.kill(signal);
+    // Dying, if not yet reaped: not a worker left running (a SIGTERM'd one may still hang).
+    if (signal === "SIGKILL" || signal === 9) alive.delete(this);
   }
 
   exited(): Promise<number> {
