@@ -88,16 +88,12 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
  * kexo dev: partitions of the handlers' groups on which the journal has progress already. The
  * development broker starts empty each time, its offsets from 0 again, so a journal kept from an
  * earlier run (the default kexo.db) takes the new messages below that progress for ones done.
- * Said at the start, not undone: the journal is the user's. 0 when it cannot be read (remote).
+ * Said at the start, not undone: the journal is the user's.
  */
 function earlierProgress(worker: Worker, handlers: ResolvedHandler[]): number {
-  const groups = handlers.map((h) => h.groupId);
-  try {
-    const sql = `SELECT count(*) AS n FROM kexo_progress WHERE next_offset > 0 AND group_id IN (${groups.map(() => "?").join(", ")})`;
-    return worker.journal.query<{ n: number }>(sql, ...groups)[0]?.n ?? 0;
-  } catch {
-    return 0;
-  }
+  let partitions = 0;
+  for (const h of handlers) for (const next of worker.journal.progress(h.groupId).values()) if (next > 0n) partitions++;
+  return partitions;
 }
 
 async function runWorker(
