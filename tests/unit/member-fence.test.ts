@@ -4,25 +4,20 @@
 // once, until kafkajs rejoined: a member dropped from a rebalance (a long batch held its rejoin
 // past the rebalance timeout) fetches on until kafkajs notices, and must not start or record
 // anything of partitions another member owns now. The executor's side: tests/unit/executor-fence.
-import { afterAll, beforeAll, expect, test } from "bun:test";
-import { Kafka, logLevel } from "kafkajs";
+import { expect, test } from "bun:test";
+import type { Kafka } from "kafkajs";
 // @ts-expect-error: kafkajs's broker connection has no type declarations.
 import Broker from "kafkajs/src/broker/index.js";
-import { ApiKey, createMockCluster, KafkaErr, type MockCluster } from "../../src/dev/mock-cluster.ts";
+import { ApiKey, KafkaErr, type MockCluster } from "../../src/dev/mock-cluster.ts";
 import { memberFence } from "../../src/kafka/membership.ts";
+import { withBroker } from "../support/broker.ts";
 import { waitUntil } from "../support/wait.ts";
 
 const GROUP = "member-fence-unit";
 let cluster: MockCluster;
 let kafka: Kafka;
 
-beforeAll(() => {
-  cluster = createMockCluster();
-  cluster.createTopic("fenced", 1);
-  cluster.createTopic("late-sync", 2);
-  kafka = new Kafka({ clientId: "member-fence-unit", brokers: cluster.bootstrap.split(","), logLevel: logLevel.NOTHING });
-});
-afterAll(() => cluster.close());
+withBroker({ fenced: 1, "late-sync": 2 }, {}, ({ broker }) => ({ cluster, kafka } = broker));
 
 test("a heartbeat answered 'out of the generation' marks the member out until its rejoin is accepted; confirm() asks the coordinator", async () => {
   const fence = memberFence(GROUP, 6000);
