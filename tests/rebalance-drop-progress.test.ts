@@ -10,7 +10,7 @@
 import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
-import { queryRows } from "./support/db.ts";
+import { columnIn, countIn } from "./support/db.ts";
 import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
@@ -47,7 +47,7 @@ test("a member dropped from a rebalance (a batch held its rejoin): what it finis
   broker.cluster.setPartitionLeader(TOPIC, 1, 2);
   const dbs = ["a.db", "b.db"].map((d) => join(dir, d));
   const start = (db: string) => new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env: callsLog(dir).env });
-  const effects = () => dbs.flatMap((db) => queryRows<{ n: number }>(db, "SELECT n FROM effects WHERE k = 'x'").map((e) => e.n));
+  const effects = () => dbs.flatMap((db) => columnIn<number>(db, "SELECT n FROM effects WHERE k = 'x'"));
   const a = start(dbs[0]!);
   let b: WorkerProcess | undefined;
   let n = 0;
@@ -76,7 +76,7 @@ test("a member dropped from a rebalance (a batch held its rejoin): what it finis
     await Promise.all([a.exited(), b.exited()]);
     const all = effects();
     const twice = [...new Set(all.filter((x, i) => all.indexOf(x) !== i))].sort((p, q) => p - q);
-    console.log(`${n} messages; effects in A ${queryRows(dbs[0]!, "SELECT n FROM effects").length}, in B ${queryRows(dbs[1]!, "SELECT n FROM effects").length}; twice: ${twice.join(",") || "none"}`);
+    console.log(`${n} messages; effects in A ${countIn(dbs[0]!, "SELECT count(*) AS n FROM effects")}, in B ${countIn(dbs[1]!, "SELECT count(*) AS n FROM effects")}; twice: ${twice.join(",") || "none"}`);
     expect(twice).toEqual([]);
     expect(new Set(all).size).toBe(n);
   } finally {
