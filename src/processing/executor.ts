@@ -535,7 +535,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
     const tracked = hold !== undefined && (hold.alone || hold.guard.track(handler.name, message.topic, message.partition));
     for (let attempt = first; ; attempt++) {
       if (signal.aborted) return "aborted";
-      // A stalled process woke: nothing starts before the coordinator says the partition is still ours.
+      // A stalled process woke, or the coordinator said the member is out: nothing starts before
+      // the coordinator says the partition is still ours.
       if (stale(deps.fence) && !(await deps.fence.confirm())) return "aborted";
       let claim: AttemptClaim | undefined;
       if (hold) {
@@ -713,7 +714,7 @@ class Context implements HandlerContext {
   #txCount = 0;
   /** The attempt's handle() returned or threw: what the ctx records now would belong to no attempt. */
   ended = false;
-  /** A ctx.tx or ctx.step was refused because the signal had aborted (see abortedCall). */
+  /** A ctx.tx or ctx.step was refused: the signal had aborted, or the member was fenced (see #refuse). */
   refused = false;
   #outbox: OutboxRecord[] | undefined;
   #encodes: PendingEncode[] | undefined;
@@ -806,10 +807,11 @@ class Context implements HandlerContext {
   }
 
   /**
-   * A ctx.tx or ctx.step called after ctx.signal aborted. The signal aborts when kexo gives the
-   * message up: past the rebalance grace (its partition's next owner, maybe with a journal of its
-   * own, runs it again) or the shutdown timeout (the next start runs it). What this run recorded
-   * from then on would land beside that run's: effects twice. So it records nothing more.
+   * A ctx.tx or ctx.step called after ctx.signal aborted, or while the member is fenced (`fenced`).
+   * The signal aborts when kexo gives the message up: past the rebalance grace (its partition's
+   * next owner, maybe with a journal of its own, runs it again) or the shutdown timeout (the next
+   * start runs it). What this run recorded from then on would land beside that run's: effects
+   * twice. So it records nothing more.
    */
   #refuse(call: string, fenced?: { silentMs: number; sessionTimeoutMs: number }): Error {
     this.refused = true;
