@@ -7,7 +7,7 @@ import { createMockCluster, type MockCluster } from "../../src/dev/mock-cluster.
 import { silenceTimeoutNegativeWarning } from "../../src/kafka/client.ts";
 import { PROGRESS_TOPIC } from "../../src/kafka/progress-log.ts";
 import { tempDir } from "./tmp.ts";
-import { killLeftovers } from "./worker.ts";
+import { killLeftovers, warnKilled } from "./worker.ts";
 
 export interface TestBroker {
   cluster: MockCluster;
@@ -112,8 +112,8 @@ export function withBroker(
     await ready({ broker, dir });
   });
   afterAll(async () => {
-    const left = killLeftovers();
-    if (left > 0) console.warn(`withBroker: killed ${left} kexo worker(s) the file's tests left running (a test failed before its own kills?)`);
+    // Before the broker goes, so that no worker sees it vanish (tests/support/preload.ts kills the rest).
+    warnKilled(killLeftovers());
     await broker?.close();
   });
 }

@@ -1,13 +1,17 @@
-// Temporary directories for tests, removed at process exit.
+// Temporary directories for tests, removed when the test file ends (tests/support/preload.ts;
+// set KEXO_KEEP_TMP=1 to keep them for a look after a failure). bun test fires no process
+// "exit" event, so a hook there never ran: each full run used to leave ~600 directories in /tmp.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
 const made: string[] = [];
-process.on("exit", () => {
+
+/** Removes every directory tempDir made in this process so far, unless KEXO_KEEP_TMP is set. */
+export function removeTempDirs(): void {
   if (process.env.KEXO_KEEP_TMP) return;
-  for (const d of made) rmSync(d, { recursive: true, force: true });
-});
+  for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
+}
 
 export function tempDir(prefix = "kexo-test-"): string {
   const d = mkdtempSync(join(tmpdir(), prefix));

@@ -51,14 +51,17 @@ export interface LogLine {
  */
 const alive = new Set<WorkerProcess>();
 
-/** SIGKILLs every worker still running (withBroker's end; this process's exit); returns how many. */
+/** SIGKILLs every worker still running (each test file's end, tests/support/preload.ts); returns how many. */
 export function killLeftovers(): number {
   const n = alive.size;
   for (const w of alive) w.kill("SIGKILL");
   alive.clear();
   return n;
 }
-process.on("exit", () => void killLeftovers());
+
+export function warnKilled(n: number): void {
+  if (n > 0) console.warn(`tests: killed ${n} kexo worker(s) the file's tests left running (a test failed before its own kills?)`);
+}
 
 export class WorkerProcess {
   readonly proc: Bun.Subprocess<"ignore", "pipe", "pipe">;

@@ -5,14 +5,14 @@
 // version (keyed by id, cleared after the outcome).
 import type { WireHeaders } from "../../src/kafka/headers.ts";
 import { expect, test } from "bun:test";
-import { copyFileSync, existsSync, mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { copyFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import Database from "libsql";
 import { EventBus } from "../../src/events.ts";
 import { resolveHandler } from "../../src/handlers/resolve.ts";
 import { defineHandler, type KafkaMessage, PermanentError, v } from "../../src/index.ts";
 import { Journal } from "../../src/journal/journal.ts";
+import { tempDir } from "../support/tmp.ts";
 import { createLogger } from "../../src/log.ts";
 import { execute } from "../../src/processing/executor.ts";
 import { RetryBook } from "../../src/processing/retry-book.ts";
@@ -50,7 +50,7 @@ async function runToDone(h: ReturnType<typeof mk>, m: KafkaMessage, d: ReturnTyp
 }
 
 test("a dlq replay of a message whose count was left by a poison dead letter starts at attempt 1", async () => {
-  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-a-")), "j.db")}`;
+  const url = `file:${join(tempDir(), "j.db")}`;
   const retry = { attempts: 4, initialDelayMs: 1, maxDelayMs: 1 };
   // Run 1: handler v1 fails twice (transient), then the process stops (SIGTERM/redeploy).
   const v1 = mk({ topics: ["t"], schema: v.object({ id: v.string() }), retry, async handle() { throw new Error("down"); } });
@@ -90,7 +90,7 @@ test("a dlq replay of a message whose count was left by a poison dead letter sta
 });
 
 test("no COMMIT holds a dead letter without the delete of its count (a size-triggered COMMIT in between)", async () => {
-  const dir = mkdtempSync(join(tmpdir(), "kexo-b-"));
+  const dir = tempDir();
   const path = join(dir, "j.db");
   const retry = { attempts: 2, initialDelayMs: 1, maxDelayMs: 1 };
   const h = mk({ topics: ["t"], retry, async handle() { throw new Error("down"); } });
@@ -116,7 +116,7 @@ test("no COMMIT holds a dead letter without the delete of its count (a size-trig
 });
 
 test("a second copy of the same id on another partition has its own count", async () => {
-  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-c-")), "j.db")}`;
+  const url = `file:${join(tempDir(), "j.db")}`;
   const retry = { attempts: 4, initialDelayMs: 1, maxDelayMs: 1 };
   const seen: string[] = [];
   const h = mk({
@@ -141,7 +141,7 @@ test("a second copy of the same id on another partition has its own count", asyn
 });
 
 test("deadLetter: false: a PermanentError's retries are counted across a restart too", async () => {
-  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-d-")), "j.db")}`;
+  const url = `file:${join(tempDir(), "j.db")}`;
   const seen: number[] = [];
   const h = mk({
     topics: ["t"], deadLetter: false, retry: { attempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
@@ -168,7 +168,7 @@ test("deadLetter: false: a PermanentError's retries are counted across a restart
 });
 
 test("a handler that gave up before a restart is not run again: the restart only writes its dead letter", async () => {
-  const url = `file:${join(mkdtempSync(join(tmpdir(), "kexo-e-")), "j.db")}`;
+  const url = `file:${join(tempDir(), "j.db")}`;
   const seen: string[] = [];
   const h = mk({
     topics: ["t"], retry: { attempts: 2, initialDelayMs: 1, maxDelayMs: 1 },
