@@ -5,13 +5,14 @@ import type { Kafka } from "kafkajs";
 import { now, type SentRange } from "./data.ts";
 
 /** Runs bench/raw-child.ts as a child process, as kexo runs, so rate and RSS compare. */
-export async function rawConsume(brokers: string, topic: string, count: number, timeoutMs = 120_000): Promise<{ rate: number; seconds: number; peakRssMiB: number }> {
-  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "raw-child.ts"), brokers, topic, String(count)], { stdout: "pipe", stderr: "pipe" });
+export async function rawConsume(brokers: string, topic: string, count: number, opts: { kexoDecoder?: boolean; timeoutMs?: number } = {}): Promise<{ rate: number; seconds: number; peakRssMiB: number; cpu: number }> {
+  const timeoutMs = opts.timeoutMs ?? 120_000;
+  const proc = Bun.spawn([process.execPath, join(import.meta.dir, "raw-child.ts"), brokers, topic, String(count), ...(opts.kexoDecoder ? ["kexo-decoder"] : [])], { stdout: "pipe", stderr: "pipe" });
   const timer = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
   const [out, err] = await Promise.all([new Response(proc.stdout).text(), new Response(proc.stderr).text(), proc.exited]);
   clearTimeout(timer);
   try {
-    return JSON.parse(out.trim().split("\n").pop() ?? "") as { rate: number; seconds: number; peakRssMiB: number };
+    return JSON.parse(out.trim().split("\n").pop() ?? "") as { rate: number; seconds: number; peakRssMiB: number; cpu: number };
   } catch {
     throw new Error(`raw consume of ${count} messages from ${topic} failed (exit ${proc.exitCode}): ${err.slice(-1000)}`);
   }

@@ -3,12 +3,15 @@
 // (a real journal file, the worker's metrics, liveness and GC pacer listening, partition progress
 // through a commit hook). Each stage adds one part, so the differences say what each part costs.
 //
-//   bun bench/stages.ts [--messages 200000] [--only decode,insert,noop,tx,steptx,guarded]
+//   bun bench/stages.ts [--messages 200000] [--only fetch,decode,insert,noop,tx,steptx,guarded]
 //
 // The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
 // kafkajs's fetch and decode on top. `insert` is the handler's INSERT alone through the libsql
 // driver kexo uses, prepared, 4000 to a transaction, without kexo: with decode and kafkajs's own
 // cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
+// `fetch` decodes Fetch v11 responses of the same messages (one 1000-record batch per partition
+// per response, as the development broker serves them), with kafkajs's decoder and with kexo's
+// (src/kafka/fetch-decode.ts), which the consumer uses.
 // `guarded` is `tx` after an unclean stop (src/processing/crash-guard.ts): the first 1000 messages
 // per partition journal each attempt before it runs, the rest take the guard's shared side; with
 // --messages 8000 (8 partitions) every message is tracked. `steptx` is scenario (c): a ctx.step
@@ -31,6 +34,8 @@ import { CrashGuard } from "../src/processing/crash-guard.ts";
 import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
 import { MemberFence } from "../src/kafka/membership.ts";
 import { value } from "./data.ts";
+import { decodeFetchV11, kafkajsDecodeFetchV11 } from "../src/kafka/fetch-decode.ts";
+import { fetchResponse, recordBatch } from "../tests/support/fetch-response.ts";
 
 const { values: a } = parseArgs({
   options: { messages: { type: "string", default: "200000" }, only: { type: "string", default: "decode,insert,noop,tx" }, partitions: { type: "string", default: "8" } },
@@ -152,6 +157,25 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
 }
 
 const msgs = messages();
+if (only.has("fetch")) {
+  const PER = 1000;
+  const responses: Buffer[] = [];
+  for (let base = 0; base < msgs.length; base += PER * P) {
+    const parts: { partition: number; records: Buffer }[] = [];
+    for (let p = 0; p < P; p++) {
+      const mine = [];
+      for (let i = base + p; i < Math.min(base + PER * P, msgs.length); i += P) mine.push(msgs[i]!);
+      if (!mine.length) continue;
+      parts.push({ partition: p, records: await recordBatch(mine[0]!.offset, mine.map((m, i) => ({ offsetDelta: i, timestampDelta: i, value: m.value }))) });
+    }
+    responses.push(fetchResponse(TOPIC, parts));
+  }
+  for (const [name, decode] of [["kafkajs", kafkajsDecodeFetchV11], ["kexo", decodeFetchV11]] as const) {
+    const t0 = performance.now();
+    for (const r of responses) await decode(r);
+    report(`Fetch v11 response decode (${name})`, performance.now() - t0);
+  }
+}
 if (only.has("decode")) {
   const t0 = performance.now();
   for (const m of msgs) decodePayload(handlers.noop, m);

@@ -6,6 +6,7 @@ import { readFileSync } from "node:fs";
 import type { ConnectionOptions } from "node:tls";
 import { ConfigError } from "../errors.ts";
 import type { Logger } from "../log.ts";
+import { installFetchDecoder } from "./fetch-decode.ts";
 import { createThrottle } from "./log-throttle.ts";
 
 export interface KafkaSettings {
@@ -70,6 +71,7 @@ const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
 
 export function createKafka(settings: KafkaSettings, log: Logger): Kafka {
   silenceTimeoutNegativeWarning();
+  installFetchDecoder();
   return new Kafka(kafkaConfig(settings, log));
 }
 

@@ -1,0 +1,109 @@
+// kexo's Fetch v11 decoder (src/kafka/fetch-decode.ts) against kafkajs's own, on responses built
+// with kafkajs's encoders: both must give the same objects, down to each Buffer's bytes, for every
+// shape a broker sends — and the fallback cases must reach kafkajs's decoder.
+import { describe, expect, test } from "bun:test";
+import { CompressionTypes } from "kafkajs";
+// @ts-expect-error: kafkajs's protocol modules have no type declarations.
+import MessageSet from "kafkajs/src/protocol/messageSet/index.js";
+import { decodeFetchV11, decodeRecordSet, kafkajsDecodeFetchV11 } from "../../src/kafka/fetch-decode.ts";
+import { type BatchRecord as Rec, fetchResponse, recordBatch as batch } from "../support/fetch-response.ts";
+
+const response = (partitions: { partition: number; records: Buffer }[]) => fetchResponse("orders", partitions);
+
+const plain = (n: number, from = 0): Rec[] =>
+  Array.from({ length: n }, (_, i) => ({ key: i % 3 ? `k${i}` : null, value: i % 5 === 4 ? null : JSON.stringify({ i, pad: "x".repeat(i % 40) }), offsetDelta: from + i }));
+
+async function same(raw: Buffer): Promise<unknown> {
+  const ours = await decodeFetchV11(raw);
+  const theirs = await kafkajsDecodeFetchV11(raw);
+  expect(ours).toEqual(theirs as typeof ours);
+  // toEqual looks through Buffers' bytes; make sure the types match too.
+  const records = (r: unknown) => (r as { responses: { partitions: { messages: { key: unknown; value: unknown; headers?: object }[] }[] }[] }).responses[0]!.partitions.flatMap((p) => p.messages);
+  const a = records(ours);
+  const b = records(theirs);
+  for (let i = 0; i < a.length; i++) {
+    expect(Buffer.isBuffer(a[i]!.value)).toBe(Buffer.isBuffer(b[i]!.value));
+    expect(Buffer.isBuffer(a[i]!.key)).toBe(Buffer.isBuffer(b[i]!.key));
+    // The legacy message format has no headers.
+    expect(Object.getPrototypeOf(a[i]!.headers ?? {})).toBe(Object.getPrototypeOf(b[i]!.headers ?? {}));
+    expect(Object.keys(a[i]!.headers ?? {})).toEqual(Object.keys(b[i]!.headers ?? {}));
+  }
+  return ours;
+}
+
+const messagesOf = (r: unknown) => (r as { responses: { partitions: { messages: { offset: string; timestamp: string }[] }[] }[] }).responses[0]!.partitions.map((p) => p.messages);
+
+describe("Fetch v11 decoding matches kafkajs", () => {
+  test("uncompressed batches: keys, null values, offsets, timestamps, several batches and partitions", async () => {
+    const p0 = Buffer.concat([await batch("0", plain(50)), await batch("50", plain(30))]);
+    const p1 = await batch("123456789012", plain(7));
+    const r = await same(response([{ partition: 0, records: p0 }, { partition: 1, records: p1 }]));
+    const [m0, m1] = messagesOf(r);
+    expect(m0!.map((m) => m.offset)).toEqual(Array.from({ length: 80 }, (_, i) => String(i < 50 ? i : i)));
+    expect(m1![6]!.offset).toBe("123456789018");
+    expect(m0![2]!.timestamp).toBe(String(1_700_000_000_000 + 6));
+  });
+
+  test("headers: several, repeated keys (arrays), null values, non-ASCII keys", async () => {
+    const recs: Rec[] = [
+      { value: "a", offsetDelta: 0, headers: { "kexo-id": "id-1", trace: ["t1", "t2", "t3"] } },
+      { value: "b", offsetDelta: 1, headers: { "ключ": "значение", "": "empty name" } },
+      { value: "c", offsetDelta: 2, headers: {} },
+    ];
+    await same(response([{ partition: 0, records: await batch("10", recs) }]));
+  });
+
+  test("headers named like Object.prototype's members are plain own values (kafkajs's differ here)", async () => {
+    // kafkajs's reducer sees the inherited `constructor` as an earlier value and makes
+    // [Object, value]; `__proto__` it does keep as an own property. Ours: the header's value both times.
+    const recs: Rec[] = [{ value: "a", offsetDelta: 0, headers: { ["__proto__"]: "p", constructor: "c", toString: ["t1", "t2"] } }];
+    const [record] = decodeRecordSet(await batch("0", recs));
+    const h = record!.headers as Record<string, unknown>;
+    expect(Object.getPrototypeOf(h)).toBe(Object.prototype);
+    expect(Object.getOwnPropertyNames(h).sort()).toEqual(["__proto__", "constructor", "toString"]);
+    expect(String(Object.getOwnPropertyDescriptor(h, "__proto__")!.value)).toBe("p");
+    expect(String(h.constructor)).toBe("c");
+    expect((h.toString as unknown as Buffer[]).map(String)).toEqual(["t1", "t2"]);
+  });
+
+  test("a batch cut short by the fetch size is dropped, as kafkajs drops it", async () => {
+    const whole = await batch("0", plain(20));
+    const next = await batch("20", plain(20));
+    const cut = Buffer.concat([whole, next.subarray(0, next.length - 17)]);
+    const r = await same(response([{ partition: 0, records: cut }]));
+    expect(messagesOf(r)[0]).toHaveLength(20);
+  });
+
+  test("log-append time, control and transactional batches, negative timestamps", async () => {
+    const attr = (bits: number) => (b: Buffer) => b.writeInt16BE(b.readInt16BE(21) | bits, 21);
+    const appendTime = await batch("0", plain(5), { patch: attr(0x8) });
+    const control = await batch("5", plain(2), { patch: attr(0x20 | 0x10) });
+    const noTime = await batch("7", plain(3), { firstTimestamp: -1 });
+    const r = await same(response([{ partition: 0, records: Buffer.concat([appendTime, control, noTime]) }]));
+    const m = messagesOf(r)[0]!;
+    expect(m[0]!.timestamp).toBe("1700000009999");
+    expect(m[8]!.timestamp).toBe(String(-1 + 1 * 3));
+  });
+
+  test("compressed batches, offsets past 2^53 and an older message format go to kafkajs's decoder", async () => {
+    const gzip = await batch("0", plain(25), { compression: CompressionTypes.GZIP });
+    expect(() => decodeRecordSet(gzip)).toThrow();
+    await same(response([{ partition: 0, records: gzip }]));
+    const huge = await batch("9007199254740990", plain(5));
+    expect(() => decodeRecordSet(huge)).toThrow();
+    const r = await same(response([{ partition: 0, records: huge }]));
+    expect(messagesOf(r)[0]![4]!.offset).toBe("9007199254740994");
+    // A mix: the fast batches, then a compressed one — the partition goes through kafkajs whole.
+    await same(response([{ partition: 0, records: Buffer.concat([await batch("0", plain(3)), await batch("3", plain(3), { compression: CompressionTypes.GZIP })]) }]));
+    // Magic 1, the message set of Kafka before 0.11.
+    const entries = plain(4).map((r) => ({ key: r.key === undefined ? null : r.key, value: r.value, timestamp: 1_700_000_000_000 }));
+    const legacy = Buffer.from((MessageSet as (o: unknown) => { buffer: Buffer })({ messageVersion: 1, compression: CompressionTypes.None, entries }).buffer);
+    expect(() => decodeRecordSet(legacy)).toThrow();
+    expect(messagesOf(await same(response([{ partition: 0, records: legacy }])))[0]).toHaveLength(4);
+  });
+
+  test("empty and tiny record sets", async () => {
+    await same(response([{ partition: 0, records: Buffer.alloc(0) }]));
+    await same(response([{ partition: 0, records: await batch("0", []) }]));
+  });
+});
