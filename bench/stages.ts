@@ -11,7 +11,7 @@
 // cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
 // `fetch` decodes Fetch v11 responses of the same messages (one 1000-record batch per partition
 // per response, as the development broker serves them), with kafkajs's decoder and with kexo's
-// (src/kafka/fetch-decode.ts), which the consumer uses.
+// (src/kafka/fetch-decode.ts), which the consumer uses; uncompressed, then gzip-compressed.
 // `guarded` is `tx` after an unclean stop (src/processing/crash-guard.ts): the first 1000 messages
 // per partition journal each attempt before it runs, the rest take the guard's shared side; with
 // --messages 8000 (8 partitions) every message is tracked. `steptx` is scenario (c): a ctx.step
@@ -35,6 +35,7 @@ import { execute, type ExecutorDeps } from "../src/processing/executor.ts";
 import { MemberFence } from "../src/kafka/membership.ts";
 import { value } from "./data.ts";
 import { decodeFetchV11, kafkajsDecodeFetchV11 } from "../src/kafka/fetch-decode.ts";
+import { CompressionTypes } from "kafkajs";
 import { fetchResponse, recordBatch } from "../tests/support/fetch-response.ts";
 
 const { values: a } = parseArgs({
@@ -159,21 +160,23 @@ async function stage(name: keyof typeof handlers, msgs: KafkaMessage[], guarded 
 const msgs = messages();
 if (only.has("fetch")) {
   const PER = 1000;
-  const responses: Buffer[] = [];
-  for (let base = 0; base < msgs.length; base += PER * P) {
-    const parts: { partition: number; records: Buffer }[] = [];
-    for (let p = 0; p < P; p++) {
-      const mine = [];
-      for (let i = base + p; i < Math.min(base + PER * P, msgs.length); i += P) mine.push(msgs[i]!);
-      if (!mine.length) continue;
-      parts.push({ partition: p, records: await recordBatch(mine[0]!.offset, mine.map((m, i) => ({ offsetDelta: i, timestampDelta: i, value: m.value }))) });
+  for (const compression of [CompressionTypes.None, CompressionTypes.GZIP]) {
+    const responses: Buffer[] = [];
+    for (let base = 0; base < msgs.length; base += PER * P) {
+      const parts: { partition: number; records: Buffer }[] = [];
+      for (let p = 0; p < P; p++) {
+        const mine = [];
+        for (let i = base + p; i < Math.min(base + PER * P, msgs.length); i += P) mine.push(msgs[i]!);
+        if (!mine.length) continue;
+        parts.push({ partition: p, records: await recordBatch(mine[0]!.offset, mine.map((m, i) => ({ offsetDelta: i, timestampDelta: i, value: m.value })), { compression }) });
+      }
+      responses.push(fetchResponse(TOPIC, parts));
     }
-    responses.push(fetchResponse(TOPIC, parts));
-  }
-  for (const [name, decode] of [["kafkajs", kafkajsDecodeFetchV11], ["kexo", decodeFetchV11]] as const) {
-    const t0 = performance.now();
-    for (const r of responses) await decode(r);
-    report(`Fetch v11 response decode (${name})`, performance.now() - t0);
+    for (const [name, decode] of [["kafkajs", kafkajsDecodeFetchV11], ["kexo", decodeFetchV11]] as const) {
+      const t0 = performance.now();
+      for (const r of responses) await decode(r);
+      report(`Fetch v11 decode${compression ? ", gzip" : ""} (${name})`, performance.now() - t0);
+    }
   }
 }
 if (only.has("decode")) {

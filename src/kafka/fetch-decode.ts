@@ -2,18 +2,21 @@
 // from Kafka 2.3 on, and with the development broker). kafkajs decodes every record through a
 // new Decoder object and does its offset and timestamp arithmetic with Long values parsed from
 // strings: at the benchmark's 150-byte records that was most of its consuming cost, on the same
-// JavaScript thread as the handlers. This decoder reads uncompressed record batches (magic 2)
-// straight from the response buffer, with number arithmetic while offsets and timestamps stay
-// below 2^53, and gives kafkajs the very objects its own decoder gives: the same fields, the
-// same types, key, value and header values as Buffers over the response. Anything else — a
-// compressed batch, an older message format, a number past 2^53 — goes through kafkajs's own
-// decoder, partition by partition. tests/unit/fetch-decode compares the two on such responses.
+// JavaScript thread as the handlers. This decoder reads record batches (magic 2) straight from
+// the response buffer (compressed ones from what kafkajs's codec for them gives),
+// with number arithmetic while offsets and timestamps stay below 2^53, and gives kafkajs the very
+// objects its own decoder gives: the same fields, the same types, key, value and header values as
+// Buffers over the response. Anything else — an older message format, a codec kafkajs has none
+// registered for, a number past 2^53 — goes through kafkajs's own decoder, partition by
+// partition. tests/unit/fetch-decode compares the two on such responses.
 // @ts-expect-error: kafkajs's protocol modules have no type declarations.
 import fetchV11Response from "kafkajs/src/protocol/requests/fetch/v11/response.js";
 // @ts-expect-error: as above.
 import kafkajsDecodeMessages from "kafkajs/src/protocol/requests/fetch/v4/decodeMessages.js";
 // @ts-expect-error: as above.
 import Decoder from "kafkajs/src/protocol/decoder.js";
+// @ts-expect-error: as above.
+import compression from "kafkajs/src/protocol/message/compression/index.js";
 
 interface KafkajsDecoder {
   buffer: Buffer;
@@ -31,6 +34,7 @@ interface KafkajsDecoder {
 type DecoderClass = new (buffer: Buffer) => KafkajsDecoder;
 const KDecoder = Decoder as DecoderClass;
 const decodeMessagesSlow = kafkajsDecodeMessages as (d: KafkajsDecoder) => Promise<unknown[]>;
+const { lookupCodecByAttributes } = compression as { lookupCodecByAttributes(attributes: number): { decompress(b: Buffer): Promise<Buffer> } | null };
 
 /** A record as kafkajs's record decoder (recordBatch/record/v0) makes it. */
 export interface DecodedRecord {
@@ -156,9 +160,9 @@ function decodeHeaders(r: Reader): DecodedRecord["headers"] {
 
 /**
  * The records of one partition's record set, as kafkajs's decodeMessages returns them for
- * uncompressed magic-2 batches; SLOW for anything else.
+ * magic-2 batches, compressed ones through kafkajs's codecs (CompressionCodecs); SLOW for anything else.
  */
-export function decodeRecordSet(buf: Buffer): DecodedRecord[] {
+export async function decodeRecordSet(buf: Buffer): Promise<DecodedRecord[]> {
   const records: DecodedRecord[] = [];
   if (buf.length <= MAGIC_OFFSET || buf.readInt8(MAGIC_OFFSET) !== 2) throw SLOW;
   let p = 0;
@@ -169,7 +173,7 @@ export function decodeRecordSet(buf: Buffer): DecodedRecord[] {
     const end = p + 12 + length;
     const magicByte = buf.readInt8(p + 16);
     const attributes = buf.readInt16BE(p + 21);
-    if (magicByte !== 2 || (attributes & COMPRESSION_CODEC_MASK) !== 0 || length < BATCH_HEADER - 12) throw SLOW;
+    if (magicByte !== 2 || length < BATCH_HEADER - 12) throw SLOW;
     const firstOffset = int64(buf, p);
     const firstTimestamp = int64(buf, p + 27);
     const maxTimestamp = int64(buf, p + 35);
@@ -193,11 +197,26 @@ export function decodeRecordSet(buf: Buffer): DecodedRecord[] {
     const baseTimestamp = safe(firstTimestamp);
     const appendTime = timestampType === LOG_APPEND_TIME ? batchContext.maxTimestamp : undefined;
     const count = buf.readInt32BE(p + 57);
-    const r = new Reader(buf.subarray(0, end), p + BATCH_HEADER);
+    let r: Reader;
+    let recordsEnd: number;
+    if ((attributes & COMPRESSION_CODEC_MASK) === 0) {
+      if (count < 0) throw SLOW;
+      r = new Reader(buf.subarray(0, end), p + BATCH_HEADER);
+      recordsEnd = end;
+    } else {
+      // kafkajs: no records when the count is not positive; else the rest of the batch, decompressed.
+      if (count <= 0) {
+        p = end;
+        continue;
+      }
+      const plain = await decompress(attributes, buf.subarray(p + BATCH_HEADER, end));
+      r = new Reader(plain, 0);
+      recordsEnd = plain.length;
+    }
     for (let i = 0; i < count; i++) {
       const size = r.varInt();
       const next = r.pos + size;
-      if (size < 0 || next > end) throw SLOW;
+      if (size < 0 || next > recordsEnd) throw SLOW;
       const recordAttributes = r.buf.readInt8(r.pos++);
       const timestampDelta = r.varLong();
       const offsetDelta = r.varInt();
@@ -224,6 +243,18 @@ export function decodeRecordSet(buf: Buffer): DecodedRecord[] {
   return records;
 }
 
+/** A compressed batch's records through kafkajs's codec for it; SLOW where kafkajs has none (its decoder then says so). */
+async function decompress(attributes: number, body: Buffer): Promise<Buffer> {
+  let codec: { decompress(b: Buffer): Promise<Buffer> } | null;
+  try {
+    codec = lookupCodecByAttributes(attributes);
+  } catch {
+    throw SLOW;
+  }
+  if (!codec) throw SLOW;
+  return codec.decompress(body);
+}
+
 /** fetch/v4/decodeMessages, fast where it can be. */
 async function decodeMessages(decoder: KafkajsDecoder): Promise<unknown[]> {
   const start = decoder.offset;
@@ -231,7 +262,7 @@ async function decodeMessages(decoder: KafkajsDecoder): Promise<unknown[]> {
   if (size <= 0 || !decoder.canReadBytes(size)) return [];
   const buf = decoder.buffer.subarray(decoder.offset, decoder.offset + size);
   try {
-    const records = decodeRecordSet(buf);
+    const records = await decodeRecordSet(buf);
     decoder.offset += size;
     return records;
   } catch (err) {

@@ -2,7 +2,7 @@
 // with kafkajs's encoders: both must give the same objects, down to each Buffer's bytes, for every
 // shape a broker sends — and the fallback cases must reach kafkajs's decoder.
 import { describe, expect, test } from "bun:test";
-import { CompressionTypes } from "kafkajs";
+import { CompressionCodecs, CompressionTypes } from "kafkajs";
 // @ts-expect-error: kafkajs's protocol modules have no type declarations.
 import MessageSet from "kafkajs/src/protocol/messageSet/index.js";
 import { decodeFetchV11, decodeRecordSet, kafkajsDecodeFetchV11 } from "../../src/kafka/fetch-decode.ts";
@@ -10,8 +10,8 @@ import { type BatchRecord as Rec, fetchResponse, recordBatch as batch } from "..
 
 const response = (partitions: { partition: number; records: Buffer }[]) => fetchResponse("orders", partitions);
 
-const plain = (n: number, from = 0): Rec[] =>
-  Array.from({ length: n }, (_, i) => ({ key: i % 3 ? `k${i}` : null, value: i % 5 === 4 ? null : JSON.stringify({ i, pad: "x".repeat(i % 40) }), offsetDelta: from + i }));
+const plain = (n: number): Rec[] =>
+  Array.from({ length: n }, (_, i) => ({ key: i % 3 ? `k${i}` : null, value: i % 5 === 4 ? null : JSON.stringify({ i, pad: "x".repeat(i % 40) }), offsetDelta: i }));
 
 async function same(raw: Buffer): Promise<unknown> {
   const ours = await decodeFetchV11(raw);
@@ -57,7 +57,7 @@ describe("Fetch v11 decoding matches kafkajs", () => {
     // kafkajs's reducer sees the inherited `constructor` as an earlier value and makes
     // [Object, value]; `__proto__` it does keep as an own property. Ours: the header's value both times.
     const recs: Rec[] = [{ value: "a", offsetDelta: 0, headers: { ["__proto__"]: "p", constructor: "c", toString: ["t1", "t2"] } }];
-    const [record] = decodeRecordSet(await batch("0", recs));
+    const [record] = await decodeRecordSet(await batch("0", recs));
     const h = record!.headers as Record<string, unknown>;
     expect(Object.getPrototypeOf(h)).toBe(Object.prototype);
     expect(Object.getOwnPropertyNames(h).sort()).toEqual(["__proto__", "constructor", "toString"]);
@@ -85,20 +85,41 @@ describe("Fetch v11 decoding matches kafkajs", () => {
     expect(m[8]!.timestamp).toBe(String(-1 + 1 * 3));
   });
 
-  test("compressed batches, offsets past 2^53 and an older message format go to kafkajs's decoder", async () => {
+  test("compressed batches: gzip, and a codec registered by the user", async () => {
     const gzip = await batch("0", plain(25), { compression: CompressionTypes.GZIP });
-    expect(() => decodeRecordSet(gzip)).toThrow();
+    expect(await decodeRecordSet(gzip)).toHaveLength(25);
     await same(response([{ partition: 0, records: gzip }]));
+    // A mix of plain and compressed batches in one record set.
+    await same(response([{ partition: 0, records: Buffer.concat([await batch("0", plain(3)), await batch("3", plain(3), { compression: CompressionTypes.GZIP }), await batch("6", plain(2))]) }]));
+    // kafkajs has no LZ4 of its own; users register one in CompressionCodecs. An identity codec here.
+    const before = CompressionCodecs[CompressionTypes.LZ4];
+    CompressionCodecs[CompressionTypes.LZ4] = () => ({ compress: async (e: { buffer: Buffer }) => e.buffer, decompress: async (b: Buffer) => b });
+    try {
+      const lz4 = await batch("100", plain(10), { compression: CompressionTypes.LZ4 });
+      const r = await same(response([{ partition: 0, records: lz4 }]));
+      expect(messagesOf(r)[0]!.map((m) => m.offset)).toEqual(Array.from({ length: 10 }, (_, i) => String(100 + i)));
+    } finally {
+      CompressionCodecs[CompressionTypes.LZ4] = before;
+    }
+  });
+
+  test("a codec kafkajs has none for fails as kafkajs's decoder fails", async () => {
+    const snappy = await batch("0", plain(3), { patch: (b) => b.writeInt16BE(b.readInt16BE(21) | CompressionTypes.Snappy, 21) });
+    const raw = response([{ partition: 0, records: snappy }]);
+    const theirs = await kafkajsDecodeFetchV11(raw).then(() => "resolved", (e: Error) => e.message);
+    expect(theirs).toContain("Snappy compression not implemented");
+    expect(await decodeFetchV11(raw).then(() => "resolved", (e: Error) => e.message)).toBe(theirs);
+  });
+
+  test("offsets past 2^53 and the older message format go to kafkajs's decoder", async () => {
     const huge = await batch("9007199254740990", plain(5));
-    expect(() => decodeRecordSet(huge)).toThrow();
+    await expect(decodeRecordSet(huge)).rejects.toBeDefined();
     const r = await same(response([{ partition: 0, records: huge }]));
     expect(messagesOf(r)[0]![4]!.offset).toBe("9007199254740994");
-    // A mix: the fast batches, then a compressed one — the partition goes through kafkajs whole.
-    await same(response([{ partition: 0, records: Buffer.concat([await batch("0", plain(3)), await batch("3", plain(3), { compression: CompressionTypes.GZIP })]) }]));
     // Magic 1, the message set of Kafka before 0.11.
     const entries = plain(4).map((r) => ({ key: r.key === undefined ? null : r.key, value: r.value, timestamp: 1_700_000_000_000 }));
     const legacy = Buffer.from((MessageSet as (o: unknown) => { buffer: Buffer })({ messageVersion: 1, compression: CompressionTypes.None, entries }).buffer);
-    expect(() => decodeRecordSet(legacy)).toThrow();
+    await expect(decodeRecordSet(legacy)).rejects.toBeDefined();
     expect(messagesOf(await same(response([{ partition: 0, records: legacy }])))[0]).toHaveLength(4);
   });
 
