@@ -11,6 +11,7 @@ import { expect, test } from "bun:test";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
 import { columnIn } from "./support/db.ts";
+import { outcomes } from "./support/metrics.ts";
 import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { runArgs, WorkerProcess } from "./support/worker.ts";
@@ -218,28 +219,18 @@ test("poison, tombstones, huge keys and values and a failing key() in key and to
   await w.exited();
   const before = calls().length;
   const again = start();
-  const metrics = `http://${await again.httpAddress()}/metrics`;
+  const againAddress = await again.httpAddress();
   await again.waitJoined(2);
   // Partition 0's offsets above "stall" but S1 (behind it on its key) come again: each reported
   // as deduplicated, or (the bug) dead-lettered a second time.
   const redelivered = keyCases[0]!.length - 2;
-  const outcomes = async () => {
-    const text = await fetch(metrics).then((r) => r.text());
-    const out: Record<string, number> = {};
-    for (const l of text.split("\n")) {
-      if (!l.startsWith("kexo_messages_total{") || !l.includes('handler="bk"')) continue;
-      const outcome = /outcome="([a-z_]+)"/.exec(l)![1]!;
-      out[outcome] = (out[outcome] ?? 0) + Number(l.split(" ").pop());
-    }
-    return out;
-  };
   await waitUntil("the redelivered messages reported", async () => {
-    const o = await outcomes();
+    const o = await outcomes(againAddress, "bk");
     return (o.deduplicated ?? 0) + (o.dead_lettered ?? 0) + (o.processed ?? 0) >= redelivered || undefined;
   }, { timeoutMs: 20_000 });
   await sleep(500);
   // (Partition 1 may come again too, from an offset commit the kill cut short: deduplicated.)
-  const o: Record<string, number | boolean> = await outcomes();
+  const o: Record<string, number | boolean> = await outcomes(againAddress, "bk");
   const seen: Record<string, number | boolean> = { ...o, deduplicated: (o.deduplicated as number) >= redelivered };
   expect(seen).toEqual({ deduplicated: true, processed: 0, dead_lettered: 0, retried: 0, failed: 0 });
   again.kill("SIGTERM");

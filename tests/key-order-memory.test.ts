@@ -9,6 +9,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { DEFAULT_CONSUMER_OPTIONS } from "../src/kafka/consumer.ts";
 import { type TestBroker, withBroker } from "./support/broker.ts";
+import { outcomes } from "./support/metrics.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { runArgs, WorkerProcess } from "./support/worker.ts";
 
@@ -118,12 +119,9 @@ test("a message waiting behind its key holds its own bytes, not the fetch respon
 
   const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "mixed"), join(dir, "mixed.db")));
   try {
-    const base = `http://${await w.httpAddress()}`;
+    const address = await w.httpAddress();
     await w.waitJoined();
-    const processed = async () => {
-      const text = await (await fetch(`${base}/metrics`)).text();
-      return text.split("\n").filter((l) => l.startsWith("kexo_messages_total{") && l.includes('outcome="processed"')).reduce((s, l) => s + Number(l.split(" ").pop()), 0);
-    };
+    const processed = async () => (await outcomes(address)).processed ?? 0;
     await waitUntil("every message but the blocked ones handled", async () => (await processed()) === n - blocked || undefined, { timeoutMs: 60_000, intervalMs: 500 });
     // The blocked messages hold ≈ 1 MiB; their fetch responses, all of the topic, ≈ 75 MiB (RSS
     // measured here: ≈ 106 MiB, and ≈ 187 MiB before).
