@@ -137,8 +137,10 @@ function sum(a: number, b: number): number {
   return s;
 }
 
-function decodeHeaders(r: Reader): DecodedRecord["headers"] {
+function decodeHeaders(r: Reader, end: number): DecodedRecord["headers"] {
   const count = r.varInt();
+  // Each header takes two bytes at least: a count past that is a corrupt record, left to kafkajs.
+  if (count < -1 || count > (end - r.pos) / 2) throw SLOW;
   const headers: DecodedRecord["headers"] = {};
   for (let i = 0; i < count; i++) {
     const keyLength = r.varInt();
@@ -223,7 +225,7 @@ export async function decodeRecordSet(buf: Buffer): Promise<DecodedRecord[]> {
       const timestamp = appendTime ?? String(sum(baseTimestamp, timestampDelta));
       const key = r.bytes();
       const value = r.bytes();
-      const headers = decodeHeaders(r);
+      const headers = decodeHeaders(r, next);
       if (r.pos > next) throw SLOW;
       r.pos = next;
       records.push({
