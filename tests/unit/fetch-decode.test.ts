@@ -5,7 +5,11 @@ import { describe, expect, test } from "bun:test";
 import { CompressionCodecs, CompressionTypes } from "kafkajs";
 // @ts-expect-error: kafkajs's protocol modules have no type declarations.
 import MessageSet from "kafkajs/src/protocol/messageSet/index.js";
+// @ts-expect-error: as above.
+import fetchProtocol from "kafkajs/src/protocol/requests/fetch/index.js";
+import { createKafka } from "../../src/kafka/client.ts";
 import { decodeFetchV11, decodeRecordSet, kafkajsDecodeFetchV11 } from "../../src/kafka/fetch-decode.ts";
+import { createLogger } from "../../src/log.ts";
 import { type BatchRecord as Rec, fetchResponse, recordBatch as batch } from "../support/fetch-response.ts";
 
 const response = (partitions: { partition: number; records: Buffer }[]) => fetchResponse("orders", partitions);
@@ -126,5 +130,12 @@ describe("Fetch v11 decoding matches kafkajs", () => {
   test("empty and tiny record sets", async () => {
     await same(response([{ partition: 0, records: Buffer.alloc(0) }]));
     await same(response([{ partition: 0, records: await batch("0", []) }]));
+  });
+
+  test("kexo's Kafka client makes kafkajs's Fetch v11 requests decode with it", () => {
+    createKafka({ brokers: ["127.0.0.1:9"], clientId: "t" }, createLogger({ level: "error" }));
+    const v11 = (fetchProtocol as { protocol(o: { version: number }): (a: object) => { response: { decode: unknown } } })
+      .protocol({ version: 11 })({ topics: [], maxWaitTime: 1, minBytes: 1, maxBytes: 1 });
+    expect(v11.response.decode).toBe(decodeFetchV11);
   });
 });
