@@ -95,13 +95,14 @@ class Reader {
     return (result >>> 1) ^ -(result & 1);
   }
 
-  /** A zigzag varlong as a number; SLOW past 2^53 (kafkajs keeps a Long). */
+  /** A zigzag varlong as a number; SLOW past 2^53 (kafkajs keeps a Long) or past 10 bytes (kafkajs throws). */
   varLong(): number {
     const buf = this.buf;
     let b: number;
     let result = 0;
     let mul = 1;
     do {
+      if (mul > 2 ** 63) throw SLOW;
       b = buf[this.pos++]!;
       result += (b & 0x7f) * mul;
       mul *= 128;
@@ -114,6 +115,8 @@ class Reader {
   bytes(): Buffer | null {
     const n = this.varInt();
     if (n === -1) return null;
+    // kafkajs reads a record from its own slice, where a negative length means something else.
+    if (n < 0) throw SLOW;
     const start = this.pos;
     this.pos += n;
     return this.buf.subarray(start, start + n);
@@ -146,6 +149,7 @@ function decodeHeaders(r: Reader, end: number): DecodedRecord["headers"] {
     const keyLength = r.varInt();
     let key: string;
     if (keyLength === -1) key = "null";
+    else if (keyLength < 0) throw SLOW;
     else {
       key = r.buf.toString("utf8", r.pos, r.pos + keyLength);
       r.pos += keyLength;
@@ -267,8 +271,8 @@ async function decodeMessages(decoder: KafkajsDecoder): Promise<unknown[]> {
     const records = await decodeRecordSet(buf);
     decoder.offset += size;
     return records;
-  } catch (err) {
-    if (err !== SLOW) throw err;
+  } catch {
+    // SLOW, or bytes this decoder could not read: kafkajs's decoder gives its result or its error.
     decoder.offset = start;
     return decodeMessagesSlow(decoder);
   }
