@@ -33,11 +33,21 @@ export function headerBytes(headers: WireHeaders): number {
   return n;
 }
 
-type HeaderValue = Buffer | string | (Buffer | string | undefined)[] | undefined;
+// kafkajs's types leave out null, but a record's header value may be null (length -1: the Java
+// client sends one for a null value); both Fetch decoders give it as null.
+type HeaderValue = Buffer | string | null | (Buffer | string | null | undefined)[] | undefined;
+
+/** A null header value, as handlers, dead letters and the journal see it (kafkajs cannot send a null). */
+const EMPTY = Buffer.alloc(0);
+
+function headerBuffer(x: Buffer | string | null, copy: boolean): Buffer {
+  if (x === null) return EMPTY;
+  return Buffer.isBuffer(x) && !copy ? x : Buffer.from(x);
+}
 
 /**
  * kafkajs's headers as a message's: the last value of each name (every value kept aside when a
- * name repeats). `copy`: Buffer values copied, not views of the fetch response.
+ * name repeats), a null value as an empty Buffer. `copy`: Buffer values copied, not views of the fetch response.
  */
 export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy = false): Record<string, Buffer> {
   // Per message: no entries arrays or spread objects (allocations on the hot path).
@@ -49,7 +59,7 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy =
     if (v === undefined) continue;
     if (Array.isArray(v)) {
       const values: Buffer[] = [];
-      for (const x of v) if (x !== undefined) values.push(Buffer.isBuffer(x) && !copy ? x : Buffer.from(x));
+      for (const x of v) if (x !== undefined) values.push(headerBuffer(x, copy));
       if (values.length === 0) continue;
       setOwn(headers, k, values[values.length - 1]!);
       if (values.length > 1) {
@@ -61,7 +71,7 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy =
         continue;
       }
     } else {
-      setOwn(headers, k, Buffer.isBuffer(v) && !copy ? v : Buffer.from(v));
+      setOwn(headers, k, headerBuffer(v, copy));
     }
     if (all) setOwn<Buffer | Buffer[]>(all, k, headers[k]!);
   }
