@@ -6,9 +6,10 @@
 //   bun bench/stages.ts [--messages 200000] [--only fetch,decode,insert,noop,tx,steptx,guarded]
 //
 // The figures are µs of one core per message; the end-to-end benchmark (bench/run.ts) adds
-// kafkajs's fetch and decode on top. `insert` is the handler's INSERT alone through the libsql
-// driver kexo uses, prepared, 4000 to a transaction, without kexo: with decode and kafkajs's own
-// cost (1 / the raw rate of bench/run.ts) it is the floor of scenario (b) on one JS thread.
+// kafkajs's fetch and kexo's Fetch decoding on top. `insert` is the handler's INSERT alone
+// through the libsql driver kexo uses, prepared, 4000 to a transaction, without kexo: with decode
+// and the consumer's own cost (1 / the rate of bench/run.ts's raw row with kexo's decoder) it is
+// the floor of scenario (b) on one JS thread.
 // `fetch` decodes Fetch v11 responses of the same messages (one 1000-record batch per partition
 // per response, as the development broker serves them), with kafkajs's decoder and with kexo's
 // (src/kafka/fetch-decode.ts), which the consumer uses; uncompressed, then gzip-compressed.

@@ -55,8 +55,8 @@ test("gzip-compressed batches: each message once, with its offset, key, headers 
   await producer.disconnect();
 
   const count = async (outcome: string) => (await outcomes(address))[outcome] ?? 0;
-  await waitUntil("5 deduplicated", async () => (await count("deduplicated")) === 5 || undefined);
-  expect(await count("processed")).toBe(60);
+  await waitUntil("5 deduplicated", async () => (await count("deduplicated")) >= 5 || undefined);
+  expect(await outcomes(address)).toEqual({ processed: 60, deduplicated: 5 });
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);
 

@@ -159,8 +159,9 @@ async function replay(journal: JournalReader, config: Config, args: Args, rows: 
       const topic = to ?? r.topic;
       // The copy keeps its message's id (kexo-id wins over key and offset), so the ctx.tx and
       // ctx.step results the failed run recorded are reused, never applied twice; an id that
-      // came from the offset would otherwise change with the replay's new offset.
-      const headers = { "kexo-id": Buffer.from(r.message_id), ...decodeHeaders(r.headers) };
+      // came from the offset would otherwise change with the replay's new offset. Set after the
+      // original headers: an original kexo-id that was empty (so not the id) must not stay.
+      const headers = { ...decodeHeaders(r.headers), "kexo-id": Buffer.from(r.message_id) };
       try {
         await producer.send({
           topic,

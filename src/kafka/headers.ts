@@ -46,6 +46,15 @@ function headerBuffer(x: Buffer | string | null, copy: boolean): Buffer {
 }
 
 /**
+ * A value a header can have. kafkajs's own decoder (Fetch before v11, or a record set kexo's
+ * decoder leaves to it) reads an inherited member as an earlier value of a header named like one:
+ * `constructor` arrives as [Object, value], `__proto__` as [Object.prototype, value].
+ */
+function isHeaderValue(x: unknown): x is Buffer | string | null {
+  return x === null || typeof x === "string" || Buffer.isBuffer(x);
+}
+
+/**
  * kafkajs's headers as a message's: the last value of each name (every value kept aside when a
  * name repeats), a null value as an empty Buffer. `copy`: Buffer values copied, not views of the fetch response.
  */
@@ -56,10 +65,9 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy =
   if (!raw) return headers;
   for (const k in raw) {
     const v = raw[k];
-    if (v === undefined) continue;
     if (Array.isArray(v)) {
       const values: Buffer[] = [];
-      for (const x of v) if (x !== undefined) values.push(headerBuffer(x, copy));
+      for (const x of v) if (isHeaderValue(x)) values.push(headerBuffer(x, copy));
       if (values.length === 0) continue;
       setOwn(headers, k, values[values.length - 1]!);
       if (values.length > 1) {
@@ -70,9 +78,9 @@ export function fromKafkajs(raw: Record<string, HeaderValue> | undefined, copy =
         setOwn<Buffer | Buffer[]>(all, k, values);
         continue;
       }
-    } else {
+    } else if (isHeaderValue(v)) {
       setOwn(headers, k, headerBuffer(v, copy));
-    }
+    } else continue;
     if (all) setOwn<Buffer | Buffer[]>(all, k, headers[k]!);
   }
   if (all) (headers as WithAll)[ALL] = all;

@@ -167,6 +167,11 @@ function toBuffer(x: string | Buffer | unknown): Buffer {
   return Buffer.from(JSON.stringify(x));
 }
 
+/** An emitted header's value: null as an empty value (as a consumed null reads), not the text "null". */
+function headerValue(x: unknown): Buffer {
+  return x === null ? Buffer.alloc(0) : toBuffer(x);
+}
+
 /** An emitted record whose value is encoded with a registered schema once `handle` returned. */
 interface PendingEncode {
   record: OutboxRecord;
@@ -446,7 +451,8 @@ async function executeOnce(run: Run, below: boolean): Promise<Verdict> {
       const decode = () => decodePayload(handler, message);
       payload = below ? await decode() : await untilRegistryAnswers(decode, handler, message, deps, signal, deps.drain, () => run.report(id, "retried"));
     }
-    if (handler.def.key && message.headers["kexo-id"] === undefined) {
+    // messageId takes a kexo-id header only when it is not empty (a null value reads as empty).
+    if (handler.def.key && !message.headers["kexo-id"]?.length) {
       let key: unknown;
       try {
         key = handler.def.key(payload as never, message);
@@ -787,7 +793,10 @@ class Context implements HandlerContext {
       }
       const outbox = (this.#outbox ??= []);
       const headers: WireHeaders = {};
-      for (const [k, v] of Object.entries(msg.headers ?? {})) setOwn<Buffer | Buffer[]>(headers, k, Array.isArray(v) ? v.map(toBuffer) : toBuffer(v));
+      for (const [k, v] of Object.entries(msg.headers ?? {})) {
+        if (v === undefined) continue;
+        setOwn<Buffer | Buffer[]>(headers, k, Array.isArray(v) ? v.filter((x) => x !== undefined).map(headerValue) : headerValue(v));
+      }
       headers["kexo-id"] = Buffer.from(`${this.id}:emit:${outbox.length + 1}`);
       if (msg.schema && !handler.registry) {
         throw new PermanentError(`ctx.emit to ${topic} with a schema needs a schema registry: pass --schema-registry URL or set KEXO_SCHEMA_REGISTRY`);

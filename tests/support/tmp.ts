@@ -1,6 +1,7 @@
 // Temporary directories for tests, removed when the test file ends (tests/support/preload.ts;
-// set KEXO_KEEP_TMP=1 to keep them for a look after a failure). bun test fires no process
-// "exit" event, so a hook there never ran: each full run used to leave ~600 directories in /tmp.
+// set KEXO_KEEP_TMP=1 to keep them for a look after a failure), or at exit in plain bun scripts.
+// bun test fires no process "exit" event, so that hook alone never ran under it: each full run
+// used to leave ~600 directories in /tmp.
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +13,8 @@ export function removeTempDirs(): void {
   if (process.env.KEXO_KEEP_TMP) return;
   for (const d of made.splice(0)) rmSync(d, { recursive: true, force: true });
 }
+// Plain bun scripts that use these helpers (bench/) do get an exit event.
+process.on("exit", removeTempDirs);
 
 export function tempDir(prefix = "kexo-test-"): string {
   const d = mkdtempSync(join(tmpdir(), prefix));

@@ -59,6 +59,9 @@ export function killLeftovers(): number {
   return n;
 }
 
+// Plain bun scripts that start workers (bench/) do get an exit event; bun test does not.
+process.on("exit", () => void killLeftovers());
+
 export function warnKilled(n: number): void {
   if (n > 0) console.warn(`tests: killed ${n} kexo worker(s) the file's tests left running (a test failed before its own kills?)`);
 }
