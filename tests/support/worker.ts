@@ -100,7 +100,15 @@ export class WorkerProcess {
       }
     });
     void this.#read(this.proc.stdout, (line) => (this.stdout += line + "\n"));
-    this.#exit = this.proc.exited;
+    this.#exit = this.proc.exited.then((code) => {
+      // An exit as after a crash or a bug: its last errors say why, where a failed
+      // expect(code).toBe(0) alone would not (a CI log has no worker lines otherwise).
+      if ((code === 1 || code === 70 || code === 75) && !process.env.KEXO_TEST_VERBOSE) {
+        const last = this.lines.filter((l) => l.level === "error" || l.level === "fatal").slice(-5);
+        for (const l of last) process.stderr.write(`[worker ${this.proc.pid} exited ${code}] ${JSON.stringify(l).slice(0, 1500)}\n`);
+      }
+      return code;
+    });
     alive.add(this);
     void this.#exit.then(() => alive.delete(this));
   }
