@@ -123,10 +123,6 @@ class Reader {
   }
 }
 
-function int64(buf: Buffer, at: number): bigint {
-  return buf.readBigInt64BE(at);
-}
-
 /** A safe integer as a number, or SLOW. */
 function safe(v: bigint): number {
   if (v > 9007199254740991n || v < -9007199254740991n) throw SLOW;
@@ -180,9 +176,9 @@ export async function decodeRecordSet(buf: Buffer): Promise<DecodedRecord[]> {
     const magicByte = buf.readInt8(p + 16);
     const attributes = buf.readInt16BE(p + 21);
     if (magicByte !== 2 || length < BATCH_HEADER - 12) throw SLOW;
-    const firstOffset = int64(buf, p);
-    const firstTimestamp = int64(buf, p + 27);
-    const maxTimestamp = int64(buf, p + 35);
+    const firstOffset = buf.readBigInt64BE(p);
+    const firstTimestamp = buf.readBigInt64BE(p + 27);
+    const maxTimestamp = buf.readBigInt64BE(p + 35);
     const timestampType = (attributes & TIMESTAMP_TYPE_FLAG_MASK) > 0 ? LOG_APPEND_TIME : CREATE_TIME;
     const isControlBatch = (attributes & CONTROL_FLAG_MASK) > 0;
     const batchContext: BatchContext = {
@@ -192,7 +188,7 @@ export async function decodeRecordSet(buf: Buffer): Promise<DecodedRecord[]> {
       inTransaction: (attributes & TRANSACTIONAL_FLAG_MASK) > 0,
       isControlBatch,
       lastOffsetDelta: buf.readInt32BE(p + 23),
-      producerId: int64(buf, p + 43).toString(),
+      producerId: buf.readBigInt64BE(p + 43).toString(),
       producerEpoch: buf.readInt16BE(p + 51),
       firstSequence: buf.readInt32BE(p + 53),
       maxTimestamp: maxTimestamp.toString(),

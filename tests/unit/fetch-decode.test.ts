@@ -36,7 +36,7 @@ async function same(raw: Buffer): Promise<unknown> {
   return ours;
 }
 
-const messagesOf = (r: unknown) => (r as { responses: { partitions: { messages: { offset: string; timestamp: string }[] }[] }[] }).responses[0]!.partitions.map((p) => p.messages);
+const messagesOf = (r: unknown) => (r as { responses: { partitions: { messages: { offset: string; timestamp: string; headers: Record<string, unknown> }[] }[] }[] }).responses[0]!.partitions.map((p) => p.messages);
 
 describe("Fetch v11 decoding matches kafkajs", () => {
   test("uncompressed batches: keys, null values, offsets, timestamps, several batches and partitions", async () => {
@@ -64,7 +64,7 @@ describe("Fetch v11 decoding matches kafkajs", () => {
     // Ours: the header's value, as for any other name.
     const recs: Rec[] = [{ value: "a", offsetDelta: 0, headers: { ["__proto__"]: "p", constructor: "c", toString: ["t1", "t2"] } }];
     const raw = response([{ partition: 0, records: await batch("0", recs) }]);
-    const headersOf = (r: unknown) => (r as { responses: { partitions: { messages: { headers: Record<string, unknown> }[] }[] }[] }).responses[0]!.partitions[0]!.messages[0]!.headers;
+    const headersOf = (r: unknown) => messagesOf(r)[0]![0]!.headers;
     const h = headersOf(await decodeFetchV11(raw));
     expect(Object.getPrototypeOf(h)).toBe(Object.prototype);
     expect(Object.getOwnPropertyNames(h).sort()).toEqual(["__proto__", "constructor", "toString"]);
