@@ -9,7 +9,9 @@ import { type HttpServer, serve } from "./http/serve.ts";
 import { createKafka, type KafkaSettings } from "./kafka/client.ts";
 import { type ConsumerOptions, HandlerConsumer } from "./kafka/consumer.ts";
 import { PROGRESS_TOPIC, ProgressLog } from "./kafka/progress-log.ts";
+import { isMissingTopic } from "./kafka/produce-errors.ts";
 import { Publisher } from "./kafka/publisher.ts";
+import { type EnsureTopics, TopicCreator } from "./kafka/topics.ts";
 import { CrashGuard } from "./processing/crash-guard.ts";
 import { Journal } from "./journal/journal.ts";
 import type { Logger } from "./log.ts";
@@ -26,8 +28,11 @@ export interface WorkerOptions {
   shutdownTimeoutMs: number;
   log: Logger;
   consumer?: Partial<ConsumerOptions>;
-  /** Creates missing dead-letter and outbox topics where the broker allows it (dev broker: mock API). */
-  ensureTopics?(topics: string[]): Promise<void>;
+  /**
+   * Creates missing topics kexo writes to (dead letters, outbox, __kexo_progress): the development
+   * broker's mock API. Absent: CreateTopics on the cluster (kafka/topics.ts).
+   */
+  ensureTopics?: EnsureTopics;
   bus?: EventBus;
   /** Poll and handler time-to-live, broker grace (see health/liveness.ts). */
   liveness?: Partial<LivenessOptions>;
@@ -205,7 +210,11 @@ export class Worker {
   async #startConsumers(): Promise<void> {
     const { log } = this.#opts;
     const kafka = createKafka(this.#opts.kafka, log);
-    this.#publisher = new Publisher(kafka);
+    // Its own client, with few retries: a broker that cannot be reached fails the start below, with
+    // kexo's retries, not twice.
+    const ensureTopics = this.#opts.ensureTopics ??
+      new TopicCreator(createKafka(this.#opts.kafka, log, { initialRetryTime: 100, maxRetryTime: 1000, retries: 2 }), log, [PROGRESS_TOPIC]).ensure;
+    this.#publisher = new Publisher(kafka, ensureTopics);
     const dlqTopics = new Set<string>();
     for (const h of this.#opts.handlers) {
       for (const t of h.topics) {
@@ -214,10 +223,11 @@ export class Worker {
         if (d) dlqTopics.add(d);
       }
     }
-    if (this.#opts.ensureTopics) await this.#opts.ensureTopics([...dlqTopics]);
+    // Failures are logged there; a dead letter that finds its topic still missing says so again.
+    const missing = await ensureTopics([PROGRESS_TOPIC, ...dlqTopics]);
     // Publishes what a crash left in the outbox at once, then each journal commit's rows.
     this.#relay = new OutboxRelay({
-      kafka, journal: this.journal, bus: this.bus, log, ensureTopics: this.#opts.ensureTopics,
+      kafka, journal: this.journal, bus: this.bus, log, ensureTopics,
       exceptHandlers: this.#opts.handlers.filter((h) => h.kafkaTransactions).map((h) => h.name),
     });
     this.#relay.start();
@@ -228,7 +238,21 @@ export class Worker {
         `${what} on ${this.#opts.kafka.brokers.join(",")}: ${(err as Error).message}; check --brokers and that the broker is up`,
         { exitCode: ExitCode.unavailable, cause: err },
       );
-    const starts: Promise<void>[] = [progressLog.start().catch((err: unknown) => Promise.reject(unavailable(`cannot read ${PROGRESS_TOPIC}`, err)))];
+    const progressMissing = (err: unknown) => {
+      const why = missing.get(PROGRESS_TOPIC);
+      return new KexoError(
+        "topic_missing",
+        `topic ${PROGRESS_TOPIC} does not exist${why ? ` and kexo could not create it (${why})` : " and the broker did not create it"}: ` +
+          `create it (1 partition is enough; cleanup.policy=compact), or allow kexo's principal to create topics (CreateTopics), ` +
+          `or the broker to (auto.create.topics.enable=true). kexo hands each partition's progress to its next owner through it; ${errorMessage(err)}`,
+        { exitCode: ExitCode.unavailable, cause: err },
+      );
+    };
+    const starts: Promise<void>[] = [
+      progressLog.start().catch((err: unknown) =>
+        Promise.reject(isMissingTopic(err) ? progressMissing(err) : unavailable(`cannot read ${PROGRESS_TOPIC}`, err))
+      ),
+    ];
     // One for all handlers: a message that kills the process kills every handler's attempts.
     const guard = this.journal.uncleanStart ? new CrashGuard() : undefined;
     for (const h of this.#opts.handlers) {

@@ -9,6 +9,7 @@ import type { Outcome } from "../src/events.ts";
 import { resolveHandler } from "../src/handlers/resolve.ts";
 import { createLogger } from "../src/log.ts";
 import { Worker } from "../src/worker.ts";
+import { mockEnsureTopics } from "../src/dev/mock-cluster.ts";
 import { startBroker, type TestBroker } from "./support/broker.ts";
 import { tempDir } from "./support/tmp.ts";
 import { waitUntil } from "./support/wait.ts";
@@ -78,7 +79,7 @@ test("metrics count what was handled, lag drains to 0, every endpoint answers", 
     db: `file:${db}`,
     shutdownTimeoutMs: 5000,
     log: createLogger({ level: "silent" }),
-    ensureTopics: async (topics) => topics.forEach((t) => broker.cluster.createTopic(t, 1)),
+    ensureTopics: mockEnsureTopics(broker.cluster, 1),
   });
   const handled = new Map<Outcome, number>();
   worker.bus.on("message.handled", (e) => handled.set(e.outcome, (handled.get(e.outcome) ?? 0) + 1));
@@ -172,7 +173,7 @@ test("key order: lag counts the messages queued behind a slow key, not only the 
     db: `file:${join(dir, "journal.db")}`,
     shutdownTimeoutMs: 5000,
     log: createLogger({ level: "silent" }),
-    ensureTopics: async (topics) => topics.forEach((t) => broker.cluster.createTopic(t, 1)),
+    ensureTopics: mockEnsureTopics(broker.cluster, 1),
   });
   let processed = 0;
   worker.bus.on("message.handled", (e) => e.outcome === "processed" && processed++);

@@ -8,6 +8,7 @@ import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
+import type { EnsureTopics } from "../kafka/topics.ts";
 import type { LivenessOptions } from "../health/liveness.ts";
 import { livenessFromEnv, loadTimeoutFromEnv } from "../health/options.ts";
 import { createLogger, type Logger, redactUrl } from "../log.ts";
@@ -63,17 +64,17 @@ export async function runCommand(args: Args, env: Record<string, string | undefi
   process.on("uncaughtException", (error) => log.error("uncaught exception (a timer or callback of a handler?); kexo carries on", { error }));
   process.on("unhandledRejection", (error) => log.error("unhandled promise rejection (a promise a handler did not await?); kexo carries on", { error }));
   let stopDev = () => {};
-  let ensureTopics: ((topics: string[]) => Promise<void>) | undefined;
+  let ensureTopics: EnsureTopics | undefined;
   if (dev) {
     if (typeof Bun === "undefined") {
       throw new UsageError("kexo dev needs Bun: its development broker loads librdkafka through bun:ffi. Under Deno run `kexo run --brokers host:port`, or use the compiled binary or `bun main.ts dev`");
     }
-    const { createMockCluster } = await import("../dev/mock-cluster.ts");
+    const { createMockCluster, mockEnsureTopics } = await import("../dev/mock-cluster.ts");
     const cluster = createMockCluster();
     stopDev = () => cluster.close();
     for (const t of stringTopics(handlers)) cluster.createTopic(t, 4);
     cluster.createTopic(PROGRESS_TOPIC, 1);
-    ensureTopics = async (topics) => topics.forEach((t) => cluster.createTopic(t, 4));
+    ensureTopics = mockEnsureTopics(cluster, 4);
     config.brokers = cluster.bootstrap.split(",");
     log.info("development broker started", { brokers: cluster.bootstrap, topics: stringTopics(handlers) });
   }
@@ -101,7 +102,7 @@ async function runWorker(
   handlers: ResolvedHandler[],
   log: Logger,
   life: Lifecycle,
-  dev: { ensureTopics?: (t: string[]) => Promise<void>; demo: boolean; args: Args } | undefined,
+  dev: { ensureTopics?: EnsureTopics; demo: boolean; args: Args } | undefined,
 ): Promise<number> {
   const bus = new EventBus();
   const exposed = saslWithoutTls(config);

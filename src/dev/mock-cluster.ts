@@ -2,6 +2,7 @@
 // test suite) loaded through bun:ffi. It runs in librdkafka's threads, so the JS event loop stays
 // free, and kafkajs reaches it over real TCP sockets. Fault injection for tests lives here too.
 import { CString, dlopen, FFIType, type Pointer, ptr } from "bun:ffi";
+import type { EnsureTopics } from "../kafka/topics.ts";
 
 export const ApiKey = {
   Produce: 0,
@@ -45,6 +46,14 @@ export interface MockCluster {
   setTopicError(topic: string, errorCode: number): void;
   setGroupCoordinator(groupId: string, brokerId: number): void;
   close(): void;
+}
+
+/** Topic creation for the worker (WorkerOptions.ensureTopics) through the mock API: never fails. */
+export function mockEnsureTopics(cluster: MockCluster, partitions: number): EnsureTopics {
+  return async (topics) => {
+    for (const t of topics) cluster.createTopic(t, partitions);
+    return new Map();
+  };
 }
 
 const { ptr: P, cstring: S, i32, i16, u64, void: V } = FFIType;

@@ -1,5 +1,5 @@
 // The kafkajs client: brokers, TLS/SASL, and kafkajs's own logs routed into kexo's JSON lines.
-import { Kafka, logLevel, type KafkaConfig, type SASLOptions } from "kafkajs";
+import { Kafka, logLevel, type KafkaConfig, type RetryOptions, type SASLOptions } from "kafkajs";
 // @ts-expect-error: kafkajs's internal request queue has no type declarations.
 import RequestQueue from "kafkajs/src/network/requestQueue/index.js";
 import { readFileSync } from "node:fs";
@@ -69,10 +69,12 @@ const levelName: Record<number, "error" | "warn" | "info" | "debug"> = {
   [logLevel.DEBUG]: "debug",
 };
 
-export function createKafka(settings: KafkaSettings, log: Logger): Kafka {
+/** `retry`: kafkajs's retries for this client's connections and requests, in place of kexo's. */
+export function createKafka(settings: KafkaSettings, log: Logger, retry?: RetryOptions): Kafka {
   silenceTimeoutNegativeWarning();
   installFetchDecoder();
-  return new Kafka(kafkaConfig(settings, log));
+  const config = kafkaConfig(settings, log);
+  return new Kafka(retry ? { ...config, retry } : config);
 }
 
 /** kafkajs's client options for kexo's settings. */

@@ -9,10 +9,11 @@ export function isMissingTopic(err: unknown): boolean {
 }
 
 export class MissingTopicError extends Error {
-  constructor(readonly topic: string, cause: unknown) {
+  /** `uncreated`: why kexo's own CreateTopics for it failed (kafka/topics.ts), when it asked. */
+  constructor(readonly topic: string, cause: unknown, uncreated?: string) {
     super(
-      `topic ${topic} does not exist and the broker did not create it: create it, or let the broker create topics ` +
-        `(auto.create.topics.enable=true); ${errorMessage(cause)}`,
+      `topic ${topic} does not exist and the broker did not create it${uncreated ? `, nor could kexo (${uncreated})` : ""}: ` +
+        `create it, or let kexo create topics (CreateTopics for its principal) or the broker (auto.create.topics.enable=true); ${errorMessage(cause)}`,
       { cause },
     );
     this.name = "MissingTopicError";

@@ -1,15 +1,19 @@
-// The producer kexo writes dead letters (and later outbox records) with: acks from all in-sync
-// replicas, so a resolved publish() means the record is safe in Kafka.
+// The producer kexo writes dead letters with: acks from all in-sync replicas, so a resolved
+// publish() means the record is safe in Kafka. A topic found missing is asked for (topics.ts) and
+// the write tried once more.
 import type { Kafka, Producer } from "kafkajs";
 import type { DeadLetterPublisher, ProducedRecord } from "../processing/executor.ts";
 import { isMissingTopic, MissingTopicError } from "./produce-errors.ts";
 import { createPartitioner } from "./partitioner.ts";
+import type { EnsureTopics } from "./topics.ts";
 
 export class Publisher implements DeadLetterPublisher {
   #producer: Producer;
   #connected: Promise<void> | undefined;
+  #ensureTopics: EnsureTopics | undefined;
 
-  constructor(kafka: Kafka) {
+  constructor(kafka: Kafka, ensureTopics?: EnsureTopics) {
+    this.#ensureTopics = ensureTopics;
     this.#producer = kafka.producer({
       allowAutoTopicCreation: true,
       createPartitioner,
@@ -19,15 +23,26 @@ export class Publisher implements DeadLetterPublisher {
 
   async publish(topic: string, record: ProducedRecord, partition?: number): Promise<void> {
     await this.#connect();
-    try {
-      await this.#producer.send({
+    const send = () =>
+      this.#producer.send({
         topic,
         acks: -1,
         timeout: 10_000,
         messages: [{ key: record.key, value: record.value, headers: record.headers, partition }],
       });
+    try {
+      await send();
     } catch (err) {
-      throw isMissingTopic(err) ? new MissingTopicError(topic, err) : err;
+      if (!isMissingTopic(err)) throw err;
+      // Made since the start (an operator, another instance), or not yet asked for (a RegExp
+      // subscription's dead-letter topic): ask, then try once more.
+      const why = this.#ensureTopics ? (await this.#ensureTopics([topic])).get(topic) : undefined;
+      if (!this.#ensureTopics || why !== undefined) throw new MissingTopicError(topic, err, why);
+      try {
+        await send();
+      } catch (again) {
+        throw isMissingTopic(again) ? new MissingTopicError(topic, again) : again;
+      }
     }
   }
 

@@ -22,6 +22,7 @@ import type { Logger } from "../log.ts";
 import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
 import { createOutboxPartitioner } from "../kafka/partitioner.ts";
+import type { EnsureTopics } from "../kafka/topics.ts";
 import { isMissingTopic, refusedAsTooLarge } from "../kafka/produce-errors.ts";
 
 export interface OutboxRow {
@@ -39,8 +40,8 @@ export interface RelayDeps {
   journal: Journal;
   bus: EventBus;
   log: Logger;
-  /** Creates missing topics where the broker allows it (dev broker: mock API). */
-  ensureTopics?(topics: string[]): Promise<void>;
+  /** Creates missing topics where the broker allows it (kafka/topics.ts; dev broker: mock API). */
+  ensureTopics?: EnsureTopics;
   /** Handlers whose rows go out in Kafka transactions, not through the relay. */
   exceptHandlers?: string[];
 }
@@ -217,7 +218,7 @@ export class OutboxRelay {
       this.#connected = true;
     }
     const fresh = [...new Set(rows.map((r) => r.topic))].filter((t) => !this.#ensured.has(t));
-    if (fresh.length > 0 && this.#deps.ensureTopics) await this.#deps.ensureTopics(fresh);
+    const uncreated = fresh.length > 0 && this.#deps.ensureTopics ? await this.#deps.ensureTopics(fresh) : undefined;
     try {
       const acked = await this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
       // kafkajs drops, without a word, records for a partition the topic does not have: each
@@ -232,7 +233,12 @@ export class OutboxRelay {
       }
     } catch (err) {
       if (isMissingTopic(err)) {
-        throw new Error(`outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")}): create it or let the broker auto-create topics; ${errorMessage(err)}`, { cause: err });
+        const why = uncreated?.size ? `; kexo could not create ${[...uncreated].map(([t, w]) => `${t} (${w})`).join(", ")}` : "";
+        throw new Error(
+          `outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")})${why}: ` +
+            `create it, or let kexo create topics (CreateTopics for its principal) or the broker (auto.create.topics.enable=true); ${errorMessage(err)}`,
+          { cause: err },
+        );
       }
       throw err;
     }
