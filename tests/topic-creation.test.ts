@@ -32,31 +32,45 @@ export default defineHandler({
 });
 `;
 
+// A RegExp subscription: its dead-letter topic is known only at its first dead letter.
+const RE_TOPIC = "tc-re-a";
+const RE_DLQ = `${RE_TOPIC}.dlq`;
+const RE_HANDLER = `
+import { defineHandler, PermanentError } from "kexo";
+export default defineHandler({
+  topics: [/^tc-re-.*/],
+  async handle() {
+    throw new PermanentError("refused");
+  },
+});
+`;
+
 let broker: TestBroker;
 let proxy: AdminProxy;
 let dir: string;
 
 describe("a cluster that creates no topics by itself", () => {
   beforeAll(async () => {
-    broker = await startBroker({ [TOPIC]: 2 });
+    broker = await startBroker({ [TOPIC]: 2, [RE_TOPIC]: 1 });
   });
   afterAll(async () => {
     await broker.close();
   });
   beforeEach(async () => {
     // Missing until created: the progress topic (made by startBroker), the dead-letter and outbox topics.
-    for (const t of [PROGRESS_TOPIC, DLQ, OUT]) broker.cluster.setTopicError(t, UNKNOWN_TOPIC_OR_PARTITION);
+    for (const t of [PROGRESS_TOPIC, DLQ, OUT, RE_DLQ]) broker.cluster.setTopicError(t, UNKNOWN_TOPIC_OR_PARTITION);
     proxy = await startAdminProxy(broker.cluster);
     dir = tempDir();
     await Bun.write(join(dir, "handlers", "tc.ts"), HANDLER);
+    await Bun.write(join(dir, "handlers", "re.ts"), RE_HANDLER);
   });
   afterEach(async () => {
     await proxy.close();
   });
 
-  test("CreateTopics allowed: kexo creates __kexo_progress (compacted) and the dead-letter topic at the start, the outbox topic at its first record", async () => {
+  test("CreateTopics allowed: kexo creates __kexo_progress (compacted) and the dead-letter topic at the start, the outbox topic at its first record, a RegExp subscription's dead-letter topic at its first dead letter", async () => {
     const w = new WorkerProcess(runArgs(proxy.brokers, join(dir, "handlers"), join(dir, "journal.db")));
-    await w.waitJoined();
+    await w.waitJoined(2);
     const atStart = proxy.requests.map((r) => ({ topic: r.topic, errorCode: r.errorCode, configs: r.configs, numPartitions: r.numPartitions, replicationFactor: r.replicationFactor }));
     // The broker's defaults (-1), as its auto-creation would use.
     expect(atStart.sort((a, b) => a.topic.localeCompare(b.topic))).toEqual([
@@ -66,6 +80,9 @@ describe("a cluster that creates no topics by itself", () => {
     expect(w.find((l) => l.msg === "created missing topics")?.topics).toEqual(expect.arrayContaining([PROGRESS_TOPIC, DLQ]));
 
     await broker.produce(TOPIC, [{ value: JSON.stringify({ id: "a" }), partition: 0 }, { value: JSON.stringify({ id: "bad" }), partition: 1 }]);
+    await broker.produce(RE_TOPIC, [{ value: "x" }]);
+    await waitUntil("the RegExp subscription's dead-letter topic created", () => proxy.requests.some((r) => r.topic === RE_DLQ) || undefined);
+    expect((await broker.readAll(RE_DLQ, 1, 20_000)).map((m) => m.value?.toString())).toEqual(["x"]);
     await waitUntil("the outbox topic created", () => proxy.requests.some((r) => r.topic === OUT) || undefined);
     const out = await broker.readAll(OUT, 1, 20_000);
     const dead = await broker.readAll(DLQ, 1, 20_000);
@@ -79,10 +96,10 @@ describe("a cluster that creates no topics by itself", () => {
     expect(await w.exited()).toBe(0);
     // Asked once each: a second start finds them all.
     const again = new WorkerProcess(runArgs(proxy.brokers, join(dir, "handlers"), join(dir, "journal.db")));
-    await again.waitJoined();
+    await again.waitJoined(2);
     again.kill("SIGTERM");
     expect(await again.exited()).toBe(0);
-    expect(proxy.requests.map((r) => r.topic).sort()).toEqual([PROGRESS_TOPIC, OUT, DLQ].sort());
+    expect(proxy.requests.map((r) => r.topic).sort()).toEqual([PROGRESS_TOPIC, OUT, DLQ, RE_DLQ].sort());
   }, 90_000);
 
   test("CreateTopics refused: __kexo_progress missing stops the start with exit 69, naming the topic, the refusal and what to do", async () => {
