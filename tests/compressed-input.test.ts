@@ -11,6 +11,8 @@ import { waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
 const TOPIC = "cz-in";
+// kafkajs writes 0 as a batch's partition leader epoch, and the development broker keeps it.
+const EPOCH = 0;
 let broker: TestBroker;
 let dir: string;
 
@@ -25,7 +27,7 @@ export default defineHandler({
     const m = ctx.message;
     appendFileSync(process.env.CALLS_LOG!, JSON.stringify({
       id: ctx.id, n: e.n, partition: m.partition, offset: m.offset, key: m.key?.toString() ?? null,
-      trace: m.headers["trace"]?.toString(), timestamp: m.timestamp,
+      trace: m.headers["trace"]?.toString(), timestamp: m.timestamp, leaderEpoch: m.leaderEpoch,
     }) + "\\n");
   },
 });
@@ -34,7 +36,7 @@ export default defineHandler({
 withBroker({ [TOPIC]: 2 }, { "cz.ts": HANDLER }, (f) => ({ broker, dir } = f));
 
 test("gzip-compressed batches: each message once, with its offset, key, headers and timestamp; kexo-id copies deduplicated", async () => {
-  type Call = { id: string; n: number; partition: number; offset: string; key: string | null; trace?: string; timestamp: string };
+  type Call = { id: string; n: number; partition: number; offset: string; key: string | null; trace?: string; timestamp: string; leaderEpoch?: number };
   const { env, calls } = callsLog<Call>(dir);
   const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), join(dir, "journal.db")), { env });
   const address = await w.httpAddress();
@@ -71,5 +73,7 @@ test("gzip-compressed batches: each message once, with its offset, key, headers 
     expect(c.key).toBe(c.n % 3 ? `k-${c.n}` : null);
     expect(c.trace).toBe(`t-${c.n}`);
     expect(c.timestamp).toBe(String(at + c.n));
+    // The record batch's partition leader epoch (SPEC: ctx.message.leaderEpoch), as the broker stored it.
+    expect(c.leaderEpoch).toBe(EPOCH);
   }
 }, 60_000);

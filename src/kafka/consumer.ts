@@ -1321,8 +1321,9 @@ function toMessage(
     headers,
     timestamp: m.timestamp,
   };
-  const leaderEpoch = (m as { leaderEpoch?: number }).leaderEpoch;
-  if (leaderEpoch !== undefined) message.leaderEpoch = leaderEpoch;
+  // kafkajs keeps it on the record batch (-1: the producer's, or a broker's, that set none).
+  const leaderEpoch = (m as { batchContext?: { partitionLeaderEpoch?: unknown } }).batchContext?.partitionLeaderEpoch;
+  if (typeof leaderEpoch === "number" && leaderEpoch >= 0) message.leaderEpoch = leaderEpoch;
   return message;
 }
 
