@@ -35,14 +35,19 @@ async function main(argv: string[]): Promise<number> {
     case "dev": {
       (await import("./src/memory/heap-sizing.ts")).execWithWorkerHeap();
       const { runCommand } = await import("./src/cli/run.ts");
-      let signals = 0;
+      let first: { sig: string; at: number } | undefined;
       const signalled = new Promise<string>((resolve) => {
         for (const sig of ["SIGTERM", "SIGINT"] as const) {
           process.on(sig, () => {
-            if (++signals > 1) {
+            // The same signal again at once is the same request, sent twice: to the process group
+            // and by a parent that forwards it (GNU timeout, npm, a shell). Only a later one, or
+            // another signal, means "exit now".
+            if (first?.sig === sig && performance.now() - first.at < REPEAT_MS) return;
+            if (first) {
               process.stderr.write(JSON.stringify({ time: new Date().toISOString(), level: "warn", msg: "second signal; exiting now", signal: sig }) + "\n");
               process.exit(exitFor[sig]);
             }
+            first = { sig, at: performance.now() };
             resolve(sig);
           });
         }
@@ -51,6 +56,9 @@ async function main(argv: string[]): Promise<number> {
     }
   }
 }
+
+/** A repeat of the first stop signal within this long counts as the same request (see above). */
+const REPEAT_MS = 250;
 
 /**
  * The one place an error becomes an exit code. stderr gets the human text; with --json, stdout
