@@ -49,15 +49,33 @@ function byProgress(journal: JournalReader, id: string): ByProgress | undefined 
 
 export async function inspectCommand(args: Args, env: Record<string, string | undefined>): Promise<number> {
   // parseCli checked that there is one ID, before the journal is opened.
-  const id = args.positionals[0];
-  if (id === undefined) throw new UsageError("kexo inspect ID: give the message's dedup id (ctx.id)");
+  const asked = args.positionals[0];
+  if (asked === undefined) throw new UsageError("kexo inspect ID: give the message's dedup id (ctx.id)");
   const { journal } = openJournalFor(args, env);
   try {
     const handler = args.flags.handler as string | undefined;
-    const rows = journal.query<Row>(
-      `SELECT * FROM kexo_messages WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
-      ...(handler ? [id, handler] : [id]),
-    );
+    const byId = (id: string) =>
+      journal.query<Row>(
+        `SELECT * FROM kexo_messages WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
+        ...(handler ? [id, handler] : [id]),
+      );
+    let id = asked;
+    let rows = byId(id);
+    // The offset form of an id whose message is recorded under another id (its business key, or
+    // a kexo-id header): the record of the message at that offset is the answer, not what
+    // partition progress would say of an offset-form id.
+    let recordedAs: string | undefined;
+    const place = rows.length === 0 ? byProgress(journal, id) : undefined;
+    if (place) {
+      const there = journal.query<Row>(
+        `SELECT * FROM kexo_messages WHERE topic = ? AND partition = ? AND "offset" = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
+        ...[place.topic, place.partition, Number(place.offset), ...(handler ? [handler] : [])],
+      );
+      if (there.length > 0 && there[0]!.id !== id) {
+        recordedAs = id = there[0]!.id;
+        rows = byId(id);
+      }
+    }
     const steps = journal.query<{ handler: string; name: string; result: string; recorded_at: number }>(
       `SELECT handler, name, result, recorded_at FROM kexo_steps WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY recorded_at`,
       ...(handler ? [id, handler] : [id]),
@@ -67,7 +85,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       `SELECT handler, attempts, deaths, updated_at, next_try_at FROM kexo_retries WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
       ...(handler ? [id, handler] : [id]),
     );
-    const progress = rows.length === 0 ? byProgress(journal, id) : undefined;
+    const progress = rows.length === 0 && !recordedAs ? byProgress(journal, id) : undefined;
     if (rows.length === 0 && steps.length === 0 && progress?.completed) {
       const { group, topic, partition, offset } = progress;
       if (args.flags.json) printJson({ id, group, status: "completed", recordedBy: "partition progress", topic, partition, offset, steps: [] });
@@ -95,6 +113,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       return {
         handler: h,
         id,
+        ...(recordedAs && { askedFor: asked }),
         status: failed ? "retrying" : (r?.status ?? (progress?.completed ? "completed" : "in progress")),
         failedAttempts: failed?.attempts,
         // Of those, attempts the process did not survive (see processing/crash-guard.ts).
@@ -117,6 +136,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       printJson(entries.length === 1 ? entries[0] : entries);
       return 0;
     }
+    if (recordedAs) printLine(`${asked} is the message at ${place!.topic}/${place!.partition}@${place!.offset}, recorded under its id ${recordedAs} (the handler's key or a kexo-id header):`);
     for (const e of entries) {
       printLine(`${e.id}  (handler ${e.handler})`);
       printLine(`  status     ${e.status}${e.recordedBy ? ` ${BY_PROGRESS}` : ""}`);
