@@ -37,6 +37,8 @@ describe("invalid handler files", () => {
       "limits.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["bad topic!"], deadLetter: "x".repeat(250), retry: { maxDelayMs: 1e12 }, handle: async () => {} });`,
       "async-schema.ts": `import { defineHandler, v } from "kexo";\nexport default defineHandler({ topics: ["as"], schema: v.pipeAsync(v.object({ i: v.number() }), v.checkAsync(async () => true)), handle: async () => {} });`,
       "syntax.ts": `import { defineHandler } from "kexo";\nexport default defineHandler({ topics: ["s"], handle: async () => { return; }, ;\n});`,
+      // One error alone: Bun puts its position on the error itself, not in a list.
+      "syntax-one.ts": `import { defineHandler } from "kexo";\nconst x = ;\nexport default defineHandler({ topics: ["s1"], handle: async () => {} });`,
     });
     const r = kexo(["check", "--handlers", dir]);
     expect(r.code).toBe(78);
@@ -63,6 +65,7 @@ describe("invalid handler files", () => {
     expect(r.stderr).toContain(`${f("limits.ts")}: retry.maxDelayMs: must be at most 2147483647 ms`);
     // Bun's parse errors, each with its line and column, not only their count.
     expect(r.stderr).toMatch(new RegExp(`${f("syntax.ts")}: failed to load: .*line 2, column \\d+`));
+    expect(r.stderr).toContain(`${f("syntax-one.ts")}: failed to load: Unexpected ; (line 2, column 11)`);
   });
 
   test("a handler name from a file name with characters other than A-Za-z0-9._- (or too long) names the file; exit 78", () => {

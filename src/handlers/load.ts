@@ -25,14 +25,17 @@ export function handlerFiles(dir: string): string[] {
 export const LOAD_TIMEOUT_MS = 30_000;
 
 /** Why an import failed: Bun's parse errors each with their line and column (its message only counts them). */
+type Positioned = { message?: string; position?: { line?: number; column?: number } | null };
+
+/** Bun's build errors: several in `errors`, one alone with its own `position`; each with where it is. */
 function loadError(err: unknown): string {
+  const at = (e: Positioned) => (e.position?.line ? `${e.message} (line ${e.position.line}, column ${e.position.column})` : String(e.message ?? e));
   const parts = (err as { errors?: unknown }).errors;
   if (Array.isArray(parts) && parts.length > 0) {
-    const shown = parts.slice(0, 3).map((e: { message?: string; position?: { line?: number; column?: number } | null }) =>
-      e.position?.line ? `${e.message} (line ${e.position.line}, column ${e.position.column})` : String(e.message ?? e),
-    );
+    const shown = parts.slice(0, 3).map((e: Positioned) => at(e));
     return shown.join("; ") + (parts.length > 3 ? `; and ${parts.length - 3} more` : "");
   }
+  if ((err as Positioned | null)?.position?.line) return at(err as Positioned);
   return errorMessage(err);
 }
 
