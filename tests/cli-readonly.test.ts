@@ -100,6 +100,8 @@ describe("an existing journal is read, not written", () => {
     expect(JSON.parse(show.stdout)).toMatchObject({ id: 2, messageId: "m1", value: "bad 1", deadLetterTopic: "orders.dlq" });
     expect(kexo(["inspect", "m0", "--db", `file:${db}`]).code).toBe(64);
     expect(kexo(["dlq", "replay", "--all", "--dry-run", "--db", `file:${db}`]).stdout).toContain("2 dead letters would be replayed");
+    const dry = kexo(["dlq", "replay", "--all", "--dry-run", "--json", "--db", `file:${db}`]);
+    expect(JSON.parse(dry.stdout)).toEqual({ dryRun: true, wouldReplay: [{ id: 1, messageId: "m0", to: "orders" }, { id: 2, messageId: "m1", to: "orders" }] });
     expect(tree(dir)).toEqual(files);
     expect(bytes()).toEqual(before);
   });

@@ -131,6 +131,10 @@ function causeOf(err: unknown): string {
 async function replay(journal: JournalReader, config: Config, args: Args, rows: DeadLetterRow[]): Promise<number> {
   const to = args.flags.to as string | undefined;
   if (args.flags["dry-run"]) {
+    if (args.flags.json) {
+      printJson({ dryRun: true, wouldReplay: rows.map((r) => ({ id: r.seq, messageId: r.message_id, to: to ?? r.topic })) });
+      return 0;
+    }
     for (const r of rows) printLine(`would replay ${r.seq} (${r.message_id}) to ${to ?? r.topic}`);
     printLine(`${plural(rows.length, "dead letter")} would be replayed`);
     return 0;

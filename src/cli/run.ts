@@ -160,9 +160,12 @@ async function runWorker(
   if (dev?.demo) {
     const { runDemo } = await import("../dev/demo.ts");
     const count = Number(dev.args.flags["demo-count"] ?? 1000);
-    void runDemo(createKafka({ brokers: config.brokers, clientId: "kexo-demo" }, log), bus, { count, json: dev.args.flags.json === true, out: printLine }, demoAbort.signal)
-      .then(() => {
-        if (!demoAbort.signal.aborted) {
+    const json = dev.args.flags.json === true;
+    const consumes = (topic: string) => handlers.some((h) => h.topics.some((t) => (typeof t === "string" ? t === topic : t.test(topic))));
+    void runDemo(createKafka({ brokers: config.brokers, clientId: "kexo-demo" }, log), bus, { count, json, out: printLine, consumes }, demoAbort.signal)
+      .then((tally) => {
+        // With --json, stdout carries JSON objects only.
+        if (!demoAbort.signal.aborted && tally.expected > 0 && !json) {
           printLine(`demo: all messages handled; try: curl http://${worker.address?.replace("0.0.0.0", "127.0.0.1")}/metrics  (Ctrl-C to stop)`);
         }
       })

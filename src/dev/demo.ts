@@ -8,7 +8,12 @@ export interface DemoOptions {
   count: number;
   out: (line: string) => void;
   json: boolean;
+  /** Whether a handler consumes `topic`: the demo produces only to topics that one consumes. */
+  consumes(topic: string): boolean;
 }
+
+/** The demo's topics, those of the repository's example handlers. */
+export const DEMO_TOPICS = ["orders", "payments"] as const;
 
 interface Tally {
   produced: number;
@@ -39,9 +44,11 @@ function sampleMessages(count: number) {
 
 export async function runDemo(kafka: Kafka, bus: EventBus, opts: DemoOptions, signal: AbortSignal): Promise<Tally> {
   const { orders, payments } = sampleMessages(opts.count);
+  // Handlers of the user's own (--handlers) may consume neither: nothing to wait for then.
+  const sends = ([["orders", orders], ["payments", payments]] as const).filter(([topic]) => opts.consumes(topic));
   const tally: Tally = {
     produced: 0,
-    expected: orders.length + payments.length,
+    expected: sends.reduce((n, [, msgs]) => n + msgs.length, 0),
     outcomes: { processed: 0, deduplicated: 0, retried: 0, dead_lettered: 0, failed: 0 },
   };
   const off = bus.on("message.handled", (e) => {
@@ -57,10 +64,17 @@ export async function runDemo(kafka: Kafka, bus: EventBus, opts: DemoOptions, si
       );
     }
   };
+  if (sends.length === 0) {
+    off();
+    const said = `the demo's sample messages go to ${DEMO_TOPICS.join(" and ")} (the example handlers' topics), which none of these handlers consumes; ` +
+      "nothing was produced. Produce to your handlers' topics yourself (the broker's address is in the log: \"development broker started\")";
+    opts.out(opts.json ? JSON.stringify({ demo: "skipped", reason: said }) : `demo: ${said}`);
+    return tally;
+  }
   const producer = kafka.producer({ createPartitioner });
   await producer.connect();
   try {
-    for (const [topic, msgs] of [["orders", orders], ["payments", payments]] as const) {
+    for (const [topic, msgs] of sends) {
       for (let i = 0; i < msgs.length; i += 500) {
         const chunk = msgs.slice(i, i + 500);
         await producer.send({ topic, messages: chunk });
