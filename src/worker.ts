@@ -14,7 +14,8 @@ import { Publisher } from "./kafka/publisher.ts";
 import { type EnsureTopics, TopicCreator } from "./kafka/topics.ts";
 import { CrashGuard } from "./processing/crash-guard.ts";
 import { Journal } from "./journal/journal.ts";
-import type { Logger } from "./log.ts";
+import { type Logger, redactUrl } from "./log.ts";
+import { isRemoteUrl } from "./journal/remote.ts";
 import { Liveness, type LivenessOptions } from "./health/liveness.ts";
 import { createMetrics, type Metrics } from "./metrics/metrics.ts";
 import { startGcPacer } from "./memory/gc-pacer.ts";
@@ -38,6 +39,34 @@ export interface WorkerOptions {
   liveness?: Partial<LivenessOptions>;
   /** Aborted by a signal before the start finished: the start stops where it is and throws start_aborted. */
   abort?: AbortSignal;
+}
+
+/**
+ * A libSQL server that does not answer at the start (a sidecar started beside it, a server
+ * restarting) is asked again, with growing waits, for this long; then exit 69.
+ */
+const JOURNAL_START_RETRY_MS = 15_000;
+
+/** Journal.open, with bounded retries while a libSQL server cannot be reached. */
+async function openJournal(opts: WorkerOptions, bus: EventBus): Promise<Journal> {
+  const deadline = Date.now() + JOURNAL_START_RETRY_MS;
+  for (let wait = 250, tries = 1; ; wait = Math.min(wait * 2, 2000), tries++) {
+    try {
+      return Journal.open({ url: opts.db, bus, worker: true, instance: opts.kafka.clientId });
+    } catch (err) {
+      // Only a server that did not answer; one that refused (its auth token, the client id's
+      // lease) answers the same the next time.
+      const unreachable = isRemoteUrl(opts.db) && err instanceof KexoError && err.code === "journal_unavailable" &&
+        !/\b40[13]\b|unauthori[sz]ed|forbidden/i.test(err.message);
+      if (!unreachable || Date.now() + wait > deadline || opts.abort?.aborted) throw err;
+      opts.log.warn("journal server unreachable at start; retrying", { db: redactUrl(opts.db), try: tries, nextTryInMs: wait, error: err.message });
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, wait);
+        opts.abort?.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+      });
+      if (opts.abort?.aborted) throw err;
+    }
+  }
 }
 
 /** A setup() still running after this long is logged, then again at each multiple. */
@@ -94,7 +123,7 @@ export class Worker {
 
   static async start(opts: WorkerOptions): Promise<Worker> {
     const bus = opts.bus ?? new EventBus();
-    const journal = Journal.open({ url: opts.db, bus, worker: true, instance: opts.kafka.clientId });
+    const journal = await openJournal(opts, bus);
     if (journal.uncleanStart) {
       opts.log.warn("kexo did not stop cleanly last time (killed or crashed): the first messages of each partition journal each attempt " +
         "before it starts, and messages that were running then run alone, so that one the process does not survive is dead-lettered " +

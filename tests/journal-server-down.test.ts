@@ -1,7 +1,8 @@
 // A journal on a libSQL server that dies mid-stream (SIGKILL, its open transactions gone) and
 // comes back: the worker stops with exit 75 (temporary failure, nothing of the lost group
-// acknowledged), a start while it is down says so with exit 69, and once it is back a restart
-// finishes the stream with every ctx.tx effect exactly once.
+// acknowledged), a start while it is down retries for a while, then says so with exit 69; a start
+// that is retrying when the server comes back goes on and finishes the stream with every ctx.tx
+// effect exactly once.
 import { describe, expect, test } from "bun:test";
 import { join } from "node:path";
 import { effectsHandler } from "./support/handlers.ts";
@@ -38,15 +39,21 @@ describe.skipIf(!sqldSupported)("journal server down and back", () => {
     const said = w.find((l) => l.msg === "stopping after a fatal error");
     expect(JSON.stringify(said)).toMatch(/the libSQL server http:\/\/127\.0\.0\.1:\d+ did not answer as expected \((ECONNRESET|ECONNREFUSED|Unable to connect)[^()]*\): check that it runs/);
 
-    // Down: a supervisor's restart is told what is wrong, with the exit code for "unavailable".
+    // Down: the start asks again for a while (bounded retries), then a supervisor's restart is
+    // told what is wrong, with the exit code for "unavailable".
+    const startedAt = Date.now();
     const early = start();
     expect(await early.exited()).toBe(69);
+    expect(Date.now() - startedAt).toBeGreaterThan(10_000);
+    expect(early.lines.filter((l) => l.msg === "journal server unreachable at start; retrying").length).toBeGreaterThanOrEqual(5);
     expect(early.raw.join("\n")).toMatch(/libSQL server.*127\.0\.0\.1/s);
 
+    // A start while it is down goes on once it is back (a sidecar started beside its server).
+    w = start();
+    await w.waitForLog("a retry", (l) => l.msg === "journal server unreachable at start; retrying");
     await sqld.restart();
     const before = await count();
     expect(before).toBeGreaterThanOrEqual(500);
-    w = start();
     await w.waitJoined();
     await producing;
     await waitUntil(`${COUNT} effects`, async () => (await count()) >= COUNT || undefined, { timeoutMs: 120_000 });
