@@ -116,6 +116,7 @@ const DLQ_HEADERS = [
   "kafka_dlt-original-consumer-group", "kafka_dlt-exception-fqcn", "kafka_dlt-exception-message", "kafka_dlt-exception-stacktrace",
   "__connect.errors.topic", "__connect.errors.partition", "__connect.errors.offset", "__connect.errors.exception.class.name",
   "__connect.errors.exception.message", "__connect.errors.exception.stacktrace",
+  "__connect.errors.stage", "__connect.errors.class.name", "__connect.errors.connector.name", "__connect.errors.task.id",
 ];
 
 /** Key S: "stall" waits for its next try, S1 behind it. */

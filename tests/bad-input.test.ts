@@ -14,6 +14,7 @@ import { WorkerProcess, runArgs } from "./support/worker.ts";
 const TOPIC = "bad-in";
 const DLQ = "bad-in.dlq";
 const GROUP = "kexo-bad-bad-in";
+const HANDLER_NAME = "bad";
 let broker: TestBroker;
 let dir: string;
 
@@ -76,6 +77,7 @@ const DLQ_HEADERS = [
   "kafka_dlt-original-consumer-group", "kafka_dlt-exception-fqcn", "kafka_dlt-exception-message", "kafka_dlt-exception-stacktrace",
   "__connect.errors.topic", "__connect.errors.partition", "__connect.errors.offset", "__connect.errors.exception.class.name",
   "__connect.errors.exception.message", "__connect.errors.exception.stacktrace",
+  "__connect.errors.stage", "__connect.errors.class.name", "__connect.errors.connector.name", "__connect.errors.task.id",
 ];
 
 withBroker({ [TOPIC]: 1, [DLQ]: 1 }, { "bad.ts": HANDLER }, (f) => ({ broker, dir } = f));
@@ -158,6 +160,7 @@ test("poison and permanent errors are dead-lettered at once, exact to the byte; 
       springType: s("kafka_dlt-exception-fqcn"), springMessage: s("kafka_dlt-exception-message"),
       connectTopic: s("__connect.errors.topic"), connectPartition: s("__connect.errors.partition"), connectOffset: s("__connect.errors.offset"),
       connectType: s("__connect.errors.exception.class.name"), connectMessage: s("__connect.errors.exception.message"),
+      connectStage: s("__connect.errors.stage"), connector: s("__connect.errors.connector.name"),
     }).toEqual({
       name: c.name,
       topic: TOPIC, partition: "0", offset: String(c.offset), group: GROUP,
@@ -165,6 +168,7 @@ test("poison and permanent errors are dead-lettered at once, exact to the byte; 
       springTopic: TOPIC, springPartition: [...int32(0)], springOffset: [...int64(c.offset)], springGroup: GROUP,
       springType: c.dlq.type, springMessage: error,
       connectTopic: TOPIC, connectPartition: "0", connectOffset: String(c.offset), connectType: c.dlq.type, connectMessage: error,
+      connectStage: c.dlq.reason === "poison" ? "VALUE_CONVERTER" : "TASK_PUT", connector: HANDLER_NAME,
     });
     const failedAt = s("kexo-dlq-failed-at")!;
     expect(new Date(failedAt).toISOString()).toBe(failedAt);

@@ -12,6 +12,8 @@ export interface DeadLetterInfo {
   offset: string;
   timestamp: string;
   groupId: string;
+  /** The handler's name: Kafka Connect's connector name. */
+  handler: string;
   reason: DeadLetterReason;
   error: string;
   errorType: string;
@@ -65,6 +67,11 @@ export function deadLetterHeaders(original: WireHeaders, info: DeadLetterInfo, m
     "__connect.errors.exception.class.name": Buffer.from(info.errorType),
     "__connect.errors.exception.message": error,
     "__connect.errors.exception.stacktrace": stack,
+    // Where it failed, as Connect names its stages: reading the value (poison), or the sink's put.
+    "__connect.errors.stage": Buffer.from(info.reason === "poison" ? "VALUE_CONVERTER" : "TASK_PUT"),
+    "__connect.errors.class.name": Buffer.from("kexo"),
+    "__connect.errors.connector.name": Buffer.from(info.handler),
+    "__connect.errors.task.id": Buffer.from("0"),
   };
 }
 

@@ -922,7 +922,7 @@ async function deadLetter(run: Run, f: PendingDeadLetter): Promise<Verdict> {
   const original = allHeaders(message);
   const info: DeadLetterInfo = {
     topic: message.topic, partition: message.partition, offset: message.offset, timestamp: message.timestamp,
-    groupId: handler.groupId, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
+    groupId: handler.groupId, handler: handler.name, reason, error, errorType: f.errorType, stack: f.stack, attempts, failedAt: f.failedAt,
   };
   if (!f.journaled) {
     // The handler has given up for good: journaled (and COMMITted) before the write, which may fail

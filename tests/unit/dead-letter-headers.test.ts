@@ -25,7 +25,7 @@ test("capBytes cuts before a character, within the bytes, and leaves short text 
 test("a dead letter's error headers are valid UTF-8 when a long error is cut", () => {
   const error = "é".repeat(600_000);
   const headers = deadLetterHeaders({}, {
-    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", reason: "exhausted",
+    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", handler: "h", reason: "exhausted",
     error, errorType: "Error", stack: `Error: ${error}`, attempts: 3, failedAt: new Date(0),
   });
   const texts = Object.entries(headers).flatMap(([k, v]) => (Buffer.isBuffer(v) && v.length > 1000 ? [[k, v] as const] : []));
@@ -47,7 +47,7 @@ test("a header named __proto__ is kept as a header through the journal's encodin
   expect(Object.getOwnPropertyDescriptor(back, "__proto__")?.value.toString()).toBe("p");
   expect(Object.getPrototypeOf(back)).toBe(Object.prototype);
   expect(Object.keys(deadLetterHeaders(back, {
-    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", reason: "poison", error: "e", errorType: "Error", attempts: 1, failedAt: new Date(0),
+    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", handler: "h", reason: "poison", error: "e", errorType: "Error", attempts: 1, failedAt: new Date(0),
   }))).toContain("__proto__");
 });
 
@@ -70,7 +70,7 @@ test("kafkajs's headers: the last value of a repeated name for the handler, ever
   expect((back.trace as Buffer[]).map(String)).toEqual(["t1", "t2", "t3"]);
   expect(String(back.a)).toBe("1");
   const dl = deadLetterHeaders(back, {
-    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", reason: "poison", error: "e", errorType: "Error", attempts: 1, failedAt: new Date(0),
+    topic: "t", partition: 0, offset: "1", timestamp: "0", groupId: "g", handler: "h", reason: "poison", error: "e", errorType: "Error", attempts: 1, failedAt: new Date(0),
   });
   expect((dl.trace as Buffer[]).map(String)).toEqual(["t1", "t2", "t3"]);
   // Rows journaled before repeated names were kept (one base64 string per name) still decode.
