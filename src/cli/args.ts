@@ -1,4 +1,5 @@
 // Command-line parsing (node:util parseArgs: built in, strict, no dependency to carry).
+import { nearest } from "../suggest.ts";
 import { parseArgs } from "node:util";
 import { UsageError } from "../errors.ts";
 
@@ -287,7 +288,14 @@ export function parseCli(argv: string[]): Args {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true });
   } catch (err) {
-    throw new UsageError(`${(err as Error).message}\nRun kexo help for the flags.`);
+    // node:util's texts, said the way kexo's other usage errors are, with the nearest flag.
+    const message = (err as Error).message;
+    const unknown = /^Unknown option '(-{1,2}[^']*)'/.exec(message)?.[1];
+    if (unknown) {
+      const near = nearest(unknown.replace(/^-+/, ""), Object.keys(OPTIONS));
+      throw new UsageError(`unknown flag ${unknown}${near ? ` (did you mean --${near}?)` : ""}; run kexo help for the flags`);
+    }
+    throw new UsageError(`${message}\nRun kexo help for the flags.`);
   }
   const positionals = [...parsed.positionals];
   const flags = parsed.values as Args["flags"];

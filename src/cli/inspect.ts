@@ -144,7 +144,11 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
       if (e.attempts !== undefined) printLine(`  attempts   ${e.attempts}`);
       if (e.failedAttempts !== undefined) printLine(`  failed     ${e.failedAttempts} attempt${e.failedAttempts === 1 ? "" : "s"} so far${e.diedIn ? ` (the process died in ${e.diedIn})` : ""}, the last at ${e.lastFailedAt}${e.nextTryAt ? `, next try at ${e.nextTryAt}` : ""}`);
       if (e.finishedAt) printLine(`  finished   ${e.finishedAt}`);
-      for (const s of e.steps) printLine(`  step       ${s.name} = ${JSON.stringify(s.result)}`);
+      // Records are kept as step:NAME (ctx.step) and tx:N (the Nth ctx.tx): said as the handler wrote them.
+      for (const s of e.steps) {
+        const tx = /^tx:(\d+)$/.exec(s.name);
+        printLine(tx ? `  ctx.tx #${tx[1]}  = ${JSON.stringify(s.result)}` : `  step       ${s.name.replace(/^step:/, "")} = ${JSON.stringify(s.result)}`);
+      }
       if (e.result !== undefined) printLine(`  result     ${JSON.stringify(e.result)}`);
       if (e.error) printLine(`  error      ${e.error}`);
     }

@@ -127,7 +127,7 @@ const Raw = v.object({
       v.array(
         v.pipe(
           v.string(),
-          v.regex(/^[^\s:]+:\d{1,5}$/, "each broker must be host:port"),
+          v.regex(/^[^\s:]+:\d{1,5}$/, (issue) => `each broker must be host:port (got "${String(issue.input)}")`),
           // The checks pass what the regex refused: that broker is reported once.
           v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || validHost(b.split(":")[0]!), (i) => `${i.input}: ${String(i.input).split(":")[0]} is not an IP address or host name`),
           v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || (Number(b.split(":")[1]) >= 1 && Number(b.split(":")[1]) <= 65535), (i) => `${i.input}: port ${String(i.input).split(":")[1]} is out of range (1 to 65535)`),
@@ -140,7 +140,11 @@ const Raw = v.object({
   // Remote schemes: what @libsql/client connects to (journal/remote.ts isRemoteUrl).
   db: v.pipe(
     v.string(),
-    v.regex(/^(file:|libsql:\/\/|https?:\/\/|wss?:\/\/|:memory:)/, "must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST"),
+    v.regex(
+      /^(file:|libsql:\/\/|https?:\/\/|wss?:\/\/|:memory:)/,
+      // A plain path (never a URL with credentials) is named back with its file: form.
+      (issue) => `must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST${/^[\w./~-]+$/.test(String(issue.input)) ? ` (did you mean file:${String(issue.input)}?)` : ""}`,
+    ),
     v.check((s) => !REMOTE_DB.test(s) || Boolean(urlOf(s)?.hostname), (i) => `"${redactUrl(String(i.input))}" is not a URL with a host; expected e.g. libsql://HOST[:PORT]`),
   ),
   http: v.pipe(

@@ -27,7 +27,8 @@ describe("--json: an error is one JSON object on stdout, with the same exit code
   const missingDb = () => `file:${join(tempDir(), "none.db")}`;
   test.each([
     ["a bad dead-letter id", ["dlq", "show", "NOPE", "--json"], 64, "usage", 'dead-letter id "NOPE" is not a number'],
-    ["a line that does not parse", ["check", "--json", "--frob"], 64, "usage", "Unknown option '--frob'"],
+    ["a line that does not parse", ["check", "--json", "--frob"], 64, "usage", "unknown flag --frob; run kexo help"],
+    ["a misspelt flag", ["check", "--json", "--handler-dir", "x"], 64, "usage", "unknown flag --handler-dir (did you mean --handlers?)"],
     ["a missing argument", ["inspect", "--json"], 64, "usage", "kexo inspect ID: give the message's dedup id"],
     ["a missing journal (inspect)", ["inspect", "ID", "--json", "--db", "MISSING"], 69, "journal_not_found", "no journal at "],
     ["a missing journal (dlq list)", ["dlq", "list", "--json", "--db", "MISSING"], 69, "journal_not_found", "no journal at "],

@@ -95,7 +95,8 @@ describe("precedence: flag > environment > config file > default", () => {
 describe("every problem as `path: message`", () => {
   const file = configFile({ "log-level": "loud" });
   test.each([
-    [{ brokers: "a:1,b" }, {}, "brokers: each broker must be host:port"],
+    [{ brokers: "a:1,b" }, {}, 'brokers: each broker must be host:port (got "b")'],
+    [{ db: "journal.db" }, {}, "db: must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST (did you mean file:journal.db?)"],
     [{ brokers: " , " }, {}, "brokers: must list at least one host:port"],
     [{ handlers: "" }, {}, "handlers: must not be empty"],
     [{}, { KEXO_DB: "postgres://x" }, "db (KEXO_DB): must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST"],
