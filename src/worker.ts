@@ -219,7 +219,7 @@ export class Worker {
     try {
       this.#http = serve(app, http.host, http.port);
     } catch (err) {
-      throw new KexoError("http_unavailable", `cannot listen on ${http.host}:${http.port}: ${(err as Error).message}; pick another --http address`, {
+      throw new KexoError("http_unavailable", `cannot listen on ${http.host}:${http.port}: ${(err as Error).message.replace(/[.?!]?\s*$/, "")}; pick another --http address`, {
         exitCode: ExitCode.unavailable,
         cause: err,
       });

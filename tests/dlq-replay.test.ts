@@ -62,11 +62,16 @@ test("a CLI replay round trip: dead letters handled again exactly once, marked r
     [2, "rp", "upstream-7", `${TOPIC}/0@1`, "permanent", "ledger closed for e2", undefined],
     [3, "rp", "e3", `${TOPIC}/0@2`, "permanent", "ledger closed for e3", undefined],
   ]);
-  expect(JSON.parse((await kexo("dlq", "list", ...dbFlag, "--json", "--handler", "nope")).stdout)).toEqual([]);
+  // A handler the journal never saw is a slip, named with the ones it knows.
+  const nope = await kexo("dlq", "list", ...dbFlag, "--json", "--handler", "nope");
+  expect(nope.code).toBe(64);
+  expect(JSON.parse(nope.stdout)).toMatchObject({ handler: "nope", found: false, error: { message: expect.stringContaining("no handler nope in journal") } });
+  expect(nope.stderr).toContain("its handlers: rp");
   expect(JSON.parse((await kexo("dlq", "list", ...dbFlag, "--json", "--since", "1h")).stdout).length).toBe(3);
   expect(JSON.parse((await kexo("dlq", "list", ...dbFlag, "--json", "--since", new Date(Date.now() + 60_000).toISOString())).stdout)).toEqual([]);
   const table = await kexo("dlq", "list", ...dbFlag);
-  expect(table.stdout.split("\n")[0]).toMatch(/^ID\s+HANDLER\s+SOURCE\s+REASON/);
+  expect(table.stdout.split("\n")[0]).toMatch(/^ID\s+HANDLER\s+MESSAGE ID\s+SOURCE\s+REASON/);
+  expect(table.stdout).toContain("upstream-7");
   const show = JSON.parse((await kexo("dlq", "show", "2", ...dbFlag, "--json")).stdout) as { value: string; headers: Record<string, string> };
   expect(show.value).toBe(JSON.stringify({ eventId: "e2", amount: 20 }));
   expect(show.headers).toEqual({ "kexo-id": "upstream-7" });

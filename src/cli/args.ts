@@ -307,7 +307,8 @@ export function parseCli(argv: string[]): Args {
   if (positionals.length > 0) {
     const first = positionals.shift()!;
     if (!(COMMANDS as readonly string[]).includes(first)) {
-      throw new UsageError(`unknown command "${first}"; commands: ${COMMANDS.join(", ")}`);
+      const near = nearest(first, COMMANDS);
+      throw new UsageError(`unknown command "${first}"${near ? ` (did you mean ${near}?)` : ""}; commands: ${COMMANDS.join(", ")}`);
     }
     command = first as Command;
   }

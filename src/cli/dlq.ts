@@ -9,7 +9,7 @@ import { decodeHeaders } from "../journal/journal.ts";
 import { kafkaConfig, silenceTimeoutNegativeWarning } from "../kafka/client.ts";
 import { createLogger } from "../log.ts";
 import type { Args } from "./args.ts";
-import { type JournalReader, openJournalFor } from "./journal-read.ts";
+import { checkHandlerName, type JournalReader, openJournalFor } from "./journal-read.ts";
 import { plural, printJson, printLine, table } from "./output.ts";
 import { createPartitioner } from "../kafka/partitioner.ts";
 
@@ -204,13 +204,15 @@ export async function dlqCommand(args: Args, env: Record<string, string | undefi
   const publish = sub === "replay" && args.flags["dry-run"] !== true;
   const { config, journal } = openJournalFor(args, env, { needBrokers: publish, write: publish });
   try {
+    checkHandlerName(journal, args.flags.handler as string | undefined);
     if (sub === "list") {
       const rows = select(journal, args, since).map(summary);
       if (args.flags.json) printJson(rows);
       else if (rows.length === 0) printLine("no dead letters");
       else {
-        printLine(table(rows.map((r) => ({ ...r, error: r.error.length > 60 ? r.error.slice(0, 57) + "..." : r.error, replayed: r.replayedAt ? "yes" : "" })),
-          ["id", "handler", "source", "reason", "attempts", "failedAt", "replayed", "error"]));
+        // "message id": the message's ctx.id, what kexo inspect takes.
+        printLine(table(rows.map((r) => ({ ...r, "message id": r.messageId, error: r.error.length > 60 ? r.error.slice(0, 57) + "..." : r.error, replayed: r.replayedAt ? "yes" : "" })),
+          ["id", "handler", "message id", "source", "reason", "attempts", "failedAt", "replayed", "error"]));
       }
       return 0;
     }

@@ -1,7 +1,7 @@
 // `kexo inspect ID`: one message's journal entry: status, attempts, steps, result or error.
 import { UsageError } from "../errors.ts";
 import type { Args } from "./args.ts";
-import { type JournalReader, openJournalFor } from "./journal-read.ts";
+import { checkHandlerName, type JournalReader, openJournalFor } from "./journal-read.ts";
 import { printJson, printLine } from "./output.ts";
 
 interface Row {
@@ -54,6 +54,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
   const { journal } = openJournalFor(args, env);
   try {
     const handler = args.flags.handler as string | undefined;
+    checkHandlerName(journal, handler);
     const byId = (id: string) =>
       journal.query<Row>(
         `SELECT * FROM kexo_messages WHERE id = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,

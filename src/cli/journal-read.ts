@@ -1,11 +1,12 @@
 // Opens the journal named by the config for the inspection commands (dlq, inspect). They never
 // create one: a journal file that is not there is an error naming the path (exit 69), and an
 // existing file is opened without creating it, read-only unless the command writes (dlq replay).
+import { nearest } from "../suggest.ts";
 import Database from "libsql";
 import { existsSync } from "node:fs";
 import { resolve } from "node:path";
 import { type Config, DEFAULTS, resolveConfig } from "../config/config.ts";
-import { ExitCode, KexoError } from "../errors.ts";
+import { ExitCode, KexoError, UsageError } from "../errors.ts";
 import { Journal, journalPath } from "../journal/journal.ts";
 import { isRemoteUrl, type SqlConnection } from "../journal/remote.ts";
 import { ADDED_COLUMNS, SCHEMA, SCHEMA_VERSION } from "../journal/schema.ts";
@@ -109,4 +110,27 @@ function readerOf(conn: SqlConnection, path: string): JournalReader {
     run: (sql: string, ...args: unknown[]) => conn.prepare(sql).run(...args).changes,
     close: async () => conn.close(),
   };
+}
+
+/**
+ * `--handler NAME` checked against the handlers the journal knows (those that started a message
+ * or dead-lettered one): a name it never saw is a slip, said with the names it knows, not
+ * answered "nothing found". A journal with no handler yet takes any name.
+ */
+export function checkHandlerName(journal: JournalReader, handler: string | undefined): void {
+  if (handler === undefined) return;
+  let known: string[];
+  try {
+    known = journal
+      .query<{ handler: string }>("SELECT handler FROM kexo_started UNION SELECT handler FROM kexo_dead_letters ORDER BY handler")
+      .map((r) => r.handler);
+  } catch {
+    return; // A journal older than kexo_started (schema version 2): nothing to check against.
+  }
+  if (known.length === 0 || known.includes(handler)) return;
+  const near = nearest(handler, known);
+  throw new UsageError(
+    `no handler ${handler} in journal ${journal.path}${near ? ` (did you mean ${near}?)` : ""}; its handlers: ${known.join(", ")}`,
+    { handler, found: false },
+  );
 }
