@@ -2,8 +2,11 @@
 // when bun test runs files in parallel, and after the last one otherwise. bun test fires no
 // process "exit" event, so cleanup hung there never ran.
 import { afterAll } from "bun:test";
+import { installAbortGuard } from "./abort-guard.ts";
 import { removeTempDirs } from "./tmp.ts";
 import { killLeftovers, warnKilled } from "./worker.ts";
+
+installAbortGuard();
 
 afterAll(() => {
   warnKilled(killLeftovers());
