@@ -98,7 +98,6 @@ export class OutboxRelay {
    * Rows an operator deletes stay counted until the outbox is empty (it is 0 then by definition).
    */
   #count = 0;
-  #ensured = new Set<string>();
   /** Bytes per request now: BATCH_BYTES, or less while the broker refuses requests as too large. */
   #maxBytes = BATCH_BYTES;
   #wake: (() => void) | undefined;
@@ -217,31 +216,43 @@ export class OutboxRelay {
       await this.#producer.connect();
       this.#connected = true;
     }
-    const fresh = [...new Set(rows.map((r) => r.topic))].filter((t) => !this.#ensured.has(t));
-    const uncreated = fresh.length > 0 && this.#deps.ensureTopics ? await this.#deps.ensureTopics(fresh) : undefined;
+    const send = () => this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
+    let acked: Awaited<ReturnType<typeof send>>;
     try {
-      const acked = await this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
-      // kafkajs drops, without a word, records for a partition the topic does not have: each
-      // partition a record named must be in the acknowledgement, or its rows stay to be sent again.
-      const got = new Set(acked.map((m) => `${m.topicName}\0${m.partition}`));
-      const lost = rows.find((r) => r.partition !== null && !got.has(`${r.topic}\0${r.partition}`));
-      if (lost) {
-        throw new Error(
-          `outbox record ${lost.seq} of handler ${lost.handler} names partition ${lost.partition} of ${lost.topic}, which the broker did not acknowledge ` +
-            "(the topic has fewer partitions?); it and the records after it wait: add partitions to the topic, or delete the row from kexo_outbox",
-        );
-      }
+      acked = await send();
     } catch (err) {
-      if (isMissingTopic(err)) {
-        const why = uncreated?.size ? `; kexo could not create ${[...uncreated].map(([t, w]) => `${t} (${w})`).join(", ")}` : "";
-        throw new Error(
-          `outbox topic missing (${fresh.join(", ") || [...new Set(rows.map((r) => r.topic))].join(", ")})${why}: ` +
-            `create it, or let kexo create topics (CreateTopics for its principal) or the broker (auto.create.topics.enable=true); ${errorMessage(err)}`,
-          { cause: err },
-        );
+      if (!isMissingTopic(err)) throw err;
+      // A topic nobody made (a cluster without auto-creation): asked for, then sent once more.
+      // Asked only then, not before a first send: most topics exist, and the ask costs an admin
+      // connection.
+      const topics = [...new Set(rows.map((r) => r.topic))];
+      const uncreated = this.#deps.ensureTopics ? await this.#deps.ensureTopics(topics) : undefined;
+      if (!uncreated || uncreated.size > 0) throw missingTopic(topics, uncreated, err);
+      try {
+        acked = await send();
+      } catch (again) {
+        throw isMissingTopic(again) ? missingTopic(topics, undefined, again) : again;
       }
-      throw err;
     }
-    for (const t of fresh) this.#ensured.add(t);
+    // kafkajs drops, without a word, records for a partition the topic does not have: each
+    // partition a record named must be in the acknowledgement, or its rows stay to be sent again.
+    const got = new Set(acked.map((m) => `${m.topicName}\0${m.partition}`));
+    const lost = rows.find((r) => r.partition !== null && !got.has(`${r.topic}\0${r.partition}`));
+    if (lost) {
+      throw new Error(
+        `outbox record ${lost.seq} of handler ${lost.handler} names partition ${lost.partition} of ${lost.topic}, which the broker did not acknowledge ` +
+          "(the topic has fewer partitions?); it and the records after it wait: add partitions to the topic, or delete the row from kexo_outbox",
+      );
+    }
   }
+}
+
+/** An outbox topic missing, with why kexo could not create it (`uncreated`, when it asked). */
+function missingTopic(topics: string[], uncreated: Map<string, string> | undefined, cause: unknown): Error {
+  const why = uncreated?.size ? `; kexo could not create ${[...uncreated].map(([t, w]) => `${t} (${w})`).join(", ")}` : "";
+  return new Error(
+    `outbox topic missing (${topics.join(", ")})${why}: ` +
+      `create it, or let kexo create topics (CreateTopics for its principal) or the broker (auto.create.topics.enable=true); ${errorMessage(cause)}`,
+    { cause },
+  );
 }
