@@ -2,7 +2,7 @@
 // it says which topic is missing". On a cluster that creates no topic on its own
 // (auto.create.topics.enable=false, the default of Amazon MSK and Confluent Cloud) kexo asks for
 // the topics it writes to with CreateTopics: __kexo_progress (compacted) and the dead-letter
-// topics at the start, an outbox topic before its first record. The development broker stands in
+// topics at the start, an outbox topic when its first send finds it missing. The development broker stands in
 // for such a cluster: the topics answer UNKNOWN_TOPIC_OR_PARTITION to Metadata until created, and a
 // proxy in front of it (support/admin-proxy.ts) lets kafkajs's admin create topics there.
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, test } from "bun:test";
@@ -68,7 +68,7 @@ describe("a cluster that creates no topics by itself", () => {
     await proxy.close();
   });
 
-  test("CreateTopics allowed: kexo creates __kexo_progress (compacted) and the dead-letter topic at the start, the outbox topic at its first record, a RegExp subscription's dead-letter topic at its first dead letter", async () => {
+  test("CreateTopics allowed: kexo creates __kexo_progress (compacted) and the dead-letter topic at the start, the outbox topic when its first send finds it missing, a RegExp subscription's dead-letter topic at its first dead letter", async () => {
     const w = new WorkerProcess(runArgs(proxy.brokers, join(dir, "handlers"), join(dir, "journal.db")));
     await w.waitJoined(2);
     const atStart = proxy.requests.map((r) => ({ topic: r.topic, errorCode: r.errorCode, configs: r.configs, numPartitions: r.numPartitions, replicationFactor: r.replicationFactor }));
