@@ -13,7 +13,7 @@ async function main(argv: string[]): Promise<number> {
   const env = process.env as Record<string, string | undefined>;
   switch (args.command) {
     case "help":
-      process.stdout.write(helpText(args.positionals));
+      process.stdout.write(helpText(args.positionals, args.flags.help !== true));
       return ExitCode.ok;
     case "version":
       if (args.flags.json) printJson({ version: VERSION });

@@ -202,12 +202,18 @@ const DLQ_SHAPES: Record<"list" | "show" | "replay", Shape> = {
 };
 
 /** The help of `topic` (a command, and a dlq subcommand): its usage lines and flags; the general help for anything else. */
-export function helpText(topic: string[]): string {
+/** `strict`: asked as `kexo help TOPIC`, where an unknown TOPIC is a slip; `--help` anywhere answers the general help. */
+export function helpText(topic: string[], strict = false): string {
   const [command, sub] = topic;
   let shapes: Shape[];
   if (command === "dlq") shapes = sub === "list" || sub === "show" || sub === "replay" ? [DLQ_SHAPES[sub]] : Object.values(DLQ_SHAPES);
   else if (command !== undefined && command in SHAPES) shapes = [SHAPES[command as keyof typeof SHAPES]];
-  else return USAGE;
+  else if (command === undefined || command === "help" || !strict) return USAGE;
+  else {
+    // Help on a command that does not exist is a slip, as the command itself would be (exit 64).
+    const near = nearest(command, COMMANDS);
+    throw new UsageError(`kexo help: unknown command "${command}"${near ? ` (did you mean ${near}?)` : ""}; commands: ${COMMANDS.join(", ")}`);
+  }
   const flags = COMMAND_FLAGS.filter((f) => shapes.some((s) => s.flags.includes(f)));
   const shown = ALL_SETTINGS.filter((f) => shapes.some((s) => s.shown.includes(f)));
   const parts = [`Usage:\n${shapes.map((s) => `  ${s.usage}\n      ${s.about}`).join("\n")}`];

@@ -166,6 +166,13 @@ describe("each command's --help", () => {
     for (const s of hasNot) expect(r.stdout).not.toContain(s);
   });
 
+  test("kexo help TOPIC for a command that does not exist is a usage error (64), with the nearest command", () => {
+    const r = kexo(["help", "chek"]);
+    expect(r.code).toBe(64);
+    expect(r.stderr).toContain('kexo help: unknown command "chek" (did you mean check?)');
+    expect(r.stdout).toBe("");
+  });
+
   test("kexo --help and kexo help: the general help", () => {
     for (const args of [["--help"], ["help"], ["frob", "--help"]]) {
       const r = kexo(args);
