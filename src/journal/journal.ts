@@ -826,9 +826,11 @@ export class Journal {
     if (this.#walSync && !this.#failed) {
       // Everything into the database file itself, the WAL emptied: a copy of that file alone (a
       // backup of "kexo.db") holds the journal. SQLite's own checkpoint at close does not come
-      // while statements are not finalized. A reader in another process keeps part of the WAL
-      // (the checkpoint stops short; nothing is lost, the WAL stays beside the file).
+      // while statements are not finalized. Without waiting: a reader in another process (a
+      // backup tool, Litestream) would hold a TRUNCATE for the whole busy timeout, on the JS
+      // thread, past any shutdown timer; then it stops short and the WAL stays beside the file.
       try {
+        this.#conn.exec("PRAGMA busy_timeout = 0");
         this.#conn.exec("PRAGMA wal_checkpoint(TRUNCATE)");
       } catch {
         // Closing matters more; the WAL stays as it is, as it would after a crash.
