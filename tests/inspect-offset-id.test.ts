@@ -27,14 +27,22 @@ export default defineHandler({
 });
 `;
 
-withBroker({ [TOPIC]: 1 }, { "io.ts": HANDLER }, (f) => ({ broker, dir } = f));
+// A second handler of the same topic, without a key: its offsets are covered by progress, and the
+// keyed handler's records at the same offsets are not its own.
+const PLAIN = `
+import { defineHandler } from "kexo";
+export default defineHandler({ topics: ["${TOPIC}"], async handle() {} });
+`;
+
+withBroker({ [TOPIC]: 1 }, { "io.ts": HANDLER, "plain.ts": PLAIN }, (f) => ({ broker, dir } = f));
 
 test("an offset-form id of a keyed handler's message shows that message's record, under its business key", async () => {
   const db = join(dir, "journal.db");
   const w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db));
-  await w.waitJoined();
+  await w.waitJoined(2);
   await broker.produce(TOPIC, [{ value: JSON.stringify({ id: "o-1" }) }, { value: JSON.stringify({ id: "o-bad" }) }]);
   await waitUntil("both recorded", () => countIn(db, "SELECT count(*) AS n FROM kexo_messages") >= 2 || undefined);
+  await waitUntil("plain's progress past both", () => countIn(db, "SELECT count(*) AS n FROM kexo_progress WHERE group_id = 'kexo-plain-io-in' AND next_offset >= 2") >= 1 || undefined);
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);
 
@@ -43,6 +51,12 @@ test("an offset-form id of a keyed handler's message shows that message's record
   expect(bad.stdout).toContain(`kafka-unique-id-${TOPIC}-0-${GROUP}-1 is the message at ${TOPIC}/0@1, recorded under its id o-bad`);
   expect(bad.stdout).toMatch(/status\s+dead_lettered/);
   expect(bad.stdout).not.toContain("partition progress");
+
+  // The other handler's offset-form id: its own answer (progress), not the keyed handler's dead letter.
+  const plain = await kexoAsync(["inspect", `kafka-unique-id-${TOPIC}-0-kexo-plain-io-in-1`, "--db", `file:${db}`]);
+  expect(plain.code).toBe(0);
+  expect(plain.stdout).toContain("completed (recorded by partition progress; no result)");
+  expect(plain.stdout).not.toContain("o-bad");
 
   const ok = await kexoAsync(["inspect", `kafka-unique-id-${TOPIC}-0-${GROUP}-0`, "--db", `file:${db}`, "--json"]);
   expect(ok.code).toBe(0);

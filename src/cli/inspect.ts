@@ -68,10 +68,13 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
     let recordedAs: string | undefined;
     const place = rows.length === 0 ? byProgress(journal, id) : undefined;
     if (place) {
+      // Only a record of the group's own handler: another handler of the same topic has records
+      // at the same offsets.
+      const mine = handlersOfGroup(journal, place.group);
       const there = journal.query<Row>(
         `SELECT * FROM kexo_messages WHERE topic = ? AND partition = ? AND "offset" = ? ${handler ? "AND handler = ?" : ""} ORDER BY handler`,
         ...[place.topic, place.partition, Number(place.offset), ...(handler ? [handler] : [])],
-      );
+      ).filter((r) => mine.has(r.handler));
       if (there.length > 0 && there[0]!.id !== id) {
         recordedAs = id = there[0]!.id;
         rows = byId(id);
@@ -157,4 +160,24 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
   } finally {
     await journal.close();
   }
+}
+
+/**
+ * The handlers whose consumer group is `group`, as far as the journal tells: those that
+ * dead-lettered a message from it, and those whose default group name (`kexo-NAME-TOPICS`) it is.
+ */
+function handlersOfGroup(journal: JournalReader, group: string): Set<string> {
+  const out = new Set<string>();
+  const rows = (sql: string, ...args: unknown[]) => {
+    try {
+      return journal.query<{ handler: string }>(sql, ...args);
+    } catch {
+      return []; // A journal older than kexo_started (schema version 2).
+    }
+  };
+  for (const r of rows("SELECT DISTINCT handler FROM kexo_dead_letters WHERE group_id = ?", group)) out.add(r.handler);
+  for (const r of rows("SELECT handler FROM kexo_started UNION SELECT handler FROM kexo_dead_letters")) {
+    if (group.startsWith(`kexo-${r.handler}-`)) out.add(r.handler);
+  }
+  return out;
 }
