@@ -97,10 +97,17 @@ describe("a cluster that creates no topics by itself", () => {
     // Asked once each: a second start finds them all.
     const again = new WorkerProcess(runArgs(proxy.brokers, join(dir, "handlers"), join(dir, "journal.db")));
     await again.waitJoined(2);
+    expect(proxy.requests.map((r) => r.topic).sort()).toEqual([PROGRESS_TOPIC, OUT, DLQ, RE_DLQ].sort());
+    // An operator deletes the dead-letter topic (to purge it): the next dead letter finds it
+    // missing, and kexo asks for it again rather than trusting what it listed at the start.
+    broker.cluster.setTopicError(DLQ, UNKNOWN_TOPIC_OR_PARTITION);
+    proxy.forget(DLQ);
+    await broker.produce(TOPIC, [{ value: JSON.stringify({ id: "bad" }), partition: 0 }]);
+    await waitUntil("the dead-letter topic asked for again", () => proxy.requests.filter((r) => r.topic === DLQ).length === 2 || undefined);
+    expect((await broker.readAll(DLQ, 2, 20_000)).length).toBe(2);
     again.kill("SIGTERM");
     expect(await again.exited()).toBe(0);
-    expect(proxy.requests.map((r) => r.topic).sort()).toEqual([PROGRESS_TOPIC, OUT, DLQ, RE_DLQ].sort());
-  }, 90_000);
+  }, 120_000);
 
   test("CreateTopics refused: __kexo_progress missing stops the start with exit 69, naming the topic, the refusal and what to do", async () => {
     proxy.refuse(TOPIC_AUTHORIZATION_FAILED);

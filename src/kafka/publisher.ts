@@ -36,7 +36,7 @@ export class Publisher implements DeadLetterPublisher {
       if (!isMissingTopic(err)) throw err;
       // Made since the start (an operator, another instance), or not yet asked for (a RegExp
       // subscription's dead-letter topic): ask, then try once more.
-      const why = this.#ensureTopics ? (await this.#ensureTopics([topic])).get(topic) : undefined;
+      const why = this.#ensureTopics ? (await this.#ensureTopics([topic], true)).get(topic) : undefined;
       if (!this.#ensureTopics || why !== undefined) throw new MissingTopicError(topic, err, why);
       try {
         await send();

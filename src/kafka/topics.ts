@@ -9,8 +9,12 @@ import type { Admin, Kafka } from "kafkajs";
 import { errorMessage } from "../errors.ts";
 import type { Logger } from "../log.ts";
 
-/** Creates missing topics; resolves with the topics it could not create and why (empty: all exist). */
-export type EnsureTopics = (topics: string[]) => Promise<Map<string, string>>;
+/**
+ * Creates missing topics; resolves with the topics it could not create and why (empty: all exist).
+ * `recheck`: a write just found them missing, so what this process knew of them (listed or created
+ * earlier; an operator may have deleted one since) is asked again.
+ */
+export type EnsureTopics = (topics: string[], recheck?: boolean) => Promise<Map<string, string>>;
 
 /** A failed attempt is not repeated for this long (each write that needs the topic would ask). */
 const RETRY_AFTER_MS = 30_000;
@@ -30,8 +34,18 @@ export class TopicCreator {
     this.#compacted = new Set(compacted);
   }
 
+  /** One ask at a time: a burst of dead letters to one missing topic opens one admin client, not one each. */
+  #queue: Promise<unknown> = Promise.resolve();
+
   /** See EnsureTopics. Never throws: a broker that cannot be asked is a failure for every topic asked. */
-  readonly ensure: EnsureTopics = async (topics) => {
+  readonly ensure: EnsureTopics = (topics, recheck = false) => {
+    const run = this.#queue.then(() => this.#ensure(topics, recheck));
+    this.#queue = run.catch(() => {});
+    return run;
+  };
+
+  async #ensure(topics: string[], recheck: boolean): Promise<Map<string, string>> {
+    if (recheck) for (const t of topics) this.#known.delete(t);
     const failures = new Map<string, string>();
     const now = Date.now();
     const ask: string[] = [];
@@ -58,7 +72,7 @@ export class TopicCreator {
       await admin.disconnect().catch(() => {});
     }
     return failures;
-  };
+  }
 
   /** Of `topics`, those the cluster does not list (all of them if it will not list its topics). */
   async #missing(admin: Admin, topics: string[]): Promise<string[]> {

@@ -226,7 +226,7 @@ export class OutboxRelay {
       // Asked only then, not before a first send: most topics exist, and the ask costs an admin
       // connection.
       const topics = [...new Set(rows.map((r) => r.topic))];
-      const uncreated = this.#deps.ensureTopics ? await this.#deps.ensureTopics(topics) : undefined;
+      const uncreated = this.#deps.ensureTopics ? await this.#deps.ensureTopics(topics, true) : undefined;
       if (!uncreated || uncreated.size > 0) throw missingTopic(topics, uncreated, err);
       try {
         acked = await send();

@@ -29,6 +29,8 @@ export interface AdminProxy {
   readonly requests: (CreatedTopic & { errorCode: number })[];
   /** Answer every CreateTopics entry with this error code (29: TOPIC_AUTHORIZATION_FAILED); undefined: create. */
   refuse(errorCode: number | undefined): void;
+  /** A topic this proxy created counts as deleted: the next CreateTopics for it creates it again. */
+  forget(topic: string): void;
   close(): Promise<void>;
 }
 
@@ -285,6 +287,9 @@ export async function startAdminProxy(cluster: MockCluster): Promise<AdminProxy>
     requests,
     refuse(errorCode) {
       refusal = errorCode;
+    },
+    forget(topic) {
+      made.delete(topic);
     },
     async close() {
       for (const s of sockets) s.destroy();
