@@ -54,6 +54,9 @@ async function openJournal(opts: WorkerOptions, bus: EventBus): Promise<Journal>
     try {
       return Journal.open({ url: opts.db, bus, worker: true, instance: opts.kafka.clientId });
     } catch (err) {
+      // The open blocks the thread (a remote one waits on its connection thread): signals that
+      // came meanwhile are handled first, so that a stop asked during it is seen below.
+      await new Promise((r) => setImmediate(r));
       // Only a server that did not answer; one that refused (its auth token, the client id's
       // lease) answers the same the next time.
       const unreachable = isRemoteUrl(opts.db) && err instanceof KexoError && err.code === "journal_unavailable" &&
@@ -61,8 +64,13 @@ async function openJournal(opts: WorkerOptions, bus: EventBus): Promise<Journal>
       if (!unreachable || Date.now() + wait > deadline || opts.abort?.aborted) throw err;
       opts.log.warn("journal server unreachable at start; retrying", { db: redactUrl(opts.db), try: tries, nextTryInMs: wait, error: err.message });
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, wait);
-        opts.abort?.addEventListener("abort", () => (clearTimeout(t), resolve()), { once: true });
+        const done = () => {
+          clearTimeout(t);
+          opts.abort?.removeEventListener("abort", done);
+          resolve();
+        };
+        const t = setTimeout(done, wait);
+        opts.abort?.addEventListener("abort", done, { once: true });
       });
       if (opts.abort?.aborted) throw err;
     }

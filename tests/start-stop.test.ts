@@ -82,3 +82,15 @@ test("a handler's stray exception or rejection is a JSON log line, not the end o
   // Nothing in plain text but the exit message.
   expect(w.raw.filter((l) => !l.startsWith("{") && !l.startsWith("kexo: "))).toEqual([]);
 });
+
+test("SIGTERM while the start retries a libSQL server that does not answer: exit 0, no more tries", async () => {
+  // Port 1 refuses at once: each try fails fast, and the start waits before the next.
+  const w = new WorkerProcess(["run", "--brokers", "127.0.0.1:1", "--handlers", GOOD, "--db", "http://127.0.0.1:1", "--http", "127.0.0.1:0"]);
+  running.push(w);
+  await w.waitForLog("a retry", (l) => l.msg === "journal server unreachable at start; retrying");
+  const at = Date.now();
+  w.kill("SIGTERM");
+  expect(await w.exited()).toBe(0);
+  expect(Date.now() - at).toBeLessThan(5000);
+  expect(w.find((l) => l.msg.startsWith("signal received while starting"))).toBeDefined();
+}, 60_000);
