@@ -113,9 +113,9 @@ function readerOf(conn: SqlConnection, path: string): JournalReader {
 }
 
 /**
- * `--handler NAME` checked against the handlers the journal knows (those that started a message
- * or dead-lettered one): a name it never saw is a slip, said with the names it knows, not
- * answered "nothing found". A journal with no handler yet takes any name.
+ * `--handler NAME` checked against the handlers the journal knows (those that started a message,
+ * recorded one or dead-lettered one): a name it never saw is a slip, said with the names it knows,
+ * not answered "nothing found". A journal with no handler yet takes any name.
  */
 export function checkHandlerName(journal: JournalReader, handler: string | undefined): void {
   if (handler === undefined) return;
@@ -128,6 +128,8 @@ export function checkHandlerName(journal: JournalReader, handler: string | undef
     return; // A journal older than kexo_started (schema version 2): nothing to check against.
   }
   if (known.length === 0 || known.includes(handler)) return;
+  // A journal upgraded from schema version 1 tracks no starts: its records name handlers too.
+  if (journal.query("SELECT 1 FROM kexo_messages WHERE handler = ? LIMIT 1", handler).length > 0) return;
   const near = nearest(handler, known);
   throw new UsageError(
     `no handler ${handler} in journal ${journal.path}${near ? ` (did you mean ${near}?)` : ""}; its handlers: ${known.join(", ")}`,

@@ -161,7 +161,9 @@ async function runWorker(
     const { runDemo } = await import("../dev/demo.ts");
     const count = Number(dev.args.flags["demo-count"] ?? 1000);
     const json = dev.args.flags.json === true;
-    const consumes = (topic: string) => handlers.some((h) => h.topics.some((t) => (typeof t === "string" ? t === topic : t.test(topic))));
+    // A copy of each RegExp without g/y: test() on the handler's own would move its lastIndex.
+    const consumes = (topic: string) =>
+      handlers.some((h) => h.topics.some((t) => (typeof t === "string" ? t === topic : new RegExp(t.source, t.flags.replace(/[gy]/g, "")).test(topic))));
     void runDemo(createKafka({ brokers: config.brokers, clientId: "kexo-demo" }, log), bus, { count, json, out: printLine, consumes }, demoAbort.signal)
       .then((tally) => {
         // With --json, stdout carries JSON objects only.

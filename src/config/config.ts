@@ -127,7 +127,11 @@ const Raw = v.object({
       v.array(
         v.pipe(
           v.string(),
-          v.regex(/^[^\s:]+:\d{1,5}$/, (issue) => `each broker must be host:port (got "${String(issue.input)}")`),
+          // Named back only when it cannot hold credentials (a URL with user:password@ would).
+          v.regex(/^[^\s:]+:\d{1,5}$/, (issue) => {
+            const got = String(issue.input);
+            return `each broker must be host:port${/^[\w.\-:[\]]+$/.test(got) ? ` (got "${got}")` : " (a URL or user:password@ is not one)"}`;
+          }),
           // The checks pass what the regex refused: that broker is reported once.
           v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || validHost(b.split(":")[0]!), (i) => `${i.input}: ${String(i.input).split(":")[0]} is not an IP address or host name`),
           v.check((b) => !/^[^\s:]+:\d{1,5}$/.test(b) || (Number(b.split(":")[1]) >= 1 && Number(b.split(":")[1]) <= 65535), (i) => `${i.input}: port ${String(i.input).split(":")[1]} is out of range (1 to 65535)`),

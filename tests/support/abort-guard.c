@@ -3,7 +3,8 @@
  * which tests run inside their own process) fails one of its assertions: abort() in that thread
  * parks the thread instead of ending the process, which would end every test file the bun test
  * worker runs after it. Seen once: rd_kafka_mock_cgrp_member_add's `!member->resp` during a
- * test's teardown. An abort in the main thread still ends the process, as before.
+ * test's teardown. Only librdkafka's threads (named "rdk:…") are parked: an abort anywhere else
+ * (the main thread, JavaScriptCore's, libSQL's) still ends the process, as before.
  * Compiled by bun:ffi's TinyCC (abort-guard.ts); no system headers needed.
  */
 typedef void (*handler_t)(int);
@@ -12,8 +13,10 @@ extern unsigned long pthread_self(void);
 extern int pause(void);
 extern long write(int fd, const void *buf, unsigned long n);
 extern int raise(int sig);
+extern int prctl(int option, ...);
 
 #define SIGABRT 6
+#define PR_GET_NAME 16
 
 static unsigned long main_thread;
 static volatile int parked;
@@ -21,8 +24,14 @@ static const char said[] =
     "\ntests: a thread of the development broker (librdkafka's mock cluster) failed an assertion and called abort(); "
     "the thread is parked so that this test process lives on, and that broker no longer answers\n";
 
+static int librdkafka_thread(void) {
+  char name[17] = {0};
+  if (prctl(PR_GET_NAME, (unsigned long)name, 0, 0, 0) != 0) return 0;
+  return name[0] == 'r' && name[1] == 'd' && name[2] == 'k' && name[3] == ':';
+}
+
 static void on_abort(int sig) {
-  if (pthread_self() == main_thread) {
+  if (pthread_self() == main_thread || !librdkafka_thread()) {
     signal(sig, (handler_t)0);
     raise(sig);
     return;

@@ -96,6 +96,7 @@ describe("every problem as `path: message`", () => {
   const file = configFile({ "log-level": "loud" });
   test.each([
     [{ brokers: "a:1,b" }, {}, 'brokers: each broker must be host:port (got "b")'],
+    [{ brokers: "kafka://alice:s3cret@host:9092" }, {}, "brokers: each broker must be host:port (a URL or user:password@ is not one)"],
     [{ db: "journal.db" }, {}, "db: must be file:PATH, libsql://HOST, http(s)://HOST or ws(s)://HOST (did you mean file:journal.db?)"],
     [{ brokers: " , " }, {}, "brokers: must list at least one host:port"],
     [{ handlers: "" }, {}, "handlers: must not be empty"],
