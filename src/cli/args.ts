@@ -201,19 +201,24 @@ const DLQ_SHAPES: Record<"list" | "show" | "replay", Shape> = {
   },
 };
 
-/** The help of `topic` (a command, and a dlq subcommand): its usage lines and flags; the general help for anything else. */
-/** `strict`: asked as `kexo help TOPIC`, where an unknown TOPIC is a slip; `--help` anywhere answers the general help. */
+/** A word that is none of the commands, with the nearest one. */
+function unknownCommand(word: string, prefix = ""): UsageError {
+  const near = nearest(word, COMMANDS);
+  return new UsageError(`${prefix}unknown command "${word}"${near ? ` (did you mean ${near}?)` : ""}; commands: ${COMMANDS.join(", ")}`);
+}
+
+/**
+ * The help of `topic` (a command, and a dlq subcommand): its usage lines and flags; the general
+ * help for anything else, unless `strict` (asked as `kexo help TOPIC`, where an unknown TOPIC is a
+ * slip, as the command itself would be: exit 64). `--help` anywhere answers the general help.
+ */
 export function helpText(topic: string[], strict = false): string {
   const [command, sub] = topic;
   let shapes: Shape[];
   if (command === "dlq") shapes = sub === "list" || sub === "show" || sub === "replay" ? [DLQ_SHAPES[sub]] : Object.values(DLQ_SHAPES);
   else if (command !== undefined && command in SHAPES) shapes = [SHAPES[command as keyof typeof SHAPES]];
   else if (command === undefined || command === "help" || !strict) return USAGE;
-  else {
-    // Help on a command that does not exist is a slip, as the command itself would be (exit 64).
-    const near = nearest(command, COMMANDS);
-    throw new UsageError(`kexo help: unknown command "${command}"${near ? ` (did you mean ${near}?)` : ""}; commands: ${COMMANDS.join(", ")}`);
-  }
+  else throw unknownCommand(command, "kexo help: ");
   const flags = COMMAND_FLAGS.filter((f) => shapes.some((s) => s.flags.includes(f)));
   const shown = ALL_SETTINGS.filter((f) => shapes.some((s) => s.shown.includes(f)));
   const parts = [`Usage:\n${shapes.map((s) => `  ${s.usage}\n      ${s.about}`).join("\n")}`];
@@ -312,10 +317,7 @@ export function parseCli(argv: string[]): Args {
   if (parsed.values.version) return { command: "version", positionals, flags };
   if (positionals.length > 0) {
     const first = positionals.shift()!;
-    if (!(COMMANDS as readonly string[]).includes(first)) {
-      const near = nearest(first, COMMANDS);
-      throw new UsageError(`unknown command "${first}"${near ? ` (did you mean ${near}?)` : ""}; commands: ${COMMANDS.join(", ")}`);
-    }
+    if (!(COMMANDS as readonly string[]).includes(first)) throw unknownCommand(first);
     command = first as Command;
   }
   if (command !== "help") checkShape(command, positionals, flags);

@@ -1,7 +1,7 @@
 // `kexo inspect ID`: one message's journal entry: status, attempts, steps, result or error.
 import { UsageError } from "../errors.ts";
 import type { Args } from "./args.ts";
-import { checkHandlerName, type JournalReader, openJournalFor } from "./journal-read.ts";
+import { checkHandlerName, journalHandlers, type JournalReader, openJournalFor } from "./journal-read.ts";
 import { printJson, printLine } from "./output.ts";
 
 interface Row {
@@ -168,16 +168,7 @@ export async function inspectCommand(args: Args, env: Record<string, string | un
  */
 function handlersOfGroup(journal: JournalReader, group: string): Set<string> {
   const out = new Set<string>();
-  const rows = (sql: string, ...args: unknown[]) => {
-    try {
-      return journal.query<{ handler: string }>(sql, ...args);
-    } catch {
-      return []; // A journal older than kexo_started (schema version 2).
-    }
-  };
-  for (const r of rows("SELECT DISTINCT handler FROM kexo_dead_letters WHERE group_id = ?", group)) out.add(r.handler);
-  for (const r of rows("SELECT handler FROM kexo_started UNION SELECT handler FROM kexo_dead_letters")) {
-    if (group.startsWith(`kexo-${r.handler}-`)) out.add(r.handler);
-  }
+  for (const r of journal.query<{ handler: string }>("SELECT DISTINCT handler FROM kexo_dead_letters WHERE group_id = ?", group)) out.add(r.handler);
+  for (const h of journalHandlers(journal) ?? []) if (group.startsWith(`kexo-${h}-`)) out.add(h);
   return out;
 }

@@ -119,15 +119,9 @@ function readerOf(conn: SqlConnection, path: string): JournalReader {
  */
 export function checkHandlerName(journal: JournalReader, handler: string | undefined): void {
   if (handler === undefined) return;
-  let known: string[];
-  try {
-    known = journal
-      .query<{ handler: string }>("SELECT handler FROM kexo_started UNION SELECT handler FROM kexo_dead_letters ORDER BY handler")
-      .map((r) => r.handler);
-  } catch {
-    return; // A journal older than kexo_started (schema version 2): nothing to check against.
-  }
-  if (known.length === 0 || known.includes(handler)) return;
+  const known = journalHandlers(journal);
+  // A journal older than kexo_started (schema version 2): nothing to check against.
+  if (!known || known.length === 0 || known.includes(handler)) return;
   // A journal upgraded from schema version 1 tracks no starts: its records name handlers too.
   if (journal.query("SELECT 1 FROM kexo_messages WHERE handler = ? LIMIT 1", handler).length > 0) return;
   const near = nearest(handler, known);
@@ -135,4 +129,18 @@ export function checkHandlerName(journal: JournalReader, handler: string | undef
     `no handler ${handler} in journal ${journal.path}${near ? ` (did you mean ${near}?)` : ""}; its handlers: ${known.join(", ")}`,
     { handler, found: false },
   );
+}
+
+/**
+ * The handlers that started or dead-lettered a message in this journal, by name; undefined for a
+ * journal older than kexo_started (schema version 2), which cannot say.
+ */
+export function journalHandlers(journal: JournalReader): string[] | undefined {
+  try {
+    return journal
+      .query<{ handler: string }>("SELECT handler FROM kexo_started UNION SELECT handler FROM kexo_dead_letters ORDER BY handler")
+      .map((r) => r.handler);
+  } catch {
+    return undefined;
+  }
 }

@@ -7,6 +7,7 @@ import { LOAD_TIMEOUT_MS, loadBundledHandlers, loadHandlers } from "../handlers/
 import { registerKexoModule } from "../handlers/register.ts";
 import type { ResolvedHandler } from "../handlers/resolve.ts";
 import { createKafka } from "../kafka/client.ts";
+import { TopicPattern } from "../kafka/consumer.ts";
 import { PROGRESS_TOPIC } from "../kafka/progress-log.ts";
 import type { EnsureTopics } from "../kafka/topics.ts";
 import type { LivenessOptions } from "../health/liveness.ts";
@@ -161,9 +162,9 @@ async function runWorker(
     const { runDemo } = await import("../dev/demo.ts");
     const count = Number(dev.args.flags["demo-count"] ?? 1000);
     const json = dev.args.flags.json === true;
-    // A copy of each RegExp without g/y: test() on the handler's own would move its lastIndex.
+    // As the consumer matches its RegExps (TopicPattern): no g/y state, no internal or own dead-letter topics.
     const consumes = (topic: string) =>
-      handlers.some((h) => h.topics.some((t) => (typeof t === "string" ? t === topic : new RegExp(t.source, t.flags.replace(/[gy]/g, "")).test(topic))));
+      handlers.some((h) => h.topics.some((t) => (typeof t === "string" ? t === topic : new TopicPattern(t, (u) => h.deadLetterTopic(u)).test(topic))));
     void runDemo(createKafka({ brokers: config.brokers, clientId: "kexo-demo" }, log), bus, { count, json, out: printLine, consumes }, demoAbort.signal)
       .then((tally) => {
         // With --json, stdout carries JSON objects only.

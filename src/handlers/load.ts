@@ -24,10 +24,12 @@ export function handlerFiles(dir: string): string[] {
 /** How long one handler file may take to import (its top-level awaits included) by default. */
 export const LOAD_TIMEOUT_MS = 30_000;
 
-/** Why an import failed: Bun's parse errors each with their line and column (its message only counts them). */
 type Positioned = { message?: string; position?: { line?: number; column?: number } | null };
 
-/** Bun's build errors: several in `errors`, one alone with its own `position`; each with where it is. */
+/**
+ * Why an import failed: Bun's parse errors each with their line and column (its message only
+ * counts them); several come in `errors`, one alone carries its own `position`.
+ */
 function loadError(err: unknown): string {
   const at = (e: Positioned) => (e.position?.line ? `${e.message} (line ${e.position.line}, column ${e.position.column})` : String(e.message ?? e));
   const parts = (err as { errors?: unknown }).errors;

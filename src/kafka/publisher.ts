@@ -3,7 +3,7 @@
 // the write tried once more.
 import type { Kafka, Producer } from "kafkajs";
 import type { DeadLetterPublisher, ProducedRecord } from "../processing/executor.ts";
-import { isMissingTopic, MissingTopicError } from "./produce-errors.ts";
+import { MissingTopicError, sendCreatingTopics } from "./produce-errors.ts";
 import { createPartitioner } from "./partitioner.ts";
 import type { EnsureTopics } from "./topics.ts";
 
@@ -30,20 +30,9 @@ export class Publisher implements DeadLetterPublisher {
         timeout: 10_000,
         messages: [{ key: record.key, value: record.value, headers: record.headers, partition }],
       });
-    try {
-      await send();
-    } catch (err) {
-      if (!isMissingTopic(err)) throw err;
-      // Made since the start (an operator, another instance), or not yet asked for (a RegExp
-      // subscription's dead-letter topic): ask, then try once more.
-      const why = this.#ensureTopics ? (await this.#ensureTopics([topic], true)).get(topic) : undefined;
-      if (!this.#ensureTopics || why !== undefined) throw new MissingTopicError(topic, err, why);
-      try {
-        await send();
-      } catch (again) {
-        throw isMissingTopic(again) ? new MissingTopicError(topic, again) : again;
-      }
-    }
+    // Deleted since the start (an operator purging it), or not yet asked for (a RegExp
+    // subscription's dead-letter topic): asked for, then tried once more.
+    await sendCreatingTopics(send, [topic], this.#ensureTopics, (cause, uncreated) => new MissingTopicError(topic, cause, uncreated?.get(topic)));
   }
 
   #connect(): Promise<void> {

@@ -23,7 +23,7 @@ import { backoff } from "../processing/executor.ts";
 import { within } from "../timeout.ts";
 import { createOutboxPartitioner } from "../kafka/partitioner.ts";
 import type { EnsureTopics } from "../kafka/topics.ts";
-import { isMissingTopic, refusedAsTooLarge } from "../kafka/produce-errors.ts";
+import { CREATE_TOPIC_HINT, refusedAsTooLarge, sendCreatingTopics } from "../kafka/produce-errors.ts";
 
 export interface OutboxRow {
   seq: number;
@@ -216,24 +216,16 @@ export class OutboxRelay {
       await this.#producer.connect();
       this.#connected = true;
     }
-    const send = () => this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) });
-    let acked: Awaited<ReturnType<typeof send>>;
-    try {
-      acked = await send();
-    } catch (err) {
-      if (!isMissingTopic(err)) throw err;
-      // A topic nobody made (a cluster without auto-creation): asked for, then sent once more.
-      // Asked only then, not before a first send: most topics exist, and the ask costs an admin
-      // connection.
-      const topics = [...new Set(rows.map((r) => r.topic))];
-      const uncreated = this.#deps.ensureTopics ? await this.#deps.ensureTopics(topics, true) : undefined;
-      if (!uncreated || uncreated.size > 0) throw missingTopic(topics, uncreated, err);
-      try {
-        acked = await send();
-      } catch (again) {
-        throw isMissingTopic(again) ? missingTopic(topics, undefined, again) : again;
-      }
-    }
+    // A topic nobody made (a cluster without auto-creation) is asked for, then sent once more.
+    // Asked only then, not before a first send: most topics exist, and the ask costs an admin
+    // connection.
+    const topics = [...new Set(rows.map((r) => r.topic))];
+    const acked = await sendCreatingTopics(
+      () => this.#producer.sendBatch({ acks: -1, timeout: 10_000, topicMessages: toTopicMessages(rows) }),
+      topics,
+      this.#deps.ensureTopics,
+      (cause, uncreated) => missingTopic(topics, uncreated, cause),
+    );
     // kafkajs drops, without a word, records for a partition the topic does not have: each
     // partition a record named must be in the acknowledgement, or its rows stay to be sent again.
     const got = new Set(acked.map((m) => `${m.topicName}\0${m.partition}`));
@@ -252,7 +244,7 @@ function missingTopic(topics: string[], uncreated: Map<string, string> | undefin
   const why = uncreated?.size ? `; kexo could not create ${[...uncreated].map(([t, w]) => `${t} (${w})`).join(", ")}` : "";
   return new Error(
     `outbox topic missing (${topics.join(", ")})${why}: ` +
-      `create it, or let kexo create topics (CreateTopics for its principal) or the broker (auto.create.topics.enable=true); ${errorMessage(cause)}`,
+      `${CREATE_TOPIC_HINT}; ${errorMessage(cause)}`,
     { cause },
   );
 }
