@@ -1,4 +1,5 @@
-// The GC pacer runs a full collection once enough messages were handled, and never while idle.
+// The GC pacer runs a full collection once enough messages were handled while RSS is high, never
+// while idle, and never for more than its share of the time.
 import { expect, test } from "bun:test";
 import { EventBus } from "../../src/events.ts";
 import { startGcPacer } from "../../src/memory/gc-pacer.ts";
@@ -13,7 +14,7 @@ const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
 test("collects after everyMessages handled, not before, not when idle, not after stop", async () => {
   const bus = new EventBus();
   let collections = 0;
-  const stop = startGcPacer(bus, { everyMessages: 100, checkIntervalMs: 10 }, () => void collections++);
+  const stop = startGcPacer(bus, { everyMessages: 100, checkIntervalMs: 10, minRssBytes: 0, maxShare: 1 }, () => void collections++);
   handled(bus, 99);
   await tick(50);
   expect(collections).toBe(0);
@@ -26,4 +27,37 @@ test("collects after everyMessages handled, not before, not when idle, not after
   handled(bus, 500);
   await tick(50);
   expect(collections).toBe(1);
+});
+
+test("does not collect while RSS is below minRssBytes, and does once it is above", async () => {
+  const bus = new EventBus();
+  let collections = 0;
+  let rss = 100;
+  const stop = startGcPacer(bus, { everyMessages: 10, checkIntervalMs: 10, minRssBytes: 200, maxShare: 1 }, () => void collections++, () => rss);
+  handled(bus, 1000);
+  await tick(60);
+  expect(collections).toBe(0);
+  rss = 250;
+  await tick(60);
+  expect(collections).toBe(1); // the 1000 handled count once
+  stop();
+});
+
+test("a collection that took T ms is followed by none for T / maxShare ms", async () => {
+  const bus = new EventBus();
+  const at: number[] = [];
+  const slow = () => {
+    at.push(performance.now());
+    const end = performance.now() + 20;
+    while (performance.now() < end);
+  };
+  // 20 ms a collection, at most 10% of the time: the next one comes 200 ms after the last began.
+  const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.1 }, slow, () => 1);
+  const feed = setInterval(() => handled(bus, 5), 2);
+  await tick(500);
+  clearInterval(feed);
+  stop();
+  expect(at.length).toBeGreaterThanOrEqual(2);
+  expect(at.length).toBeLessThanOrEqual(3);
+  for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(199);
 });
