@@ -64,8 +64,8 @@ test("a recorded step is not run again: across retries, and across a SIGKILL aft
 
   let w = new WorkerProcess(runArgs(broker.brokers, join(dir, "handlers"), db), { env });
   await w.waitJoined();
-  // "retry" first, alone: a handler that never returns holds its fetch, and with it the next
-  // fetch of every partition on that broker, a retry's too (kafkajs fetches in rounds).
+  // "retry" first, alone: its retries are fetched again, and the handlers below that wait would
+  // hold those fetches up for 1 s each time (until their batches let go of kafkajs's round).
   await broker.produce(TOPIC, [{ value: JSON.stringify({ id: "retry" }), partition: 0 }]);
   await waitUntil("retry completed", () => result("retry")?.status === "completed" || undefined);
   const retry = calls("retry");

@@ -46,6 +46,12 @@ export interface ConsumerOptions {
    * sets how often an idle consumer asks.
    */
   maxWaitTimeInMs: number;
+  /**
+   * order "partition": a batch still running after this long lets go of kafkajs's fetch round
+   * (#eachBatch): its partition pauses and the batch goes on alone, so a slow or hung handle()
+   * holds up its own partition only, not every partition its broker leads.
+   */
+  letGoAfterMs: number;
 }
 
 export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
@@ -55,7 +61,19 @@ export const DEFAULT_CONSUMER_OPTIONS: ConsumerOptions = {
   maxPendingWrites: 10_000,
   maxQueuedBytes: 32 * 1024 * 1024,
   maxWaitTimeInMs: 20,
+  letGoAfterMs: 1000,
 };
+
+/** A batch that let go of kafkajs's fetch round (#eachBatch). */
+interface LetGo {
+  /** Resumes its partition: set once it let go. */
+  resume: (() => void) | undefined;
+  /** It ended on a message waiting for its next try: the partition stays paused until then. */
+  deferred: boolean;
+  /** It ended (its finally ran). */
+  ended: boolean;
+}
+const SLOW = Symbol("slow");
 
 class PartitionState {
   #next: bigint;
@@ -197,6 +215,12 @@ export class HandlerConsumer {
   /** How long a rebalance waits for this member's running messages: within kafkajs's rebalanceTimeout, with time to share progress. */
   readonly #graceMs: number;
   #activeBatches = 0;
+  /** Batches that let go of kafkajs's fetch round and still run (#eachBatch). */
+  #lettingGo = 0;
+  /** Their partitions (`key()`). */
+  #letGoParts = new Set<string>();
+  /** Batches waiting until those and kafkajs's are within the handler's concurrency. */
+  #slotWaits: (() => void)[] = [];
   #idle: (() => void)[] = [];
   #inflight = 0;
   /** The journal flush that partition loops waiting for the journal share (#relieve). */
@@ -600,13 +624,57 @@ export class HandlerConsumer {
 
   // ---- the batch loop ----
 
+  /**
+   * kafkajs fetches a broker's partitions together and fetches again only once every batch of
+   * the last fetch returned: one slow batch holds up every partition that broker leads. So a batch
+   * still running after letGoAfterMs (order "partition") lets go: its partition pauses (kafkajs
+   * fetches it no more), this returns, and the batch goes on alone; when it ends it resolves what it
+   * finished and resumes its partition, which is then fetched from there. It still counts in
+   * #activeBatches, so a drain and a rejoin (#beforeRejoin, within the rebalance grace) wait for it
+   * as for any batch, and in the handler's concurrency: a batch that starts while `concurrency`
+   * batches run (kafkajs's own and those let go) waits for one of them to end.
+   */
   async #eachBatch(payload: EachBatchPayload): Promise<void> {
-    const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
+    const { batch, pause } = payload;
     const pk = key(batch.topic, batch.partition);
     const state = this.#parts.get(pk);
     this.#fetched(batch);
     if (!state || this.#stopping) return;
+    if (this.#letGoParts.has(pk)) {
+      // Its batch that let go still runs: fetched again because fetching was paused and resumed as
+      // a whole meanwhile (#relieve), or assigned again at a rejoin past the rebalance grace.
+      // Nothing here runs beside it; that batch resumes the partition when it ends.
+      pause();
+      return;
+    }
     this.#activeBatches++;
+    if (this.handler.order !== "partition") return this.#runBatch(payload, pk, state);
+    const letGo: LetGo = { resume: undefined, deferred: false, ended: false };
+    const run = this.#runBatch(payload, pk, state, letGo);
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const slow = new Promise<typeof SLOW>((r) => (timer = setTimeout(() => r(SLOW), this.#opts.letGoAfterMs)));
+    try {
+      // Both may have settled by now: the batch ended, it let go of nothing.
+      if ((await Promise.race([run, slow])) !== SLOW || letGo.ended) return await run;
+    } finally {
+      clearTimeout(timer);
+    }
+    letGo.resume = pause();
+    this.#lettingGo++;
+    this.#letGoParts.add(pk);
+    this.#log.debug("batch running long; its partition lets go of the fetch round", { topic: batch.topic, partition: batch.partition, afterMs: this.#opts.letGoAfterMs });
+    // Its error, a journal failure, was reported (worker.error) and stops the process.
+    run.catch(() => {});
+  }
+
+  /** #eachBatch's body: the batch's messages in order, until one does not finish or the epoch ends. */
+  async #runBatch(payload: EachBatchPayload, pk: string, state: PartitionState, letGo?: LetGo): Promise<void> {
+    const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
+    // Batches let go of still run: kafkajs runs `concurrency` batches at most, so this one waits
+    // until kafkajs's and those together are within it.
+    while (letGo && this.#lettingGo > 0 && this.#activeBatches > this.handler.concurrency) {
+      await new Promise<void>((r) => this.#slotWaits.push(r));
+    }
     // ctx.signal of this batch's messages: aborted on shutdown, or when the partition is revoked
     // with them running (#graceRanOut). Read once per batch, before any wait.
     const signal = this.#signal;
@@ -665,6 +733,8 @@ export class HandlerConsumer {
         }
         if (verdict !== "done") {
           if (verdict === "deferred" && unlock) this.#holdTopic(batch.topic, batch.partition, BigInt(m.offset));
+          // Paused until its next try (#deferPartition): a batch let go of must not resume it.
+          if (verdict === "deferred" && letGo) letGo.deferred = true;
           break;
         }
         if (unlock && this.#topicHolds.size > 0) this.#releaseTopic(batch.topic, batch.partition, BigInt(m.offset));
@@ -680,7 +750,22 @@ export class HandlerConsumer {
     } finally {
       clearInterval(beat);
       unlock?.();
-      if (lastDone !== undefined) resolveOffset(lastDone);
+      if (letGo) letGo.ended = true;
+      if (letGo?.resume) {
+        this.#lettingGo--;
+        this.#letGoParts.delete(pk);
+        for (const r of this.#slotWaits.splice(0)) r();
+        // Returned to kafkajs long ago: past a rejoin its offsets are another assignment's (and
+        // resolveOffset throws for a partition not in it); the new epoch fetches from the journal's.
+        if (lastDone !== undefined && state === this.#parts.get(pk)) {
+          try {
+            resolveOffset(lastDone);
+          } catch {
+            // Not assigned any more.
+          }
+        }
+        if (!letGo.deferred) letGo.resume();
+      } else if (lastDone !== undefined) resolveOffset(lastDone);
       // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
       // what a rebalance needs shared is shared in #beforeRejoin. Settling every batch held the
       // partition's next fetch behind a journal flush and an offset commit (most of p99).
