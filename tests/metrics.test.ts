@@ -119,6 +119,9 @@ test("metrics count what was handled, lag drains to 0, every endpoint answers", 
     expect(samples(text, "kexo_journal_commit_seconds_count").get("")).toBeGreaterThan(0);
     expect(samples(text, "kexo_outbox_pending").get("")).toBe(0);
     expect(samples(text, "process_resident_memory_bytes").get("")).toBeGreaterThan(0);
+    expect(samples(text, "nodejs_heap_size_used_bytes").get("")).toBeGreaterThan(0);
+    // Not under Bun: each scrape walked the whole heap on the JavaScript thread (metrics.ts).
+    expect(text).not.toContain("nodejs_heap_space_size_");
 
     // /status: per-partition committed offset, high watermark and lag; in-flight; no error.
     const status = (await (await app.request("/status")).json()) as {
