@@ -5,7 +5,8 @@
 // broker (every partition on it): messages produced to partition 1 after partition 0's handler
 // hung are handled; partition 0's later message waits for it, in order; a drain waits for the
 // batch that let go; nothing is handled twice, across a restart too. With `concurrency: 1` a
-// batch that let go still holds the one slot: nothing runs beside it.
+// batch that let go still holds the one slot: nothing runs beside it; with `concurrency: 2` the
+// other partitions share the second slot and go on.
 import { expect, test } from "bun:test";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
@@ -42,7 +43,7 @@ export default defineHandler({
 
 let broker: TestBroker;
 let dir: string;
-withBroker({ "hh-in": 2, "hh-one": 2 }, {}, (f) => ({ broker, dir } = f));
+withBroker({ "hh-in": 2, "hh-one": 2, "hh-two": 3 }, {}, (f) => ({ broker, dir } = f));
 
 interface Call {
   id: string;
@@ -125,3 +126,34 @@ test("concurrency 1: a batch that let go keeps the handler's one slot; the other
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);
 }, 60_000);
+
+test("concurrency 2: with one batch hung, the other partitions share the second slot and go on", async () => {
+  const handlers = join(dir, "h3");
+  await Bun.write(join(handlers, "two.ts"), handler("hh-two", "concurrency: 2,"));
+  const db = join(dir, "three.db");
+  const release = join(dir, "release-3");
+  mkdirSync(join(dir, "c3"));
+  const { env, calls } = callsLog<Call>(join(dir, "c3"));
+  const effects = () => columnIn<string>(db, "SELECT v FROM effects");
+
+  const w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
+  await w.waitJoined();
+  await broker.produce("hh-two", [{ value: "hang-two", partition: 0 }]);
+  await waitUntil("hang-two started", () => calls("hang-two").length > 0);
+  await sleep(1500);
+  for (let round = 1; round <= 3; round++) {
+    await broker.produce("hh-two", [{ value: `p1-${round}`, partition: 1 }, { value: `p2-${round}`, partition: 2 }]);
+    await waitUntil(`round ${round} handled while hang-two runs`, () => effects().includes(`p1-${round}`) && effects().includes(`p2-${round}`), { timeoutMs: 15_000 });
+  }
+  expect(calls("hang-two").filter((c) => c.what === "end")).toHaveLength(0);
+  // Never more than two at once: the hung one and one other.
+  const events = calls().map((c) => ({ at: c.at, d: c.what === "start" ? 1 : -1 })).sort((a, b) => a.at - b.at || a.d - b.d);
+  let running = 0;
+  let most = 0;
+  for (const e of events) most = Math.max(most, (running += e.d));
+  expect(most).toBeLessThanOrEqual(2);
+  writeFileSync(release, "");
+  await waitUntil("hang-two handled", () => effects().includes("hang-two"));
+  w.kill("SIGTERM");
+  expect(await w.exited()).toBe(0);
+}, 90_000);

@@ -217,9 +217,11 @@ export class HandlerConsumer {
   #activeBatches = 0;
   /** Batches that let go of kafkajs's fetch round and still run (#eachBatch). */
   #lettingGo = 0;
-  /** Their partitions (`key()`). */
-  #letGoParts = new Set<string>();
-  /** Batches waiting until those and kafkajs's are within the handler's concurrency. */
+  /** Their partitions (`key()`), each with the resumes of the pauses that kept it paused since. */
+  #letGoParts = new Map<string, (() => void)[]>();
+  /** order "partition": batches past their slot wait and not ended, those let go of included. */
+  #runningBatches = 0;
+  /** Batches waiting until fewer than the handler's concurrency run. */
   #slotWaits: (() => void)[] = [];
   #idle: (() => void)[] = [];
   #inflight = 0;
@@ -292,8 +294,13 @@ export class HandlerConsumer {
     } else {
       this.#removeGates.push(beforeJoin(handler.groupId, () => this.#beforeRejoin()));
     }
-    this.#removeGates.push(beforeLeave(handler.groupId, (via) =>
-      this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }))));
+    this.#removeGates.push(beforeLeave(handler.groupId, async (via) => {
+      // kafkajs leaves (a crash it gave up on) once its own batches returned, not those let go of
+      // (#eachBatch): they get the rebalance grace, as at a rejoin, before their partitions move.
+      // Not at stop(), which waited for them already (or aborted them at its timeout).
+      if (!this.#stopping && this.#lettingGo > 0) await Promise.race([new Promise<void>((r) => this.#idle.push(r)), this.#rebalanceGrace()]);
+      await this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }));
+    }));
   }
 
   get ready(): boolean {
@@ -387,6 +394,7 @@ export class HandlerConsumer {
    */
   async stop(timeoutMs: number): Promise<boolean> {
     this.#stopping = true;
+    this.#wakeSlotWaits();
     this.#pauseAll();
     let clean = true;
     // Queued keyed messages run too: with its own journal, the next owner knows nothing of work
@@ -640,11 +648,12 @@ export class HandlerConsumer {
     const state = this.#parts.get(pk);
     this.#fetched(batch);
     if (!state || this.#stopping) return;
-    if (this.#letGoParts.has(pk)) {
+    const repaused = this.#letGoParts.get(pk);
+    if (repaused) {
       // Its batch that let go still runs: fetched again because fetching was paused and resumed as
       // a whole meanwhile (#relieve), or assigned again at a rejoin past the rebalance grace.
       // Nothing here runs beside it; that batch resumes the partition when it ends.
-      pause();
+      repaused.push(pause());
       return;
     }
     this.#activeBatches++;
@@ -661,19 +670,28 @@ export class HandlerConsumer {
     }
     letGo.resume = pause();
     this.#lettingGo++;
-    this.#letGoParts.add(pk);
+    this.#letGoParts.set(pk, []);
     this.#log.debug("batch running long; its partition lets go of the fetch round", { topic: batch.topic, partition: batch.partition, afterMs: this.#opts.letGoAfterMs });
     // Its error, a journal failure, was reported (worker.error) and stops the process.
     run.catch(() => {});
   }
 
+  /** The batches waiting for a slot check again: one ended, or a drain or a rebalance began. */
+  #wakeSlotWaits(): void {
+    for (const r of this.#slotWaits.splice(0)) r();
+  }
+
   /** #eachBatch's body: the batch's messages in order, until one does not finish or the epoch ends. */
   async #runBatch(payload: EachBatchPayload, pk: string, state: PartitionState, letGo?: LetGo): Promise<void> {
     const { batch, resolveOffset, heartbeat, isRunning, isStale, pause } = payload;
-    // Batches let go of still run: kafkajs runs `concurrency` batches at most, so this one waits
-    // until kafkajs's and those together are within it.
-    while (letGo && this.#lettingGo > 0 && this.#activeBatches > this.handler.concurrency) {
-      await new Promise<void>((r) => this.#slotWaits.push(r));
+    if (letGo) {
+      // kafkajs runs `concurrency` batches at most, but those let go of run beside them: this one
+      // waits until fewer than `concurrency` run (and lets go meanwhile too, after letGoAfterMs).
+      // A drain or a rebalance ends the wait: the loop below then starts nothing.
+      while (this.#lettingGo > 0 && this.#runningBatches >= this.handler.concurrency && !this.#stopping && !this.#rejoining && !this.#grace) {
+        await new Promise<void>((r) => this.#slotWaits.push(r));
+      }
+      this.#runningBatches++;
     }
     // ctx.signal of this batch's messages: aborted on shutdown, or when the partition is revoked
     // with them running (#graceRanOut). Read once per batch, before any wait.
@@ -750,11 +768,15 @@ export class HandlerConsumer {
     } finally {
       clearInterval(beat);
       unlock?.();
-      if (letGo) letGo.ended = true;
+      if (letGo) {
+        letGo.ended = true;
+        this.#runningBatches--;
+        this.#wakeSlotWaits();
+      }
       if (letGo?.resume) {
         this.#lettingGo--;
+        const repaused = this.#letGoParts.get(pk) ?? [];
         this.#letGoParts.delete(pk);
-        for (const r of this.#slotWaits.splice(0)) r();
         // Returned to kafkajs long ago: past a rejoin its offsets are another assignment's (and
         // resolveOffset throws for a partition not in it); the new epoch fetches from the journal's.
         if (lastDone !== undefined && state === this.#parts.get(pk)) {
@@ -764,7 +786,13 @@ export class HandlerConsumer {
             // Not assigned any more.
           }
         }
-        if (!letGo.deferred) letGo.resume();
+        // Not while stopping: every partition stays paused (a resumed one would be fetched
+        // again and again, nothing taken). Those paused again meanwhile (#eachBatch) resume too,
+        // through the consumer group that paused them (kafkajs restarted may have a new one).
+        if (!this.#stopping) {
+          if (!letGo.deferred) letGo.resume();
+          for (const resume of repaused) resume();
+        }
       } else if (lastDone !== undefined) resolveOffset(lastDone);
       // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
       // what a rebalance needs shared is shared in #beforeRejoin. Settling every batch held the
@@ -1095,6 +1123,7 @@ export class HandlerConsumer {
   async #beforeRejoin(): Promise<void> {
     this.#joined = false;
     this.#rejoining = true;
+    this.#wakeSlotWaits();
     try {
       if (this.#activeBatches > 0) await Promise.race([new Promise<void>((r) => this.#idle.push(r)), this.#rebalanceGrace()]);
       await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
@@ -1118,6 +1147,7 @@ export class HandlerConsumer {
       end();
     }, this.#graceMs);
     this.#grace = { ends, end, timer };
+    this.#wakeSlotWaits();
     return ends;
   }
 

@@ -14,7 +14,7 @@ const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
 test("collects after everyMessages handled, not before, not when idle, not after stop", async () => {
   const bus = new EventBus();
   let collections = 0;
-  const stop = startGcPacer(bus, { everyMessages: 100, checkIntervalMs: 10, minRssBytes: 0, maxShare: 1 }, () => void collections++);
+  const stop = startGcPacer(bus, { everyMessages: 100, checkIntervalMs: 10, minRssBytes: 0, maxShare: 1, urgentRssBytes: Infinity }, () => void collections++);
   handled(bus, 99);
   await tick(50);
   expect(collections).toBe(0);
@@ -33,7 +33,7 @@ test("does not collect while RSS is below minRssBytes, and does once it is above
   const bus = new EventBus();
   let collections = 0;
   let rss = 100;
-  const stop = startGcPacer(bus, { everyMessages: 10, checkIntervalMs: 10, minRssBytes: 200, maxShare: 1 }, () => void collections++, () => rss);
+  const stop = startGcPacer(bus, { everyMessages: 10, checkIntervalMs: 10, minRssBytes: 200, maxShare: 1, urgentRssBytes: Infinity }, () => void collections++, () => rss);
   handled(bus, 1000);
   await tick(60);
   expect(collections).toBe(0);
@@ -52,7 +52,7 @@ test("a collection that took T ms is followed by none for T / maxShare ms", asyn
     while (performance.now() < end);
   };
   // 20 ms a collection, at most 10% of the time: the next one comes 200 ms after the last began.
-  const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.1 }, slow, () => 1);
+  const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.1, urgentRssBytes: 100 }, slow, () => 1);
   const feed = setInterval(() => handled(bus, 5), 2);
   await tick(500);
   clearInterval(feed);
@@ -60,4 +60,21 @@ test("a collection that took T ms is followed by none for T / maxShare ms", asyn
   expect(at.length).toBeGreaterThanOrEqual(2);
   expect(at.length).toBeLessThanOrEqual(3);
   for (let i = 1; i < at.length; i++) expect(at[i]! - at[i - 1]!).toBeGreaterThanOrEqual(199);
+});
+
+test("from urgentRssBytes on, the time share no longer holds collections back", async () => {
+  const bus = new EventBus();
+  const at: number[] = [];
+  const slow = () => {
+    at.push(performance.now());
+    const end = performance.now() + 20;
+    while (performance.now() < end);
+  };
+  const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.01, urgentRssBytes: 100 }, slow, () => 150);
+  const feed = setInterval(() => handled(bus, 5), 2);
+  await tick(300);
+  clearInterval(feed);
+  stop();
+  // 20 ms at 1% would be one collection in 2 s; at or above urgentRssBytes they follow each other.
+  expect(at.length).toBeGreaterThanOrEqual(5);
 });
