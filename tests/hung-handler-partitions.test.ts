@@ -45,6 +45,20 @@ let broker: TestBroker;
 let dir: string;
 withBroker({ "hh-in": 2, "hh-one": 2, "hh-two": 3 }, {}, (f) => ({ broker, dir } = f));
 
+/** A worker on `topic` alone, with its own handlers directory, journal, calls log and release file. */
+async function startCase(name: string, topic: string, extra: string) {
+  const handlers = join(dir, `h${name}`);
+  await Bun.write(join(handlers, `case${name}.ts`), handler(topic, extra));
+  const db = join(dir, `case${name}.db`);
+  const release = join(dir, `release-${name}`);
+  mkdirSync(join(dir, `c${name}`));
+  const { env, calls } = callsLog<Call>(join(dir, `c${name}`));
+  const effects = () => columnIn<string>(db, "SELECT v FROM effects");
+  const w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
+  await w.waitJoined();
+  return { w, calls, effects, release };
+}
+
 interface Call {
   id: string;
   what: "start" | "end";
@@ -102,16 +116,7 @@ test("a hung handler holds up its partition only; its later message waits in ord
 }, 120_000);
 
 test("concurrency 1: a batch that let go keeps the handler's one slot; the other partition waits for it", async () => {
-  const handlers = join(dir, "h2");
-  await Bun.write(join(handlers, "one.ts"), handler("hh-one", "concurrency: 1,"));
-  const db = join(dir, "two.db");
-  const release = join(dir, "release-2");
-  mkdirSync(join(dir, "c2"));
-  const { env, calls } = callsLog<Call>(join(dir, "c2"));
-  const effects = () => columnIn<string>(db, "SELECT v FROM effects");
-
-  const w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
-  await w.waitJoined();
+  const { w, calls, effects, release } = await startCase("2", "hh-one", "concurrency: 1,");
   await broker.produce("hh-one", [{ value: "hang-one", partition: 0 }]);
   await waitUntil("hang-one started", () => calls("hang-one").length > 0);
   await sleep(1500);
@@ -128,16 +133,7 @@ test("concurrency 1: a batch that let go keeps the handler's one slot; the other
 }, 60_000);
 
 test("concurrency 2: with one batch hung, the other partitions share the second slot and go on", async () => {
-  const handlers = join(dir, "h3");
-  await Bun.write(join(handlers, "two.ts"), handler("hh-two", "concurrency: 2,"));
-  const db = join(dir, "three.db");
-  const release = join(dir, "release-3");
-  mkdirSync(join(dir, "c3"));
-  const { env, calls } = callsLog<Call>(join(dir, "c3"));
-  const effects = () => columnIn<string>(db, "SELECT v FROM effects");
-
-  const w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
-  await w.waitJoined();
+  const { w, calls, effects, release } = await startCase("3", "hh-two", "concurrency: 2,");
   await broker.produce("hh-two", [{ value: "hang-two", partition: 0 }]);
   await waitUntil("hang-two started", () => calls("hang-two").length > 0);
   await sleep(1500);

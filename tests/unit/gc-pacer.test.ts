@@ -11,6 +11,17 @@ const handled = (bus: EventBus, n: number) => {
 };
 const tick = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A collector that takes `ms` of the thread; `at`: when each collection began. */
+function slowCollector(ms: number): { at: number[]; slow: () => void } {
+  const at: number[] = [];
+  const slow = () => {
+    at.push(performance.now());
+    const end = performance.now() + ms;
+    while (performance.now() < end);
+  };
+  return { at, slow };
+}
+
 test("collects after everyMessages handled, not before, not when idle, not after stop", async () => {
   const bus = new EventBus();
   let collections = 0;
@@ -45,12 +56,7 @@ test("does not collect while RSS is below minRssBytes, and does once it is above
 
 test("a collection that took T ms is followed by none for T / maxShare ms", async () => {
   const bus = new EventBus();
-  const at: number[] = [];
-  const slow = () => {
-    at.push(performance.now());
-    const end = performance.now() + 20;
-    while (performance.now() < end);
-  };
+  const { at, slow } = slowCollector(20);
   // 20 ms a collection, at most 10% of the time: the next one comes 200 ms after the last began.
   const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.1, urgentRssBytes: 100 }, slow, () => 1);
   const feed = setInterval(() => handled(bus, 5), 2);
@@ -64,12 +70,7 @@ test("a collection that took T ms is followed by none for T / maxShare ms", asyn
 
 test("from urgentRssBytes on, the time share no longer holds collections back", async () => {
   const bus = new EventBus();
-  const at: number[] = [];
-  const slow = () => {
-    at.push(performance.now());
-    const end = performance.now() + 20;
-    while (performance.now() < end);
-  };
+  const { at, slow } = slowCollector(20);
   const stop = startGcPacer(bus, { everyMessages: 1, checkIntervalMs: 5, minRssBytes: 0, maxShare: 0.01, urgentRssBytes: 100 }, slow, () => 150);
   const feed = setInterval(() => handled(bus, 5), 2);
   await tick(300);
