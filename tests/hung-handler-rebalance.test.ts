@@ -1,0 +1,99 @@
+// A batch that let go of kafkajs's fetch round (a handler running long, see
+// tests/hung-handler-partitions) meets a rebalance: a second instance, with a journal of its own,
+// joins while it runs. The rejoin waits for it within the rebalance grace, as for any batch; when
+// the grace runs out first, its ctx.signal aborts and its message, recorded nowhere, runs again at
+// its next owner. Either way every message is handled exactly once across both journals, and no
+// partition stays paused: messages produced after the rebalance are all handled.
+import { expect, test } from "bun:test";
+import { mkdirSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { type TestBroker, withBroker } from "./support/broker.ts";
+import { columnIn } from "./support/db.ts";
+import { callsLog } from "./support/tmp.ts";
+import { sleep, waitUntil } from "./support/wait.ts";
+import { WorkerProcess, runArgs } from "./support/worker.ts";
+
+const HANDLER = (topic: string) => `
+import { defineHandler } from "kexo";
+import { appendFileSync, existsSync } from "node:fs";
+
+const log = (entry) => appendFileSync(process.env.CALLS_LOG, JSON.stringify({ ...entry, at: Date.now(), pid: process.pid }) + "\\n");
+
+export default defineHandler({
+  topics: ["${topic}"],
+  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (v TEXT NOT NULL)"); },
+  async handle(value, ctx) {
+    const v = String(value);
+    log({ id: v, what: "start" });
+    if (v === "hang") {
+      while (!existsSync(process.env.RELEASE)) {
+        if (ctx.signal.aborted) { log({ id: v, what: "aborted" }); throw new Error("aborted by kexo"); }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (v) VALUES (?)", args: [v] }));
+  },
+});
+`;
+
+let broker: TestBroker;
+let dir: string;
+withBroker({ "hr-in": 2, "hr-late": 2 }, {}, (f) => ({ broker, dir } = f));
+
+interface Call {
+  id: string;
+  what: "start" | "aborted";
+  pid: number;
+}
+
+async function rebalanceCase(name: string, topic: string, releaseAfterMs: number) {
+  const handlers = join(dir, `h-${name}`);
+  await Bun.write(join(handlers, `${name}.ts`), HANDLER(topic));
+  mkdirSync(join(dir, `c-${name}`));
+  const { env, calls } = callsLog<Call>(join(dir, `c-${name}`));
+  const release = join(dir, `release-${name}`);
+  const dbs = [join(dir, `${name}-a.db`), join(dir, `${name}-b.db`)];
+  const effects = () => dbs.flatMap((db) => columnIn<string>(db, "SELECT v FROM effects"));
+  const start = (db: string) => new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
+
+  const a = start(dbs[0]!);
+  await a.waitJoined();
+  await broker.produce(topic, [{ value: "hang", partition: 0 }, { value: "a1", partition: 1 }]);
+  await waitUntil("hang started, a1 handled", () => calls("hang").length > 0 && effects().includes("a1"));
+  await sleep(1500);
+  // Partition 1 goes on beside the batch that let go.
+  await broker.produce(topic, [{ value: "a2", partition: 1 }]);
+  await waitUntil("a2 handled while hang runs", () => effects().includes("a2"), { timeoutMs: 15_000 });
+
+  const b = start(dbs[1]!);
+  await sleep(releaseAfterMs);
+  writeFileSync(release, "");
+  await b.waitJoined(1, 60_000);
+  await waitUntil("A joined again", () => a.lines.filter((l) => l.msg === "joined group").length >= 2 || undefined, { timeoutMs: 60_000 });
+
+  const later = Array.from({ length: 20 }, (_, i) => ({ value: `m${i}`, partition: i % 2 }));
+  await broker.produce(topic, later);
+  const all = ["hang", "a1", "a2", ...later.map((m) => m.value)];
+  await waitUntil("every message handled", () => all.every((v) => effects().includes(v)) || undefined, { timeoutMs: 30_000 });
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
+  expect(await a.exited()).toBe(0);
+  expect(await b.exited()).toBe(0);
+  // Exactly once across both journals.
+  expect(effects().sort()).toEqual([...all].sort());
+  return calls;
+}
+
+test("released within the rebalance grace: the rejoin waits for the batch that let go; everything handled exactly once", async () => {
+  const calls = await rebalanceCase("within", "hr-in", 2000);
+  // The hung message ran once: the rejoin waited for it.
+  expect(calls("hang").filter((c) => c.what === "start")).toHaveLength(1);
+  expect(calls("hang").filter((c) => c.what === "aborted")).toHaveLength(0);
+}, 150_000);
+
+test("not released within the grace: its signal aborts, its message runs again at its next owner, once in effects", async () => {
+  const calls = await rebalanceCase("past", "hr-late", 9000);
+  const hang = calls("hang");
+  expect(hang.filter((c) => c.what === "aborted").length).toBeGreaterThanOrEqual(1);
+  expect(hang.filter((c) => c.what === "start").length).toBeGreaterThanOrEqual(2);
+}, 150_000);
