@@ -148,7 +148,7 @@ describe("invalid config", () => {
     writeFileSync(bad, "{ nope");
     const r = kexo(["check", "--handlers", dir, "--config", bad]);
     expect(r.code).toBe(78);
-    expect(r.stderr).toContain(`config: ${bad} is not valid JSON`);
+    expect(r.stderr).toContain(`config: ${bad} is not valid JSON at line 1, column 3`);
   });
 
   test("usage errors exit 64", () => {

@@ -1,6 +1,7 @@
 // Configuration at the edge: raw values from flags, environment and a JSON file (in that order of
 // precedence, over defaults) → validated with valibot → one expanded Config. Every problem is
 // reported as `key (source): message`.
+import { jsonErrorOffset, lineAndColumn } from "./json-position.ts";
 import { accessSync, constants, readFileSync } from "node:fs";
 import { isIP } from "node:net";
 import { hostname } from "node:os";
@@ -212,7 +213,13 @@ function readConfigFile(path: string, problems: Problem[]): Record<string, unkno
     }
     return parsed as Record<string, unknown>;
   } catch (err) {
-    problems.push({ path: "config", message: `${path} is not valid JSON: ${(err as Error).message}` });
+    const at = jsonErrorOffset(text);
+    let where = "";
+    if (at !== undefined) {
+      const { line, column } = lineAndColumn(text, at);
+      where = ` at line ${line}, column ${column}`;
+    }
+    problems.push({ path: "config", message: `${path} is not valid JSON${where}: ${(err as Error).message}` });
     return {};
   }
 }
