@@ -16,6 +16,7 @@ import { waitUntil } from "./support/wait.ts";
 
 const TOPIC = "metrics-in";
 const KEYED = "metrics-keyed-in";
+const EMPTY = "metrics-empty-in";
 const NAMES = [
   "kexo_messages_total",
   "kexo_handler_duration_seconds",
@@ -31,7 +32,7 @@ const NAMES = [
 let broker: TestBroker;
 
 beforeAll(async () => {
-  broker = await startBroker({ [TOPIC]: 3, [KEYED]: 1 });
+  broker = await startBroker({ [TOPIC]: 3, [KEYED]: 1, [EMPTY]: 2 });
 });
 
 afterAll(async () => {
@@ -197,6 +198,29 @@ test("key order: lag counts the messages queued behind a slow key, not only the 
     await waitUntil("lag 0 once the slow key finished", async () => (await lag()) === 0 || undefined, { timeoutMs: 15_000, intervalMs: 100 });
   } finally {
     release();
+    expect(await worker.stop()).toBe(true);
+  }
+}, 60_000);
+
+test("/status before any message: offsets not known yet are null, not Kafka's -1", async () => {
+  const handler = resolveHandler("idle.ts", "idle", defineHandler({ topics: [EMPTY], async handle() {} }), [])!;
+  const worker = await Worker.start({
+    handlers: [handler],
+    kafka: { brokers: broker.brokers.split(","), clientId: "kexo-metrics-idle" },
+    db: `file:${join(tempDir(), "journal.db")}`,
+    shutdownTimeoutMs: 5000,
+    log: createLogger({ level: "silent" }),
+    ensureTopics: mockEnsureTopics(broker.cluster, 1),
+  });
+  try {
+    type Partition = { partition: number; next: string | null; durable: string | null; committed: string | null };
+    const partitions = await waitUntil("joined, both partitions assigned", async () => {
+      const s = (await (await worker.app.request("/status")).json()) as { handlers: { joined: boolean; partitions: Partition[] }[] };
+      const h = s.handlers[0]!;
+      return h.joined && h.partitions.length === 2 && h.partitions;
+    });
+    for (const p of partitions) expect([p.next, p.durable, p.committed]).toEqual([null, null, null]);
+  } finally {
     expect(await worker.stop()).toBe(true);
   }
 }, 60_000);

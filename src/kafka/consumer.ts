@@ -139,7 +139,8 @@ export interface ConsumerStatus {
   joined: boolean;
   epoch: number;
   assignment: Record<string, number[]>;
-  partitions: { topic: string; partition: number; next: string; durable: string; committed: string; highWatermark?: string; lag?: string }[];
+  /** Offsets as strings; null while not known (nothing handled, journaled or committed yet: Kafka's -1). */
+  partitions: { topic: string; partition: number; next: string | null; durable: string | null; committed: string | null; highWatermark?: string; lag?: string }[];
   inflight: number;
   /** order: "key": messages dispatched to key lanes and not finished (running or waiting), and their bytes. */
   queued?: { messages: number; bytes: number };
@@ -148,6 +149,9 @@ export interface ConsumerStatus {
 }
 
 const key = (topic: string, partition: number) => `${topic}:${partition}`;
+
+/** An offset as /status shows it: null for Kafka's "none" (-1), not a number to compute with. */
+const knownOffset = (o: bigint): string | null => (o < 0n ? null : o.toString());
 
 /**
  * Heartbeat errors after which this member's partitions go (kafkajs rejoins on them once its
@@ -317,9 +321,9 @@ export class HandlerConsumer {
       partitions: [...this.#parts.values()].map((p) => ({
         topic: p.topic,
         partition: p.partition,
-        next: p.next.toString(),
-        durable: p.durable.toString(),
-        committed: p.committed.toString(),
+        next: knownOffset(p.next),
+        durable: knownOffset(p.durable),
+        committed: knownOffset(p.committed),
         highWatermark: this.#highWatermarks.get(key(p.topic, p.partition)),
       })),
       inflight: this.#inflight,
