@@ -11,8 +11,10 @@
 // messages at 90k msg/s, that was 15% of it. So the pacer collects only above minRssBytes, and
 // at most maxShare of the time until RSS reaches urgentRssBytes: scenario (b) of bench/run.ts
 // went from 89.9k to 104.1k msg/s (mean of six alternating pairs), peak RSS 125–141 MiB before
-// and 134–139 after. Without the urgent step one full run had (c) peak at 151 MiB; with it, three
-// runs of (b) and (c) peaked at 133–141.
+// and 134–139 after (bun main.ts). With the compiled binary, three alternating pairs of (b) and (c):
+// 101.6k, 106.9k, 91.0k msg/s against 91.0k, 93.0k, 87.9k with the old pacing, peak RSS 141–152
+// MiB against 137–153: the peak is about where it was, near 150 MiB either way. Lower thresholds
+// (112/128, 104/120 MiB) did not lower it; 144 MiB heap sizing cost ~20% for little.
 import type { EventBus } from "../events.ts";
 
 export interface GcPacerOptions {
