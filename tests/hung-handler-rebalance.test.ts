@@ -13,7 +13,7 @@ import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
 
-const HANDLER = (topic: string) => `
+const HANDLER = (topic: string, extra = "") => `
 import { defineHandler } from "kexo";
 import { appendFileSync, existsSync } from "node:fs";
 
@@ -21,13 +21,14 @@ const log = (entry) => appendFileSync(process.env.CALLS_LOG, JSON.stringify({ ..
 
 export default defineHandler({
   topics: ["${topic}"],
+  ${extra}
   async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (v TEXT NOT NULL)"); },
   async handle(value, ctx) {
     const v = String(value);
     log({ id: v, what: "start" });
-    if (v === "hang") {
+    if (v === "hang" && process.env.HANG !== "0") {
       while (!existsSync(process.env.RELEASE)) {
-        if (ctx.signal.aborted) { log({ id: v, what: "aborted" }); throw new Error("aborted by kexo"); }
+        if (ctx.signal.aborted && process.env.IGNORE_SIGNAL !== "1") { log({ id: v, what: "aborted" }); throw new Error("aborted by kexo"); }
         await new Promise((r) => setTimeout(r, 20));
       }
     }
@@ -38,7 +39,7 @@ export default defineHandler({
 
 let broker: TestBroker;
 let dir: string;
-withBroker({ "hr-in": 2, "hr-late": 2 }, {}, (f) => ({ broker, dir } = f));
+withBroker({ "hr-in": 2, "hr-late": 2, "hr-slot": 4 }, {}, (f) => ({ broker, dir } = f));
 
 interface Call {
   id: string;
@@ -46,15 +47,15 @@ interface Call {
   pid: number;
 }
 
-async function rebalanceCase(name: string, topic: string, releaseAfterMs: number) {
+async function rebalanceCase(name: string, topic: string, release: "rejoin waiting" | "aborted") {
   const handlers = join(dir, `h-${name}`);
   await Bun.write(join(handlers, `${name}.ts`), HANDLER(topic));
   mkdirSync(join(dir, `c-${name}`));
   const { env, calls } = callsLog<Call>(join(dir, `c-${name}`));
-  const release = join(dir, `release-${name}`);
+  const releaseFile = join(dir, `release-${name}`);
   const dbs = [join(dir, `${name}-a.db`), join(dir, `${name}-b.db`)];
   const effects = () => dbs.flatMap((db) => columnIn<string>(db, "SELECT v FROM effects"));
-  const start = (db: string) => new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
+  const start = (db: string) => new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: releaseFile } });
 
   const a = start(dbs[0]!);
   await a.waitJoined();
@@ -66,8 +67,15 @@ async function rebalanceCase(name: string, topic: string, releaseAfterMs: number
   await waitUntil("a2 handled while hang runs", () => effects().includes("a2"), { timeoutMs: 15_000 });
 
   const b = start(dbs[1]!);
-  await sleep(releaseAfterMs);
-  writeFileSync(release, "");
+  if (release === "rejoin waiting") {
+    // A's rejoin has begun (not ready) and waits for the batch that let go: released now.
+    const readyz = `http://${await a.httpAddress()}/readyz`;
+    await waitUntil("A rebalancing", async () => (await fetch(readyz)).status === 503 || undefined, { timeoutMs: 30_000, intervalMs: 20 });
+    await sleep(500);
+  } else {
+    await waitUntil("the hung run aborted at the grace's end", () => calls("hang").some((c) => c.what === "aborted") || undefined, { timeoutMs: 40_000 });
+  }
+  writeFileSync(releaseFile, "");
   await b.waitJoined(1, 60_000);
   await waitUntil("A joined again", () => a.lines.filter((l) => l.msg === "joined group").length >= 2 || undefined, { timeoutMs: 60_000 });
 
@@ -85,15 +93,46 @@ async function rebalanceCase(name: string, topic: string, releaseAfterMs: number
 }
 
 test("released within the rebalance grace: the rejoin waits for the batch that let go; everything handled exactly once", async () => {
-  const calls = await rebalanceCase("within", "hr-in", 2000);
+  const calls = await rebalanceCase("within", "hr-in", "rejoin waiting");
   // The hung message ran once: the rejoin waited for it.
   expect(calls("hang").filter((c) => c.what === "start")).toHaveLength(1);
   expect(calls("hang").filter((c) => c.what === "aborted")).toHaveLength(0);
 }, 150_000);
 
 test("not released within the grace: its signal aborts, its message runs again at its next owner, once in effects", async () => {
-  const calls = await rebalanceCase("past", "hr-late", 9000);
+  const calls = await rebalanceCase("past", "hr-late", "aborted");
   const hang = calls("hang");
   expect(hang.filter((c) => c.what === "aborted").length).toBeGreaterThanOrEqual(1);
   expect(hang.filter((c) => c.what === "start").length).toBeGreaterThanOrEqual(2);
+}, 150_000);
+
+test("concurrency 1, a hung run ignoring its signal past the grace: it no longer holds the slot, the instance's new partitions run", async () => {
+  const handlers = join(dir, "h-slot");
+  await Bun.write(join(handlers, "slot.ts"), HANDLER("hr-slot", "concurrency: 1,"));
+  mkdirSync(join(dir, "c-slot"));
+  const { env, calls } = callsLog<Call>(join(dir, "c-slot"));
+  const releaseFile = join(dir, "release-slot");
+  const dbs = [join(dir, "slot-a.db"), join(dir, "slot-b.db")];
+  const effects = () => dbs.flatMap((db) => columnIn<string>(db, "SELECT v FROM effects"));
+  // Only A hangs, and ignores ctx.signal: B runs the message again and finishes it.
+  const a = new WorkerProcess(runArgs(broker.brokers, handlers, dbs[0]!), { env: { ...env, RELEASE: releaseFile, IGNORE_SIGNAL: "1" } });
+  await a.waitJoined();
+  await broker.produce("hr-slot", [{ value: "hang", partition: 0 }]);
+  await waitUntil("hang started", () => calls("hang").length > 0);
+  await sleep(1500);
+  const b = new WorkerProcess(runArgs(broker.brokers, handlers, dbs[1]!), { env: { ...env, RELEASE: releaseFile, HANG: "0" } });
+  await a.waitForLog("the grace ran out", (l) => l.msg === "rebalance grace ran out with messages running; their ctx.signal is aborted, their partitions are revoked", 40_000);
+  await b.waitJoined(1, 60_000);
+  await waitUntil("A joined again", () => a.lines.filter((l) => l.msg === "joined group").length >= 2 || undefined, { timeoutMs: 60_000 });
+  // A holds two of the four partitions, at least one of them not partition 0.
+  const later = Array.from({ length: 12 }, (_, i) => ({ value: `s${i}`, partition: 1 + (i % 3) }));
+  await broker.produce("hr-slot", later);
+  await waitUntil("partitions 1-3 handled while A's old run still hangs", () => later.every((m) => effects().includes(m.value)) || undefined, { timeoutMs: 20_000 });
+  expect(calls("hang").filter((c) => c.pid === a.proc.pid)).toHaveLength(1);
+  writeFileSync(releaseFile, "");
+  await waitUntil("hang handled once", () => effects().includes("hang") || undefined);
+  a.kill("SIGTERM");
+  b.kill("SIGTERM");
+  await Promise.all([a.exited(), b.exited()]);
+  expect(effects().sort()).toEqual(["hang", ...later.map((m) => m.value)].sort());
 }, 150_000);

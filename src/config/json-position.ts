@@ -6,16 +6,23 @@ const ESCAPES = new Set(['"', "\\", "/", "b", "f", "n", "r", "t"]);
 const NUMBER = /-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?/y;
 const HEX4 = /[0-9a-fA-F]{4}/y;
 
+const TOO_DEEP = new Error("nested too deep");
+
 class Stop {
   constructor(readonly at: number) {}
 }
 
+/** Deeper than this, no position is looked for (the scan recurses; JSON.parse itself does not). */
+const MAX_DEPTH = 1000;
+
 /**
  * The offset of the first character a JSON parser cannot take in `text` (text.length when the
- * text ends too early), or undefined when `text` is valid JSON (RFC 8259).
+ * text ends too early); undefined when `text` is valid JSON (RFC 8259) or nests deeper than
+ * MAX_DEPTH before its first error.
  */
 export function jsonErrorOffset(text: string): number | undefined {
   let i = 0;
+  let depth = 0;
   const fail = (at = i): never => {
     throw new Stop(at);
   };
@@ -49,11 +56,13 @@ export function jsonErrorOffset(text: string): number | undefined {
     blank();
     const c = text[i];
     if (c === "{" || c === "[") {
+      if (++depth > MAX_DEPTH) throw TOO_DEEP;
       const close = c === "{" ? "}" : "]";
       i++;
       blank();
       if (text[i] === close) {
         i++;
+        depth--;
         return;
       }
       for (;;) {
@@ -70,6 +79,7 @@ export function jsonErrorOffset(text: string): number | undefined {
         if (text[i] === ",") i++;
         else if (text[i] === close) {
           i++;
+          depth--;
           return;
         } else fail();
       }
@@ -94,17 +104,24 @@ export function jsonErrorOffset(text: string): number | undefined {
     return undefined;
   } catch (err) {
     if (err instanceof Stop) return err.at;
+    if (err === TOO_DEEP) return undefined;
     throw err;
   }
 }
 
-/** `offset` in `text` as 1-based line and column. */
+/**
+ * `offset` in `text` as 1-based line and column, as an editor shows them: lines end at \n, \r\n
+ * or a lone \r; columns count characters (an emoji is one), not UTF-16 units.
+ */
 export function lineAndColumn(text: string, offset: number): { line: number; column: number } {
   let line = 1;
   let start = 0;
-  for (let i = text.indexOf("\n"); i !== -1 && i < offset; i = text.indexOf("\n", i + 1)) {
-    line++;
-    start = i + 1;
+  for (let i = 0; i < offset; i++) {
+    const c = text[i];
+    if (c === "\n" || (c === "\r" && text[i + 1] !== "\n")) {
+      line++;
+      start = i + 1;
+    }
   }
-  return { line, column: offset - start + 1 };
+  return { line, column: [...text.slice(start, offset)].length + 1 };
 }

@@ -72,6 +72,17 @@ interface LetGo {
   deferred: boolean;
   /** It ended (its finally ran). */
   ended: boolean;
+  /** Its partition was paused again while it ran (#eachBatch): it resumes it once more at its end. */
+  repaused: boolean;
+  /**
+   * It counts in #runningBatches: from its slot wait's end until it ends, or until the rebalance
+   * grace ran out with it running (#graceRanOut: its ctx calls are refused from then on).
+   */
+  holdsSlot: boolean;
+  /** The kafkajs consumer it was fetched by. */
+  consumer: Consumer | undefined;
+  /** Its messages' ctx.signal, once its slot wait is over. */
+  signal?: AbortSignal;
 }
 const SLOW = Symbol("slow");
 
@@ -221,8 +232,8 @@ export class HandlerConsumer {
   #activeBatches = 0;
   /** Batches that let go of kafkajs's fetch round and still run (#eachBatch). */
   #lettingGo = 0;
-  /** Their partitions (`key()`), each with the resumes of the pauses that kept it paused since. */
-  #letGoParts = new Map<string, (() => void)[]>();
+  /** Their partitions (`key()`). */
+  #letGoParts = new Map<string, LetGo>();
   /** order "partition": batches past their slot wait and not ended, those let go of included. */
   #runningBatches = 0;
   /** Batches waiting until fewer than the handler's concurrency run. */
@@ -652,32 +663,56 @@ export class HandlerConsumer {
     const state = this.#parts.get(pk);
     this.#fetched(batch);
     if (!state || this.#stopping) return;
-    const repaused = this.#letGoParts.get(pk);
-    if (repaused) {
+    const running = this.#letGoParts.get(pk);
+    if (running) {
       // Its batch that let go still runs: fetched again because fetching was paused and resumed as
       // a whole meanwhile (#relieve), or assigned again at a rejoin past the rebalance grace.
-      // Nothing here runs beside it; that batch resumes the partition when it ends.
-      repaused.push(pause());
+      // Nothing here runs beside it; that batch resumes the partition when it ends, through the
+      // consumer of then (kafkajs's resume closure would keep this batch in memory until then).
+      running.repaused = true;
+      this.#pausePartition(pause);
       return;
     }
     this.#activeBatches++;
     if (this.handler.order !== "partition") return this.#runBatch(payload, pk, state);
-    const letGo: LetGo = { resume: undefined, deferred: false, ended: false };
+    const letGo: LetGo = { resume: undefined, deferred: false, ended: false, repaused: false, holdsSlot: false, consumer: this.#consumer };
     const run = this.#runBatch(payload, pk, state, letGo);
     let timer: ReturnType<typeof setTimeout> | undefined;
     const slow = new Promise<typeof SLOW>((r) => (timer = setTimeout(() => r(SLOW), this.#opts.letGoAfterMs)));
     try {
-      // Both may have settled by now: the batch ended, it let go of nothing.
-      if ((await Promise.race([run, slow])) !== SLOW || letGo.ended) return await run;
+      // Both may have settled by now: the batch ended, it let go of nothing. A drain waits for
+      // every batch anyway, and its topic-wide pause must stay whole.
+      if ((await Promise.race([run, slow])) !== SLOW || letGo.ended || this.#stopping) return await run;
     } finally {
       clearTimeout(timer);
     }
-    letGo.resume = pause();
+    letGo.resume = this.#pausePartition(pause);
     this.#lettingGo++;
-    this.#letGoParts.set(pk, []);
+    this.#letGoParts.set(pk, letGo);
+    // Its epoch's grace ran out before it let go (#graceRanOut).
+    if (letGo.signal?.aborted) this.#freeSlot(letGo);
     this.#log.debug("batch running long; its partition lets go of the fetch round", { topic: batch.topic, partition: batch.partition, afterMs: this.#opts.letGoAfterMs });
     // Its error, a journal failure, was reported (worker.error) and stops the process.
     run.catch(() => {});
+  }
+
+  /**
+   * Pauses one partition (kafkajs's payload pause()). kafkajs's partition pause lifts its topic's
+   * pause-all: while the journal is full (#relieve) every partition must stay paused, so it is laid
+   * again (it clears the partition pauses; a partition fetched meanwhile is paused again here).
+   */
+  #pausePartition(pause: () => () => void): () => void {
+    const resume = pause();
+    if (this.#relieving) this.#pauseAll();
+    return resume;
+  }
+
+  /** A batch's slot of the handler's concurrency is free: it ended, or runs a revoked epoch's message. */
+  #freeSlot(letGo: LetGo): void {
+    if (!letGo.holdsSlot) return;
+    letGo.holdsSlot = false;
+    this.#runningBatches--;
+    this.#wakeSlotWaits();
   }
 
   /** The batches waiting for a slot check again: one ended, or a drain or a rebalance began. */
@@ -696,10 +731,12 @@ export class HandlerConsumer {
         await new Promise<void>((r) => this.#slotWaits.push(r));
       }
       this.#runningBatches++;
+      letGo.holdsSlot = true;
     }
     // ctx.signal of this batch's messages: aborted on shutdown, or when the partition is revoked
     // with them running (#graceRanOut). Read once per batch, before any wait.
     const signal = this.#signal;
+    if (letGo) letGo.signal = signal;
     const unlock = this.handler.order === "topic" ? await this.#lockTopic(batch.topic) : undefined;
     await state.ready;
     let rebalancing = false;
@@ -774,12 +811,10 @@ export class HandlerConsumer {
       unlock?.();
       if (letGo) {
         letGo.ended = true;
-        this.#runningBatches--;
-        this.#wakeSlotWaits();
+        this.#freeSlot(letGo);
       }
       if (letGo?.resume) {
         this.#lettingGo--;
-        const repaused = this.#letGoParts.get(pk) ?? [];
         this.#letGoParts.delete(pk);
         // Returned to kafkajs long ago: past a rejoin its offsets are another assignment's (and
         // resolveOffset throws for a partition not in it); the new epoch fetches from the journal's.
@@ -791,11 +826,13 @@ export class HandlerConsumer {
           }
         }
         // Not while stopping: every partition stays paused (a resumed one would be fetched
-        // again and again, nothing taken). Those paused again meanwhile (#eachBatch) resume too,
-        // through the consumer group that paused them (kafkajs restarted may have a new one).
+        // again and again, nothing taken). Paused again meanwhile (#eachBatch): through the
+        // consumer of now, unless it is the one whose pause the message's backoff holds.
         if (!this.#stopping) {
           if (!letGo.deferred) letGo.resume();
-          for (const resume of repaused) resume();
+          if (letGo.repaused && (!letGo.deferred || this.#consumer !== letGo.consumer)) {
+            this.#toConsumer("resume", [{ topic: batch.topic, partitions: [batch.partition] }]);
+          }
         }
       } else if (lastDone !== undefined) resolveOffset(lastDone);
       // No settle here: the journal commits on its timer and offsets follow it (#scheduleCommit);
@@ -832,7 +869,7 @@ export class HandlerConsumer {
    * stop(), that made the drain reject at once: exit 75 and "shutdown timeout ran out", with
    * nothing in flight.
    */
-  #toConsumer(op: "pause" | "resume", topics: { topic: string }[]): void {
+  #toConsumer(op: "pause" | "resume", topics: { topic: string; partitions?: number[] }[]): void {
     const consumer = this.#consumer;
     if (!consumer || topics.length === 0) return;
     try {
@@ -1169,6 +1206,10 @@ export class HandlerConsumer {
     this.#revoke.abort();
     this.#revoke = new AbortController();
     this.#signal = AbortSignal.any([this.#abort.signal, this.#revoke.signal]);
+    // Batches let go of that still run now run a revoked epoch's messages, whose ctx calls are
+    // refused: they no longer hold a slot of the handler's concurrency (else a handler ignoring
+    // ctx.signal would keep the next epoch's partitions from running, concurrency 1 all of them).
+    for (const g of this.#letGoParts.values()) this.#freeSlot(g);
     // The progress of what finished is shared now, not only at the rejoin: kafkajs rejoins (and
     // runs #beforeRejoin) once the running batches returned, and past the rebalance timeout the
     // coordinator drops this member and hands its partitions out without waiting for that. Their

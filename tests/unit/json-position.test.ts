@@ -49,4 +49,14 @@ test("line and column are 1-based, columns counted from the line's start", () =>
   expect(lineAndColumn(text, jsonErrorOffset(text)!)).toEqual({ line: 3, column: 3 });
   expect(lineAndColumn("abc", 0)).toEqual({ line: 1, column: 1 });
   expect(lineAndColumn("a\nb", 2)).toEqual({ line: 2, column: 1 });
+  expect(lineAndColumn("a\r\nb", 3)).toEqual({ line: 2, column: 1 });
+  expect(lineAndColumn("a\rb\rc", 4)).toEqual({ line: 3, column: 1 });
+  expect(lineAndColumn('{"😀": x}', 7)).toEqual({ line: 1, column: 7 });
+});
+
+test("nesting deeper than the scan goes gives no position rather than a crash", () => {
+  const deep = `{"a":${"[".repeat(200_000)}`;
+  expect(() => JSON.parse(deep)).toThrow();
+  expect(jsonErrorOffset(deep)).toBeUndefined();
+  expect(jsonErrorOffset(`${"[".repeat(500)}1,${"]".repeat(500)}`)).toBe(502);
 });
