@@ -89,6 +89,13 @@ test("a hung handler holds up its partition only; its later message waits in ord
   await waitUntil("a3 handled while hang runs", () => effects().includes("a3"), { timeoutMs: 15_000 });
   expect(started("b1")).toBe(false);
   expect(calls("hang").filter((c) => c.what === "end")).toHaveLength(0);
+  // Past the session timeout (6 s) since the hang began: kafkajs's loop kept the member alive, no
+  // rejoin, and partition 1 still flows.
+  const hangStart = calls("hang")[0]!.at;
+  await sleep(Math.max(0, hangStart + 8000 - Date.now()));
+  await broker.produce("hh-in", [{ value: "a3b", partition: 1 }]);
+  await waitUntil("a3b handled while hang runs", () => effects().includes("a3b"), { timeoutMs: 15_000 });
+  expect(w.lines.filter((l) => l.msg === "joined group")).toHaveLength(1);
 
   // A drain waits for the batch that let go: the hung message finishes, b1 (behind it) is left
   // for the next start, and the stop is clean.
@@ -96,7 +103,7 @@ test("a hung handler holds up its partition only; its later message waits in ord
   await sleep(500);
   writeFileSync(release, "");
   expect(await w.exited()).toBe(0);
-  expect(effects().sort()).toEqual(["a1", "a2", "a3", "hang"]);
+  expect(effects().sort()).toEqual(["a1", "a2", "a3", "a3b", "hang"]);
   expect(started("b1")).toBe(false);
 
   w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
@@ -107,7 +114,7 @@ test("a hung handler holds up its partition only; its later message waits in ord
   w.kill("SIGTERM");
   expect(await w.exited()).toBe(0);
 
-  const all = ["a1", "a2", "a3", "a4", "b1", "b2", "hang"];
+  const all = ["a1", "a2", "a3", "a3b", "a4", "b1", "b2", "hang"];
   expect(effects().sort()).toEqual(all);
   for (const id of all) expect(calls(id).filter((c) => c.what === "start")).toHaveLength(1);
   // Partition 0 in order: b1 started only after hang ended.

@@ -744,6 +744,10 @@ export class HandlerConsumer {
     // only once every batch of the fetch returned, so a refused heartbeat starts the grace the
     // running message gets before its signal aborts (#rebalanceGrace).
     const beat = setInterval(() => {
+      // Let go of, kafkajs's own loop heartbeats for the member; this batch's payload may by now
+      // be a past consumer group's (kafkajs restarted), whose refused heartbeat would start a
+      // grace in the current epoch. A rebalance stops this batch through #rejoining and #grace.
+      if (letGo?.resume) return;
       heartbeat().catch((err: unknown) => {
         rebalancing = true;
         if (REVOKING.has((err as { type?: unknown }).type as string)) void this.#rebalanceGrace();
