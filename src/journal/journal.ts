@@ -14,7 +14,8 @@
 //   (rowsAffected, lastInsertRowid, RETURNING rows), else the journal fails and kexo stops before
 //   anything is acknowledged, and later runs use savepoints (meta `tx_undo`). A handler whose body
 //   failed uses savepoints for its next SAVEPOINT_RUNS_AFTER_FAILURE runs: failures come in runs.
-// - Completion rows and ctx.tx records wait in memory (#done, #covered, #txRecords, #fresh) and
+// - Completion rows, ctx.step results and ctx.tx records wait in memory (#done, #covered,
+//   #stepRows, #txRecords, #fresh) and
 //   are written as multi-row INSERTs right before COMMIT, inside the same transaction; reads
 //   consult them first. A tx record whose message completes before that COMMIT is dropped: the
 //   completion, in the same transaction as the tx's writes, already says "never run again".
@@ -249,6 +250,8 @@ export class Journal {
   #coveredCount = 0;
   /** Pending ctx.tx records by handler\0id, then name. */
   #txRecords = new Map<string, Map<string, unknown[]>>();
+  /** ctx.step results not yet written, by `handler\0id`, then by step name (see recordStep). */
+  #stepRows = new Map<string, Map<string, unknown[]>>();
   /** Fresh runs' lists of ctx.tx records not yet written (see runTx and the top). */
   #fresh = new Set<unknown[][]>();
   #insertDone: (rows: unknown[][]) => void;
@@ -441,6 +444,7 @@ export class Journal {
   steps(handler: string, id: string): Map<string, string> {
     const rows = this.#s.steps.all(handler, id) as { name: string; result: string }[];
     const out = new Map(rows.map((r) => [r.name, r.result]));
+    for (const [name, row] of this.#stepRows.get(`${handler}\0${id}`) ?? []) out.set(name, row[3] as string);
     for (const [name, row] of this.#txRecords.get(`${handler}\0${id}`) ?? []) out.set(name, row[3] as string);
     return out;
   }
@@ -623,8 +627,19 @@ export class Journal {
     this.#write(() => this.#s.attemptsDelete.run(handler, at.topic, at.partition, at.offset));
   }
 
+  /**
+   * A ctx.step result: kept in memory until the next COMMIT writes it (one multi-row INSERT), read
+   * by steps() meanwhile. Unlike a tx record it stays after its message completes: `kexo inspect`
+   * shows a message's steps.
+   */
   recordStep(handler: string, id: string, name: string, resultJson: string): void {
-    this.#write(() => this.#s.step.run(handler, id, name, resultJson, Date.now()));
+    if (this.#failed) throw this.#failed;
+    if (this.#closed) throw closedError();
+    const key = `${handler}\0${id}`;
+    let rows = this.#stepRows.get(key);
+    if (!rows) this.#stepRows.set(key, (rows = new Map()));
+    rows.set(name, [handler, id, name, resultJson, Date.now()]);
+    this.#counted();
   }
 
   /** `fresh`: the list runTx filled for this message's fresh run, if any. */
@@ -872,7 +887,7 @@ export class Journal {
 
   /** Rows or records waiting in memory for the COMMIT. */
   #inMemory(): boolean {
-    return this.#done.size > 0 || this.#coveredCount > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0;
+    return this.#done.size > 0 || this.#coveredCount > 0 || this.#stepRows.size > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0;
   }
 
   /** Keeps a covered completion in its partition's run; false (a row then) if the run has another group. */
@@ -906,8 +921,10 @@ export class Journal {
       if (rows.length > 0) this.#insertDone(rows);
       this.#done.clear();
     }
-    if (this.#txRecords.size > 0 || this.#fresh.size > 0) {
+    if (this.#stepRows.size > 0 || this.#txRecords.size > 0 || this.#fresh.size > 0) {
       const rows: unknown[][] = [];
+      for (const records of this.#stepRows.values()) for (const row of records.values()) rows.push(row);
+      this.#stepRows.clear();
       const now = Date.now();
       for (const list of this.#fresh) {
         for (const row of list) {
@@ -1216,9 +1233,6 @@ function prepareAll(conn: Conn) {
     lookup: conn.prepare('SELECT status, result, attempts, topic, partition, "offset" FROM kexo_messages WHERE handler = ? AND id = ?'),
     steps: conn.prepare("SELECT name, result FROM kexo_steps WHERE handler = ? AND id = ?"),
     stepGet: conn.prepare("SELECT result FROM kexo_steps WHERE handler = ? AND id = ? AND name = ?"),
-    step: conn.prepare(
-      "INSERT OR REPLACE INTO kexo_steps (handler, id, name, result, recorded_at) VALUES (?, ?, ?, ?, ?)",
-    ),
     progress: conn.prepare("SELECT topic, partition, next_offset FROM kexo_progress WHERE group_id = ?"),
     startedGet: conn.prepare("SELECT next_offset FROM kexo_started WHERE handler = ? AND topic = ? AND partition = ?"),
     startedSet: conn.prepare(

@@ -98,11 +98,28 @@ test("a full disk under a ctx.tx statement fails that tx alone; under the journa
   expect(contents(path)).toEqual({ items: ["a", "c"], done: [], txs: ["m1", "m3"] });
 
   await journal.runTx("h", "m4", "tx:1", (db) => insert(db, "d"));
-  expect(() => journal.recordStep("h", "m4", "step:big", JSON.stringify("y".repeat(200_000)))).toThrow(/full/);
+  // One of kexo's own statements written at once (the outbox relay's deletes, dead letters).
+  expect(() => journal.write("INSERT INTO items VALUES (?)", "y".repeat(200_000))).toThrow(/full/);
   await expect(journal.durable()).rejects.toThrow(/journal write failed and SQLite rolled back the group transaction/);
   // m4's effect must not have committed on its own, nor anything after it.
   await expect(journal.runTx("h", "m5", "tx:1", (db) => insert(db, "e"))).rejects.toThrow(/journal write failed/);
   expect(contents(path)).toEqual({ items: ["a", "c"], done: [], txs: ["m1", "m3"] });
+  await journal.close().catch(() => undefined);
+});
+
+test("a full disk under the rows written at COMMIT (a step's result) fails the COMMIT: nothing of the group is acknowledged", async () => {
+  const { path, journal } = open();
+  await journal.handlerDb.execute("CREATE TABLE items (v TEXT PRIMARY KEY)");
+  const pages = ((await journal.handlerDb.execute("PRAGMA page_count")).rows[0] as { page_count: number }).page_count;
+  await journal.handlerDb.execute(`PRAGMA max_page_count = ${pages + 4}`);
+  await journal.runTx("h", "m1", "tx:1", (db) => insert(db, "a"));
+  await journal.durable();
+  await journal.runTx("h", "m2", "tx:1", (db) => insert(db, "b"));
+  // Kept in memory until the COMMIT, whose multi-row INSERT meets the full disk.
+  journal.recordStep("h", "m2", "step:big", JSON.stringify("y".repeat(200_000)));
+  await expect(journal.durable()).rejects.toThrow(/journal commit failed.*full/);
+  await expect(journal.runTx("h", "m3", "tx:1", (db) => insert(db, "c"))).rejects.toThrow(/journal commit failed/);
+  expect(contents(path)).toEqual({ items: ["a"], done: [], txs: ["m1"] });
   await journal.close().catch(() => undefined);
 });
 
