@@ -85,12 +85,16 @@ test("transaction control in a ctx.tx body is refused with what to do instead, a
   await journal.close();
 });
 
-test("a full disk under a ctx.tx statement fails that tx alone; under the journal's own write it stops the journal with nothing acknowledged", async () => {
-  const { path, journal } = open();
+/** An items table, and a disk that is full a few pages from now: SQLITE_FULL rolls the whole transaction back. */
+async function fullSoon(journal: Journal): Promise<void> {
   await journal.handlerDb.execute("CREATE TABLE items (v TEXT PRIMARY KEY)");
-  // A disk that is full a few pages from now: SQLITE_FULL rolls the whole transaction back.
   const pages = ((await journal.handlerDb.execute("PRAGMA page_count")).rows[0] as { page_count: number }).page_count;
   await journal.handlerDb.execute(`PRAGMA max_page_count = ${pages + 4}`);
+}
+
+test("a full disk under a ctx.tx statement fails that tx alone; under the journal's own write it stops the journal with nothing acknowledged", async () => {
+  const { path, journal } = open();
+  await fullSoon(journal);
   await journal.runTx("h", "m1", "tx:1", (db) => insert(db, "a"));
   await expect(journal.runTx("h", "m2", "tx:1", (db) => insert(db, "x".repeat(200_000)))).rejects.toThrow(/ended the journal's transaction.*full/);
   await journal.runTx("h", "m3", "tx:1", (db) => insert(db, "c"));
@@ -109,9 +113,7 @@ test("a full disk under a ctx.tx statement fails that tx alone; under the journa
 
 test("a full disk under the rows written at COMMIT (a step's result) fails the COMMIT: nothing of the group is acknowledged", async () => {
   const { path, journal } = open();
-  await journal.handlerDb.execute("CREATE TABLE items (v TEXT PRIMARY KEY)");
-  const pages = ((await journal.handlerDb.execute("PRAGMA page_count")).rows[0] as { page_count: number }).page_count;
-  await journal.handlerDb.execute(`PRAGMA max_page_count = ${pages + 4}`);
+  await fullSoon(journal);
   await journal.runTx("h", "m1", "tx:1", (db) => insert(db, "a"));
   await journal.durable();
   await journal.runTx("h", "m2", "tx:1", (db) => insert(db, "b"));
