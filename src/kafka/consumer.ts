@@ -81,6 +81,8 @@ interface LetGo {
   holdsSlot: boolean;
   /** The kafkajs consumer it was fetched by. */
   consumer: Consumer | undefined;
+  /** Counted in #abandoned (see there). */
+  abandoned?: boolean;
   /** Its messages' ctx.signal, once its slot wait is over. */
   signal?: AbortSignal;
 }
@@ -239,6 +241,13 @@ export class HandlerConsumer {
   /** Batches waiting until fewer than the handler's concurrency run. */
   #slotWaits: (() => void)[] = [];
   #idle: (() => void)[] = [];
+  /**
+   * Batches let go of whose epoch's grace ran out while they ran (#graceRanOut): their messages'
+   * ctx calls are refused, their partitions revoked. A rejoin or a leave does not wait for them
+   * (#liveIdle); a drain still does (#idle), and aborts them at its timeout.
+   */
+  #abandoned = 0;
+  #liveIdle: (() => void)[] = [];
   #inflight = 0;
   /** The journal flush that partition loops waiting for the journal share (#relieve). */
   #relieving: Promise<void> | undefined;
@@ -313,7 +322,7 @@ export class HandlerConsumer {
       // kafkajs leaves (a crash it gave up on) once its own batches returned, not those let go of
       // (#eachBatch): they get the rebalance grace, as at a rejoin, before their partitions move.
       // Not at stop(), which waited for them already (or aborted them at its timeout).
-      if (!this.#stopping && this.#lettingGo > 0) await Promise.race([new Promise<void>((r) => this.#idle.push(r)), this.#rebalanceGrace()]);
+      if (!this.#stopping && this.#lettingGo > this.#abandoned) await Promise.race([this.#liveBatchesDone(), this.#rebalanceGrace()]);
       await this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }));
     }));
   }
@@ -690,7 +699,7 @@ export class HandlerConsumer {
     this.#lettingGo++;
     this.#letGoParts.set(pk, letGo);
     // Its epoch's grace ran out before it let go (#graceRanOut).
-    if (letGo.signal?.aborted) this.#freeSlot(letGo);
+    if (letGo.signal?.aborted && !this.#stopping) this.#abandon(letGo);
     this.#log.debug("batch running long; its partition lets go of the fetch round", { topic: batch.topic, partition: batch.partition, afterMs: this.#opts.letGoAfterMs });
     // Its error, a journal failure, was reported (worker.error) and stops the process.
     run.catch(() => {});
@@ -705,6 +714,14 @@ export class HandlerConsumer {
     const resume = pause();
     if (this.#relieving) this.#pauseAll();
     return resume;
+  }
+
+  /** A let-go batch runs a revoked epoch's messages: it holds no slot, and rejoins do not wait for it. */
+  #abandon(letGo: LetGo): void {
+    this.#freeSlot(letGo);
+    if (letGo.abandoned || letGo.ended) return;
+    letGo.abandoned = true;
+    this.#abandoned++;
   }
 
   /** A batch's slot of the handler's concurrency is free: it ended, or runs a revoked epoch's message. */
@@ -845,8 +862,20 @@ export class HandlerConsumer {
       // kafkaTransactions keeps it: its emits reach Kafka only with the offsets' transaction.
       if (this.#txOut) await this.#settle().catch((err: unknown) => this.#log.warn("batch progress not shared; the journal still has it", { error: err }));
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
-      if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+      if (letGo?.abandoned) this.#abandoned--;
+      this.#batchEnded();
     }
+  }
+
+  /** One batch fewer: wakes what waits for no batch at all (#idle) or none but abandoned ones (#liveIdle). */
+  #batchEnded(): void {
+    if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+    if (this.#activeBatches === this.#abandoned) for (const r of this.#liveIdle.splice(0)) r();
+  }
+
+  /** Resolves once no batch runs but abandoned ones (#abandoned). */
+  #liveBatchesDone(): Promise<void> {
+    return new Promise<void>((r) => this.#liveIdle.push(r));
   }
 
   // ---- bounded memory ----
@@ -947,7 +976,7 @@ export class HandlerConsumer {
     } finally {
       clearInterval(beat);
       this.#bus.emit("consumer.polled", { handler: this.handler.name });
-      if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+      this.#batchEnded();
     }
   }
 
@@ -1170,7 +1199,7 @@ export class HandlerConsumer {
     this.#rejoining = true;
     this.#wakeSlotWaits();
     try {
-      if (this.#activeBatches > 0) await Promise.race([new Promise<void>((r) => this.#idle.push(r)), this.#rebalanceGrace()]);
+      if (this.#activeBatches > this.#abandoned) await Promise.race([this.#liveBatchesDone(), this.#rebalanceGrace()]);
       await this.#settle().catch((err: unknown) => this.#log.warn("progress not shared before rejoining; the journal still has it", { error: err }));
     } finally {
       this.#rejoining = false;
@@ -1213,7 +1242,8 @@ export class HandlerConsumer {
     // Batches let go of that still run now run a revoked epoch's messages, whose ctx calls are
     // refused: they no longer hold a slot of the handler's concurrency (else a handler ignoring
     // ctx.signal would keep the next epoch's partitions from running, concurrency 1 all of them).
-    for (const g of this.#letGoParts.values()) this.#freeSlot(g);
+    for (const g of this.#letGoParts.values()) this.#abandon(g);
+    if (this.#activeBatches === this.#abandoned) for (const r of this.#liveIdle.splice(0)) r();
     // The progress of what finished is shared now, not only at the rejoin: kafkajs rejoins (and
     // runs #beforeRejoin) once the running batches returned, and past the rebalance timeout the
     // coordinator drops this member and hands its partitions out without waiting for that. Their
