@@ -12,34 +12,10 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
 import { columnIn } from "./support/db.ts";
+import { hangingHandler, type HangCall } from "./support/handlers.ts";
 import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
-
-const handler = (topic: string, extra = "") => `
-import { defineHandler } from "kexo";
-import { appendFileSync, existsSync } from "node:fs";
-
-const log = (entry) => appendFileSync(process.env.CALLS_LOG, JSON.stringify({ ...entry, at: Date.now(), pid: process.pid }) + "\\n");
-
-export default defineHandler({
-  topics: ["${topic}"],
-  ${extra}
-  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (v TEXT NOT NULL)"); },
-  async handle(value, ctx) {
-    const v = String(value);
-    log({ id: v, what: "start", partition: ctx.message.partition });
-    if (v.startsWith("hang")) {
-      while (!existsSync(process.env.RELEASE)) {
-        if (ctx.signal.aborted) throw new Error("aborted by kexo");
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (v) VALUES (?)", args: [v] }));
-    log({ id: v, what: "end", partition: ctx.message.partition });
-  },
-});
-`;
 
 let broker: TestBroker;
 let dir: string;
@@ -48,31 +24,24 @@ withBroker({ "hh-in": 2, "hh-one": 2, "hh-two": 3 }, {}, (f) => ({ broker, dir }
 /** A worker on `topic` alone, with its own handlers directory, journal, calls log and release file. */
 async function startCase(name: string, topic: string, extra: string) {
   const handlers = join(dir, `h${name}`);
-  await Bun.write(join(handlers, `case${name}.ts`), handler(topic, extra));
+  await Bun.write(join(handlers, `case${name}.ts`), hangingHandler(topic, extra));
   const db = join(dir, `case${name}.db`);
   const release = join(dir, `release-${name}`);
   mkdirSync(join(dir, `c${name}`));
-  const { env, calls } = callsLog<Call>(join(dir, `c${name}`));
+  const { env, calls } = callsLog<HangCall>(join(dir, `c${name}`));
   const effects = () => columnIn<string>(db, "SELECT v FROM effects");
   const w = new WorkerProcess(runArgs(broker.brokers, handlers, db), { env: { ...env, RELEASE: release } });
   await w.waitJoined();
   return { w, calls, effects, release };
 }
 
-interface Call {
-  id: string;
-  what: "start" | "end";
-  partition: number;
-  at: number;
-  pid: number;
-}
 
 test("a hung handler holds up its partition only; its later message waits in order; the drain waits for it; nothing runs twice", async () => {
   const handlers = join(dir, "h1");
-  await Bun.write(join(handlers, "hh.ts"), handler("hh-in"));
+  await Bun.write(join(handlers, "hh.ts"), hangingHandler("hh-in"));
   const db = join(dir, "one.db");
   const release = join(dir, "release-1");
-  const { env, calls } = callsLog<Call>(dir);
+  const { env, calls } = callsLog<HangCall>(dir);
   const effects = () => columnIn<string>(db, "SELECT v FROM effects");
   const started = (id: string) => calls(id).some((c) => c.what === "start");
 

@@ -9,33 +9,10 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { type TestBroker, withBroker } from "./support/broker.ts";
 import { columnIn } from "./support/db.ts";
+import { hangingHandler, type HangCall } from "./support/handlers.ts";
 import { callsLog } from "./support/tmp.ts";
 import { sleep, waitUntil } from "./support/wait.ts";
 import { WorkerProcess, runArgs } from "./support/worker.ts";
-
-const HANDLER = (topic: string, extra = "") => `
-import { defineHandler } from "kexo";
-import { appendFileSync, existsSync } from "node:fs";
-
-const log = (entry) => appendFileSync(process.env.CALLS_LOG, JSON.stringify({ ...entry, at: Date.now(), pid: process.pid }) + "\\n");
-
-export default defineHandler({
-  topics: ["${topic}"],
-  ${extra}
-  async setup(db) { await db.execute("CREATE TABLE IF NOT EXISTS effects (v TEXT NOT NULL)"); },
-  async handle(value, ctx) {
-    const v = String(value);
-    log({ id: v, what: "start" });
-    if (v === "hang" && process.env.HANG !== "0") {
-      while (!existsSync(process.env.RELEASE)) {
-        if (ctx.signal.aborted && process.env.IGNORE_SIGNAL !== "1") { log({ id: v, what: "aborted" }); throw new Error("aborted by kexo"); }
-        await new Promise((r) => setTimeout(r, 20));
-      }
-    }
-    await ctx.tx((db) => db.execute({ sql: "INSERT INTO effects (v) VALUES (?)", args: [v] }));
-  },
-});
-`;
 
 let broker: TestBroker;
 let dir: string;
@@ -43,17 +20,12 @@ withBroker({ "hr-in": 2, "hr-late": 2, "hr-slot": 4 }, {}, (f) => ({ broker, dir
 
 const GRACE_RAN_OUT = "rebalance grace ran out with messages running; their ctx.signal is aborted, their partitions are revoked";
 
-interface Call {
-  id: string;
-  what: "start" | "aborted";
-  pid: number;
-}
 
 async function rebalanceCase(name: string, topic: string, release: "rejoin waiting" | "aborted") {
   const handlers = join(dir, `h-${name}`);
-  await Bun.write(join(handlers, `${name}.ts`), HANDLER(topic));
+  await Bun.write(join(handlers, `${name}.ts`), hangingHandler(topic));
   mkdirSync(join(dir, `c-${name}`));
-  const { env, calls } = callsLog<Call>(join(dir, `c-${name}`));
+  const { env, calls } = callsLog<HangCall>(join(dir, `c-${name}`));
   const releaseFile = join(dir, `release-${name}`);
   const dbs = [join(dir, `${name}-a.db`), join(dir, `${name}-b.db`)];
   const effects = () => dbs.flatMap((db) => columnIn<string>(db, "SELECT v FROM effects"));
@@ -110,9 +82,9 @@ test("not released within the grace: its signal aborts, its message runs again a
 
 test("concurrency 1, a hung run ignoring its signal past the grace: it no longer holds the slot, the instance's new partitions run, and the next rebalance does not wait for it", async () => {
   const handlers = join(dir, "h-slot");
-  await Bun.write(join(handlers, "slot.ts"), HANDLER("hr-slot", "concurrency: 1,"));
+  await Bun.write(join(handlers, "slot.ts"), hangingHandler("hr-slot", "concurrency: 1,"));
   mkdirSync(join(dir, "c-slot"));
-  const { env, calls } = callsLog<Call>(join(dir, "c-slot"));
+  const { env, calls } = callsLog<HangCall>(join(dir, "c-slot"));
   const releaseFile = join(dir, "release-slot");
   const dbs = [join(dir, "slot-a.db"), join(dir, "slot-b.db")];
   const effects = () => dbs.flatMap((db) => columnIn<string>(db, "SELECT v FROM effects"));

@@ -232,9 +232,10 @@ export class HandlerConsumer {
   /** How long a rebalance waits for this member's running messages: within kafkajs's rebalanceTimeout, with time to share progress. */
   readonly #graceMs: number;
   #activeBatches = 0;
-  /** Batches that let go of kafkajs's fetch round and still run (#eachBatch). */
-  #lettingGo = 0;
-  /** Their partitions (`key()`). */
+  /**
+   * Batches that let go of kafkajs's fetch round and still run (#eachBatch), by partition (`key()`):
+   * one at most per partition, since a refetch of its partition meanwhile runs nothing.
+   */
   #letGoParts = new Map<string, LetGo>();
   /** order "partition": batches past their slot wait and not ended, those let go of included. */
   #runningBatches = 0;
@@ -322,7 +323,7 @@ export class HandlerConsumer {
       // kafkajs leaves (a crash it gave up on) once its own batches returned, not those let go of
       // (#eachBatch): they get the rebalance grace, as at a rejoin, before their partitions move.
       // Not at stop(), which waited for them already (or aborted them at its timeout).
-      if (!this.#stopping && this.#lettingGo > this.#abandoned) await Promise.race([this.#liveBatchesDone(), this.#rebalanceGrace()]);
+      if (!this.#stopping && this.#letGoParts.size > this.#abandoned) await Promise.race([this.#liveBatchesDone(), this.#rebalanceGrace()]);
       await this.#settle(via).catch((err: unknown) => this.#log.warn("progress not shared before leaving; the journal still has it", { error: err }));
     }));
   }
@@ -696,7 +697,6 @@ export class HandlerConsumer {
       clearTimeout(timer);
     }
     letGo.resume = this.#pausePartition(pause);
-    this.#lettingGo++;
     this.#letGoParts.set(pk, letGo);
     // Its epoch's grace ran out before it let go (#graceRanOut).
     if (letGo.signal?.aborted && !this.#stopping) this.#abandon(letGo);
@@ -744,7 +744,7 @@ export class HandlerConsumer {
       // kafkajs runs `concurrency` batches at most, but those let go of run beside them: this one
       // waits until fewer than `concurrency` run (and lets go meanwhile too, after letGoAfterMs).
       // A drain or a rebalance ends the wait: the loop below then starts nothing.
-      while (this.#lettingGo > 0 && this.#runningBatches >= this.handler.concurrency && !this.#stopping && !this.#rejoining && !this.#grace) {
+      while (this.#letGoParts.size > 0 && this.#runningBatches >= this.handler.concurrency && !this.#stopping && !this.#rejoining && !this.#grace) {
         await new Promise<void>((r) => this.#slotWaits.push(r));
       }
       this.#runningBatches++;
@@ -835,7 +835,6 @@ export class HandlerConsumer {
         this.#freeSlot(letGo);
       }
       if (letGo?.resume) {
-        this.#lettingGo--;
         this.#letGoParts.delete(pk);
         // Returned to kafkajs long ago: past a rejoin its offsets are another assignment's (and
         // resolveOffset throws for a partition not in it); the new epoch fetches from the journal's.
@@ -870,6 +869,11 @@ export class HandlerConsumer {
   /** One batch fewer: wakes what waits for no batch at all (#idle) or none but abandoned ones (#liveIdle). */
   #batchEnded(): void {
     if (--this.#activeBatches === 0) for (const r of this.#idle.splice(0)) r();
+    this.#wakeLiveIdle();
+  }
+
+  /** Wakes what waits for no batch but abandoned ones, once that is so. */
+  #wakeLiveIdle(): void {
     if (this.#activeBatches === this.#abandoned) for (const r of this.#liveIdle.splice(0)) r();
   }
 
@@ -1243,7 +1247,7 @@ export class HandlerConsumer {
     // refused: they no longer hold a slot of the handler's concurrency (else a handler ignoring
     // ctx.signal would keep the next epoch's partitions from running, concurrency 1 all of them).
     for (const g of this.#letGoParts.values()) this.#abandon(g);
-    if (this.#activeBatches === this.#abandoned) for (const r of this.#liveIdle.splice(0)) r();
+    this.#wakeLiveIdle();
     // The progress of what finished is shared now, not only at the rejoin: kafkajs rejoins (and
     // runs #beforeRejoin) once the running batches returned, and past the rebalance timeout the
     // coordinator drops this member and hands its partitions out without waiting for that. Their
